@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages crossdistill's demo and tests read: Fashion-MNIST's IDX files.
+# Installs them with apt-get when run as root; otherwise prints the exact command and carries on
+# (the tests that need the data then skip with the same hint).
+set -euo pipefail
+packages=(dataset-fashion-mnist)
+marker=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ] && [ -f "$marker" ]; then
+  exit 0
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  echo "crossdistill setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+else
+  echo "crossdistill setup: missing Debian packages. Install them with:" >&2
+  echo "  sudo apt-get install -y ${missing[*]}" >&2
+fi

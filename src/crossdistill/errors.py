@@ -1,0 +1,71 @@
+"""Errors that speak to the user.
+
+Every error crossdistill raises on purpose is a :class:`CrossDistillError`: one message that says
+*what* is wrong and *where*, plus a ``hint`` on how to fix it. The CLI prints these without a
+traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CrossDistillError(Exception):
+    """Base class: a problem the user can fix, with a hint on how."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  hint: {hint}")
+
+
+class ConfigError(CrossDistillError):
+    """A recipe or override that does not validate."""
+
+
+class UnknownNameError(CrossDistillError, KeyError):
+    """A registered name (loss, model, data source, ...) that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return Exception.__str__(self)
+
+
+class TapError(CrossDistillError):
+    """A tap on a module path that does not exist or whose output cannot be selected."""
+
+
+class KnowledgeError(CrossDistillError, KeyError):
+    """A loss needs a Knowledge key that a model did not produce."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class ShapeError(CrossDistillError, ValueError):
+    """Tensors that a loss or adapter must combine do not have compatible shapes."""
+
+
+class DataError(CrossDistillError):
+    """A data file that is missing, truncated or malformed."""
+
+
+class CheckpointError(CrossDistillError):
+    """A checkpoint or weights file that is missing, corrupted or does not fit the model."""
+
+
+class NonFiniteLossError(CrossDistillError, FloatingPointError):
+    """A loss became NaN or Inf during training."""
+
+
+def close_matches(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """Names in ``known`` that look like a misspelling of ``name``."""
+    return difflib.get_close_matches(name, list(known), n=n, cutoff=0.5)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A hint sentence: close matches first, then every known name."""
+    known = sorted(known)
+    close = close_matches(name, known)
+    prefix = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{prefix}known: {', '.join(known) if known else '(none registered)'}"

@@ -1,0 +1,1 @@
+"""Logit losses: one registered loss per module."""

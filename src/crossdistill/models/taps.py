@@ -1,0 +1,129 @@
+"""Taps: named forward hooks on module paths — features are captured, models are never rewritten.
+
+A :class:`Tap` names a module by its dotted path (``"layer3.1"``,
+``"encoder.layer.5.attention"``) and captures that module's output (or input) on every forward.
+A ``select`` picks one element of a tuple/list/dict output (an index, a key, or a dotted chain of
+them: ``"0"``, ``"last_hidden_state"``, ``"1.attn"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from crossdistill.errors import TapError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Capture ``path``'s output (or input) under ``name``.
+
+    The captured tensor appears in the model's Knowledge as ``features/<name>``
+    (``attention/<name>`` when ``kind="attention"``).
+    """
+
+    name: str
+    path: str
+    on: Literal["output", "input"] = "output"
+    select: str | int | None = None
+    kind: Literal["features", "attention"] = "features"
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+def resolve_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path``; a wrong path lists the closest existing ones."""
+    modules = dict(model.named_modules())
+    if path in modules:
+        return modules[path]
+    names = [n for n in modules if n]
+    raise TapError(
+        f"no module at path {path!r} in {type(model).__name__}",
+        hint=did_you_mean(path, names)
+        if len(names) <= 40
+        else did_you_mean(path, [n for n in names if n.count(".") <= path.count(".")]),
+    )
+
+
+def select_output(value: Any, select: str | int | None, where: str) -> torch.Tensor:
+    """Pick a tensor out of a module's output (tensor, tuple/list, dict, or ModelOutput)."""
+    if select is not None:
+        for part in str(select).split("."):
+            try:
+                if isinstance(value, (tuple, list)):
+                    value = value[int(part)]
+                elif isinstance(value, dict) or hasattr(value, "__getitem__"):
+                    value = value[part]
+                else:
+                    raise TypeError
+            except (KeyError, IndexError, ValueError, TypeError):
+                raise TapError(
+                    f"tap {where}: cannot select {part!r} from a {type(value).__name__}",
+                    hint=_describe(value),
+                ) from None
+    if not isinstance(value, torch.Tensor):
+        raise TapError(
+            f"tap {where} captured a {type(value).__name__}, not a tensor",
+            hint=f"add `select:` to pick one element; {_describe(value)}",
+        )
+    return value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"it is a {type(value).__name__} of {len(value)} elements (select by index)"
+    if isinstance(value, dict):
+        return f"its keys are {list(value)}"
+    return f"it is a {type(value).__name__}"
+
+
+class TapRecorder:
+    """Installs taps on a model and collects what they capture during one forward.
+
+    Hooks stay installed until :meth:`remove`; :meth:`pop` returns and clears the captures, so a
+    recorder can be reused forward after forward without holding on to old graphs.
+    """
+
+    def __init__(self, model: nn.Module, taps: Iterable[Tap]) -> None:
+        self.taps = list(taps)
+        seen: set[str] = set()
+        for tap in self.taps:
+            if tap.key in seen:
+                raise TapError(f"two taps are named {tap.name!r}", hint="give each tap its own name")
+            seen.add(tap.key)
+        self._captured: dict[str, torch.Tensor] = {}
+        self._handles = [self._install(model, tap) for tap in self.taps]
+
+    def _install(self, model: nn.Module, tap: Tap) -> torch.utils.hooks.RemovableHandle:
+        module = resolve_module(model, tap.path)
+        where = f"{tap.name!r} on {tap.path!r}"
+
+        if tap.on == "input":
+
+            def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+                self._captured[tap.key] = select_output(
+                    args if tap.select is not None else args[0], tap.select, where
+                )
+
+            return module.register_forward_pre_hook(pre_hook)
+
+        def hook(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
+            self._captured[tap.key] = select_output(output, tap.select, where)
+
+        return module.register_forward_hook(hook)
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        """The captures of the last forward, and forget them."""
+        captured, self._captured = self._captured, {}
+        return captured
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

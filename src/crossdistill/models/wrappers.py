@@ -1,0 +1,132 @@
+"""Teacher and Student: a model, its input pipeline and its taps, emitting :class:`Knowledge`.
+
+A teacher is frozen (no gradients, always in eval mode); an ensemble of teachers is a teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossdistill.errors import ConfigError, KnowledgeError
+from crossdistill.knowledge import LOGITS, Knowledge
+from crossdistill.models.taps import Tap, TapRecorder
+
+OutputNames = Sequence[str] | Mapping[str, str]
+
+
+class ModelWrapper(nn.Module):
+    """A model plus its input pipeline and taps.
+
+    ``outputs`` names what the model's forward returns: a list of Knowledge names for a tensor or
+    a tuple (``["logits"]``, ``["logits", "embedding"]``), or a mapping from Knowledge name to the
+    key of a dict-like output (``{"embedding": "sentence_embedding"}``).
+    """
+
+    role = "model"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        outputs: OutputNames = (LOGITS,),
+        taps: Iterable[Tap] = (),
+        pipeline: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.pipeline = pipeline if pipeline is not None else nn.Identity()
+        self.outputs: OutputNames = (
+            dict(outputs) if isinstance(outputs, Mapping) else tuple(outputs)
+        )
+        self.taps = tuple(taps)
+        self._recorder = TapRecorder(model, self.taps) if self.taps else None
+
+    def forward(self, inputs: Any) -> Knowledge:
+        out = self.model(self.pipeline(inputs))
+        knowledge = Knowledge(self._name_outputs(out), source=self.role)
+        if self._recorder is not None:
+            knowledge.update(self._recorder.pop())
+        return knowledge
+
+    def _name_outputs(self, out: Any) -> dict[str, torch.Tensor]:
+        if isinstance(self.outputs, dict):
+            try:
+                return {name: out[key] for name, key in self.outputs.items()}
+            except (KeyError, TypeError, IndexError) as exc:
+                raise KnowledgeError(
+                    f"{self.role} output has no {exc} for outputs={self.outputs}",
+                    hint=f"its forward returned a {type(out).__name__}"
+                    + (f" with keys {list(out)}" if isinstance(out, Mapping) else ""),
+                ) from None
+        if isinstance(out, torch.Tensor):
+            return {self.outputs[0]: out}
+        if isinstance(out, (tuple, list)):
+            return dict(zip(self.outputs, out))
+        raise KnowledgeError(
+            f"{self.role}'s forward returned a {type(out).__name__}",
+            hint="name its parts with `outputs: {knowledge_name: output_key}` in the recipe",
+        )
+
+
+class Student(ModelWrapper):
+    """The model being trained."""
+
+    role = "student"
+
+
+class Teacher(ModelWrapper):
+    """A frozen model: parameters do not require grad, it stays in eval mode, forward is no-grad."""
+
+    role = "teacher"
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - a teacher never trains
+        return super().train(False)
+
+    def forward(self, inputs: Any) -> Knowledge:
+        with torch.no_grad():
+            return super().forward(inputs)
+
+
+class EnsembleTeacher(Teacher):
+    """Several teachers as one: the weighted mean of the members' logits, embeddings and scores.
+
+    Other Knowledge (tapped features) is kept per member as ``member<i>/<key>``.
+    """
+
+    averaged = ("logits", "embedding", "scores")
+
+    def __init__(self, members: Sequence[Teacher], weights: Sequence[float] | None = None) -> None:
+        if not members:
+            raise ConfigError("an ensemble teacher needs at least one member")
+        weights = list(weights) if weights is not None else [1.0] * len(members)
+        if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(
+                f"ensemble weights {weights} do not fit {len(members)} members",
+                hint="give one non-negative weight per member, not all zero",
+            )
+        nn.Module.__init__(self)
+        self.members = nn.ModuleList(members)
+        total = float(sum(weights))
+        self.weights = [w / total for w in weights]
+        self.requires_grad_(False)
+        nn.Module.train(self, False)
+
+    def forward(self, inputs: Any) -> Knowledge:
+        with torch.no_grad():
+            outs = [member(inputs) for member in self.members]
+        knowledge = Knowledge(source=self.role)
+        for key in self.averaged:
+            if all(key in o for o in outs):
+                knowledge[key] = sum(w * o[key] for w, o in zip(self.weights, outs))
+        for i, o in enumerate(outs):
+            knowledge.update({f"member{i}/{k}": v for k, v in o.items() if k not in self.averaged})
+        return knowledge
