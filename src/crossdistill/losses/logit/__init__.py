@@ -1,1 +1,3 @@
 """Logit losses: one registered loss per module."""
+
+from crossdistill.losses.logit import ce, dist, dkd, kd, logit_std_kd, nkd  # noqa: F401

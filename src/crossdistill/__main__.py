@@ -1,0 +1,3 @@
+from crossdistill.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The ``crossdistill`` command: run | eval | list.
+
+Errors a user can fix are printed as one message with a hint and exit code 2; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Knowledge distillation across architectures and modalities.")
+console = Console(stderr=True)
+state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option(help="show tracebacks")] = False) -> None:
+    state["debug"] = debug
+    # A hub lookup from a dependency must fail fast instead of hanging: crossdistill is offline.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE")] = None,
+    name: Annotated[str | None, typer.Option(help="run name (default: the recipe's)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+) -> None:
+    """Train a student as the recipe says; writes runs/<name>/."""
+    from crossdistill.config import load_recipe
+    from crossdistill.experiment import run_recipe
+
+    overrides = list(set_ or []) + ([f"name={name}"] if name else [])
+    result = run_recipe(load_recipe(recipe, overrides), resume=resume)
+    _print_metrics(result.metrics, f"run {result.run_dir}")
+    typer.echo(str(result.run_dir))
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    split: Annotated[str | None, typer.Option(help="data split (default: the recipe's)")] = None,
+) -> None:
+    """Evaluate a run's student (and agreement with its teacher) on the recipe's eval split."""
+    from crossdistill.evaluate.suites import evaluate_run
+
+    metrics = evaluate_run(run_dir, split=split)
+    _print_metrics(metrics, f"eval {run_dir}")
+    typer.echo(json.dumps(metrics))
+
+
+@app.command("list")
+def list_(kind: Annotated[str, typer.Argument(help="losses | models | data | pipeline")]) -> None:
+    """List registered names."""
+    from crossdistill.data.sources import DATA_SOURCES
+    from crossdistill.data.views import PIPELINE_STEPS
+    from crossdistill.errors import UnknownNameError
+    from crossdistill.losses import LOSSES
+    from crossdistill.models.registry import MODELS
+    from crossdistill.models.zoo import cnn  # noqa: F401  (registers the zoo)
+    from crossdistill.registry import Registry
+
+    registries: dict[str, Registry] = {"losses": LOSSES, "models": MODELS, "data": DATA_SOURCES,
+                                       "pipeline": PIPELINE_STEPS}
+    if kind not in registries:
+        raise UnknownNameError(f"unknown kind {kind!r}", hint=f"known: {', '.join(registries)}")
+    for item in registries[kind].names():
+        typer.echo(item)
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one clear message."""
+    from crossdistill.errors import CrossDistillError
+
+    try:
+        app(standalone_mode=False)
+    except CrossDistillError as exc:
+        if state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            console.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; the last checkpoint is intact (resume with --resume)")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""A recipe as validated pydantic models.
+
+``load_recipe("recipe.yaml", overrides=["train.epochs=5"])`` reads YAML, applies ``--set``
+overrides and validates. Every error names the YAML path (``losses[1].params.temperature``) and
+what was expected; unknown keys are refused with the closest known ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from crossdistill.errors import ConfigError, close_matches
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TapSpec(_Strict):
+    """A forward hook: capture ``path``'s output (or input) as ``features/<name>``."""
+
+    name: str
+    path: str
+    on: Literal["output", "input"] = "output"
+    select: str | int | None = None
+    kind: Literal["features", "attention"] = "features"
+
+
+class ModelSpec(_Strict):
+    """A model by registered name or ``package.module:Callable``, with its pipeline and taps."""
+
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    outputs: list[str] | dict[str, str] = Field(default_factory=lambda: ["logits"])
+    taps: list[TapSpec] = Field(default_factory=list)
+    pipeline: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TeacherSpec(_Strict):
+    """One teacher (``model: ...``) or an ensemble (``members: [...]``, optional weights)."""
+
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    outputs: list[str] | dict[str, str] = Field(default_factory=lambda: ["logits"])
+    taps: list[TapSpec] = Field(default_factory=list)
+    pipeline: list[dict[str, Any]] = Field(default_factory=list)
+    members: list[ModelSpec] = Field(default_factory=list)
+    member_weights: list[float] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> TeacherSpec:
+        if (self.model is None) == (not self.members):
+            raise ValueError("give either `model:` (one teacher) or `members:` (an ensemble)")
+        return self
+
+    def as_model_spec(self) -> ModelSpec:
+        return ModelSpec(**self.model_dump(exclude={"members", "member_weights"}))
+
+
+class LossSpec(_Strict):
+    """A registered loss, its weight in the total, and its hyper-parameters."""
+
+    name: str
+    weight: float = Field(1.0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None  # the name logged for this term; needed when a loss appears twice
+
+    @property
+    def term(self) -> str:
+        return self.label or self.name
+
+
+class DataSpec(_Strict):
+    source: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    train_split: str = "train"
+    eval_split: str = "test"
+    augment: dict[str, Any] | None = None
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 512
+    num_workers: NonNegativeInt = 0
+    limit_train: PositiveInt | None = None  # use only the first N training examples
+    limit_eval: PositiveInt | None = None
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[PositiveInt] = Field(default_factory=list)  # epochs, for `step`
+    gamma: float = Field(0.1, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainSpec(_Strict):
+    epochs: PositiveInt = 10
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    grad_clip: PositiveFloat | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU
+    deterministic: bool = True
+    log_every: PositiveInt = 50
+    keep_checkpoints: NonNegativeInt = 3
+    progress: bool = True
+
+
+class EvalSpec(_Strict):
+    every_epochs: NonNegativeInt = 1  # 0: only after the last epoch
+    topk: PositiveInt = 5
+
+
+class OutputSpec(_Strict):
+    dir: Path = Path("runs")
+
+
+class Recipe(_Strict):
+    """One experiment: data, teacher (optional), student, weighted losses, training, evaluation."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataSpec
+    teacher: TeacherSpec | None = None
+    student: ModelSpec
+    losses: list[LossSpec] = Field(min_length=1)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @pydantic.model_validator(mode="after")
+    def _unique_terms(self) -> Recipe:
+        terms = [loss.term for loss in self.losses]
+        dupes = sorted({t for t in terms if terms.count(t) > 1})
+        if dupes:
+            raise ValueError(f"loss terms {dupes} appear twice: give each a distinct `label:`")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output.dir / self.name
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved recipe (what a checkpoint was trained with)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} does not exist", hint="check the path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, not {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(path))
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(
+            f"{source} is not a valid recipe:\n{format_validation_error(exc, model=Recipe)}"
+        ) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML; list items by index: ``losses.1.weight=2``)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not KEY=VALUE", hint="e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_index(part, node, where)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {item!r}: {where} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(last, node, key)] = value
+    else:
+        node[last] = value
+
+
+def _index(part: str, items: list[Any], where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"override path {where!r}: {part!r} is not an index below {len(items)}")
+    return int(part)
+
+
+def format_validation_error(
+    exc: pydantic.ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem: the YAML path, what is wrong, what was given."""
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]  # drop union tags
+        path = _dotted([*(prefix.split(".") if prefix else []), *loc])
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(model, loc[:-1]) if model else []
+            close = close_matches(str(loc[-1]), known)
+            msg = "unknown key" + (f"; did you mean {' or '.join(close)}?" if close else "")
+            if known:
+                msg += f" (expected one of: {', '.join(known)})"
+        elif err["type"] == "missing":
+            msg = "required but missing"
+        else:
+            msg = f"{err['msg']} (got {err.get('input')!r})"
+        lines.append(f"  {path or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(model: type[BaseModel] | None, loc: list[Any]) -> list[str]:
+    """The field names of the sub-model found by walking ``loc`` through ``model``'s fields."""
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _submodel(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _submodel(arg)
+            if found:
+                return found
+    return None
+
+
+def dump_recipe(recipe: Recipe, path: Path) -> None:
+    """Write the resolved recipe as YAML (what the run actually used)."""
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

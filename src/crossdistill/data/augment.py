@@ -1,0 +1,132 @@
+"""Seeded augmentations whose parameters are recorded per example.
+
+An augmentation is split into ``sample`` (draw parameters from a generator) and ``apply`` (a pure
+function of the image and the parameters), so the exact view a teacher saw can be re-created
+later from the recorded parameters, e.g. by a knowledge store keyed by ``(id, aug)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from crossdistill.errors import ConfigError, DataError
+from crossdistill.registry import Registry
+
+
+@runtime_checkable
+class Augmentation(Protocol):
+    """Draws per-example parameters and applies them to a ``(C, H, W)`` float image."""
+
+    num_params: int
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """float64 parameters of length ``num_params`` for an image of ``shape``."""
+        ...
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``x`` transformed by ``params``; must not depend on anything else."""
+        ...
+
+
+AUGMENTATIONS: Registry[type[Augmentation]] = Registry("augmentation")
+
+
+def _as_params(params: torch.Tensor | np.ndarray, expected: int, name: str) -> list[float]:
+    if isinstance(params, torch.Tensor):
+        params = params.detach().cpu().numpy()
+    values = [float(v) for v in np.asarray(params, dtype=np.float64).reshape(-1)]
+    if len(values) != expected:
+        raise DataError(
+            f"augmentation {name!r} takes {expected} parameters, got {len(values)}",
+            hint="recorded parameters must come from the same augmentation configuration",
+        )
+    return values
+
+
+@AUGMENTATIONS.register("none")
+class NoAugment:
+    """The identity; records no parameters."""
+
+    num_params = 0
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        return np.empty(0, dtype=np.float64)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor | np.ndarray) -> torch.Tensor:
+        _as_params(params, 0, "none")
+        return x
+
+    def __repr__(self) -> str:
+        return "NoAugment()"
+
+
+@AUGMENTATIONS.register("crop_flip")
+class RandomCropFlip:
+    """Zero-pad by ``padding``, crop back to ``H x W`` at ``(dy, dx)``, then maybe flip.
+
+    Parameters are ``[dy, dx, flip]`` with ``dy, dx`` in ``0..2*padding`` and ``flip`` in {0, 1};
+    ``[padding, padding, 0]`` is the identity.
+    """
+
+    num_params = 3
+
+    def __init__(self, padding: int = 2, flip: bool = True) -> None:
+        if int(padding) != padding or padding < 0:
+            raise ConfigError(f"crop_flip: padding must be a non-negative integer, got {padding!r}")
+        self.padding = int(padding)
+        self.flip = bool(flip)
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        dy, dx = rng.integers(0, 2 * self.padding + 1, size=2)
+        flip = rng.integers(0, 2) if self.flip else 0
+        return np.array([dy, dx, flip], dtype=np.float64)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor | np.ndarray) -> torch.Tensor:
+        dy, dx, flip = (round(v) for v in _as_params(params, 3, "crop_flip"))
+        p = self.padding
+        if not (0 <= dy <= 2 * p and 0 <= dx <= 2 * p and flip in (0, 1)):
+            raise DataError(
+                f"crop_flip parameters {[dy, dx, flip]} out of range for padding {p}"
+                f" (dy, dx in 0..{2 * p}, flip in 0..1)"
+            )
+        h, w = x.shape[-2:]
+        # Shifting by (dy - p, dx - p) with zero fill equals pad-then-crop, without the padded copy.
+        sy, sx = dy - p, dx - p
+        out = torch.zeros_like(x)
+        if abs(sy) >= h or abs(sx) >= w:  # shifted entirely out of frame (padding >= size)
+            return out
+        src_y, dst_y = slice(max(sy, 0), h + min(sy, 0)), slice(max(-sy, 0), h - max(sy, 0))
+        src_x, dst_x = slice(max(sx, 0), w + min(sx, 0)), slice(max(-sx, 0), w - max(sx, 0))
+        out[..., dst_y, dst_x] = x[..., src_y, src_x]
+        return out.flip(-1) if flip else out
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
+
+
+def build_augmentation(spec: Mapping[str, Any] | str | Augmentation | None) -> Augmentation:
+    """An augmentation from ``{"name": ..., **params}`` or a bare name; ``None``: the identity."""
+    if spec is None:
+        return NoAugment()
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        if isinstance(spec, Augmentation):
+            return spec
+        raise ConfigError(f"augmentation must be a mapping with a 'name', got {spec!r}")
+    params = dict(spec)
+    if "name" not in params:
+        raise ConfigError(
+            f"augmentation {spec!r} has no 'name'",
+            hint=f"known: {', '.join(AUGMENTATIONS.names())}",
+        )
+    name = params.pop("name")
+    cls = AUGMENTATIONS.get(name)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ConfigError(f"augmentation {name!r}: {e}") from None

@@ -1,0 +1,229 @@
+"""Map-style datasets of distillation examples, and a loader whose order is seeded per epoch.
+
+An example is ``{"id": int, "views": {name: x}, "target": int64 scalar, "aug": float32 params}``.
+Augmentation parameters for example ``i`` in epoch ``e`` come from
+``np.random.default_rng([seed, e, i])``: they do not depend on worker count or request order, so
+a run is reproducible and a knowledge store can key cached teacher outputs by ``(id, aug)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from crossdistill.data.augment import Augmentation, NoAugment
+from crossdistill.data.sources.base import ArraySplit
+from crossdistill.errors import ConfigError, DataError
+
+DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
+
+
+def _check_views(views: Sequence[str]) -> tuple[str, ...]:
+    views = tuple(views)
+    if not views or len(set(views)) != len(views):
+        raise ConfigError(f"views must be a non-empty list of distinct names, got {list(views)}")
+    return views
+
+
+def _check_index(i: int, n: int) -> int:
+    i = int(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"example index {i} out of range for {n} examples")
+    return i
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]; anything else to a float32 copy (never a view)."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.to(torch.float32, copy=True)
+
+
+class DistillDataset(Dataset):
+    """Examples ``{id, views: {"teacher": x, "student": x}, target, aug}`` from an ArraySplit.
+
+    ``x`` is float32 ``(C, H, W)`` in [0, 1]; every view gets the same augmented image (each
+    model's own pipeline normalises or resizes it). Call :meth:`set_epoch` before iterating an
+    epoch; DataLoader workers copy the dataset when the iterator starts, so they see it too.
+    """
+
+    def __init__(
+        self,
+        split: ArraySplit,
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+        views: Sequence[str] = DEFAULT_VIEWS,
+    ) -> None:
+        self.split = split
+        self.augmentation: Augmentation = augmentation if augmentation is not None else NoAugment()
+        self.seed = int(seed)
+        self.views = _check_views(views)
+        self.epoch = 0
+        if self.seed < 0:
+            raise ConfigError(f"seed must be non-negative, got {seed}")
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.split.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.split.num_classes
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation parameters ``__getitem__`` draws."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = int(epoch)
+
+    def aug_params(self, i: int, epoch: int | None = None) -> np.ndarray:
+        """The augmentation parameters of example ``i`` in ``epoch`` (default: the current one)."""
+        i = _check_index(i, len(self))
+        epoch = self.epoch if epoch is None else epoch
+        if self.augmentation.num_params == 0:
+            return np.empty(0, dtype=np.float64)
+        rng = np.random.default_rng([self.seed, epoch, i])
+        return self.augmentation.sample(rng, tuple(self.split.inputs.shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = _check_index(i, len(self))
+        params = self.aug_params(i)
+        x = self.augmentation.apply(_to_float(self.split.inputs[i]), params)
+        return {
+            "id": i,
+            "views": {name: x for name in self.views},
+            "target": torch.tensor(int(self.split.targets[i]), dtype=torch.int64),
+            "aug": torch.as_tensor(params, dtype=torch.float32),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"DistillDataset({self.split.name!r}, n={len(self)},"
+            f" augmentation={self.augmentation!r}, seed={self.seed}, views={list(self.views)})"
+        )
+
+
+class TensorPairDataset(Dataset):
+    """Adapts a map-style dataset of ``(x, y)`` pairs to distillation examples (no augmentation)."""
+
+    def __init__(self, data: Dataset, views: Sequence[str] = DEFAULT_VIEWS) -> None:
+        if not isinstance(data, Sized):
+            raise DataError(
+                f"training data {type(data).__name__} has no length",
+                hint="pass a map-style dataset (with __len__ and __getitem__), e.g. TensorDataset",
+            )
+        self.data = data
+        self.views = _check_views(views)
+        self.augmentation: Augmentation = NoAugment()
+        self.seed = 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Kept for interface parity with :class:`DistillDataset`; nothing is epoch-dependent."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = _check_index(i, len(self))
+        item = self.data[i]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise DataError(
+                f"example {i} of {type(self.data).__name__} is not an (input, target) pair",
+                hint="each item must be a 2-tuple (x, y), as TensorDataset(x, y) returns",
+            )
+        x, y = item
+        x = _to_float(torch.as_tensor(x))
+        target = torch.as_tensor(y)
+        if not target.is_floating_point():
+            target = target.to(torch.int64)
+        return {
+            "id": i,
+            "views": {name: x for name in self.views},
+            "target": target,
+            "aug": torch.empty(0, dtype=torch.float32),
+        }
+
+
+def as_distill_dataset(
+    data: Dataset | ArraySplit, views: Sequence[str] = DEFAULT_VIEWS
+) -> DistillDataset | TensorPairDataset:
+    """``data`` as a dataset of distillation examples: a DistillDataset is returned unchanged,
+    an ArraySplit is wrapped without augmentation, any other map-style dataset of ``(x, y)``
+    pairs (e.g. a TensorDataset) is adapted."""
+    if isinstance(data, (DistillDataset, TensorPairDataset)):
+        return data
+    if isinstance(data, ArraySplit):
+        return DistillDataset(data, views=views)
+    return TensorPairDataset(data, views=views)
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in an order fixed by ``(seed, epoch)``: resuming at epoch ``e`` replays it."""
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.n = int(n)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader with :meth:`set_epoch`, which moves both its sampler and its dataset on."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order and augmentation parameters of ``epoch``."""
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+def example_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> EpochLoader:
+    """A loader over ``dataset`` whose order depends only on ``(seed, epoch)``.
+
+    Call ``loader.set_epoch(e)`` before each epoch. Batches are dicts collated by the default
+    collate: ``{"id": (B,), "views": {name: (B, C, H, W)}, "target": (B,), "aug": (B, P)}``.
+    """
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+    return EpochLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        # DataLoader draws a worker base seed from this generator on every iteration; without
+        # one it would consume the global torch RNG and shift dropout etc. between runs.
+        generator=torch.Generator().manual_seed(int(seed)),
+    )

@@ -1,0 +1,195 @@
+"""Classification metrics for distillation: accuracy, teacher agreement, KL and calibration.
+
+Every function takes logits ``(N, C)`` (any float dtype) and integer targets ``(N,)``, computes
+in float64 on the CPU and returns a Python float. :class:`MetricAccumulator` collects batches
+for the trainer's validation loop and computes everything once at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from crossdistill.errors import ConfigError, ShapeError
+
+__all__ = [
+    "MetricAccumulator",
+    "accuracy",
+    "agreement",
+    "classification_metrics",
+    "expected_calibration_error",
+    "kl_divergence",
+    "topk_accuracy",
+]
+
+
+def _logits(logits: Tensor, name: str = "logits") -> Tensor:
+    if logits.ndim != 2:
+        raise ShapeError(
+            f"{name} must be 2-D (N, C), got shape {tuple(logits.shape)}",
+            hint="flatten extra dimensions or select the classification head's output",
+        )
+    if logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ShapeError(f"{name} is empty: shape {tuple(logits.shape)}")
+    return logits.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _target(target: Tensor, logits: Tensor) -> Tensor:
+    if target.shape != logits.shape[:1]:
+        raise ShapeError(
+            f"target shape {tuple(target.shape)} does not match logits shape "
+            f"{tuple(logits.shape)}; expected ({logits.shape[0]},)",
+            hint="targets are class indices, one per example",
+        )
+    return target.detach().to(device="cpu", dtype=torch.long)
+
+
+def _pair(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    s, t = _logits(student_logits, "student logits"), _logits(teacher_logits, "teacher logits")
+    if s.shape != t.shape:
+        raise ShapeError(
+            f"student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape",
+            hint="student and teacher must score the same examples over the same classes",
+        )
+    return s, t
+
+
+def accuracy(logits: Tensor, target: Tensor) -> float:
+    """Top-1 accuracy: ``mean_i [argmax_c logits[i, c] == target[i]]``."""
+    z = _logits(logits)
+    y = _target(target, z)
+    return (z.argmax(dim=1) == y).double().mean().item()
+
+
+def topk_accuracy(logits: Tensor, target: Tensor, k: int) -> float:
+    """Top-k accuracy: fraction of examples whose target is among the k highest logits.
+
+    ``k`` is clipped to the number of classes ``C`` (so ``k >= C`` gives 1.0).
+    """
+    if k < 1:
+        raise ConfigError(f"top-k accuracy needs k >= 1, got k={k}")
+    z = _logits(logits)
+    y = _target(target, z)
+    top = z.topk(min(k, z.shape[1]), dim=1).indices
+    return (top == y[:, None]).any(dim=1).double().mean().item()
+
+
+def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
+    """Top-1 agreement: ``mean_i [argmax s_i == argmax t_i]``."""
+    s, t = _pair(student_logits, teacher_logits)
+    return (s.argmax(dim=1) == t.argmax(dim=1)).double().mean().item()
+
+
+def kl_divergence(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+) -> float:
+    """Mean over examples of ``KL(p_t || p_s)`` in nats.
+
+    ``p_t = softmax(t / T)``, ``p_s = softmax(s / T)``,
+    ``KL = sum_c p_t[c] * (log p_t[c] - log p_s[c])``. No ``T**2`` factor (this is a metric,
+    not the Hinton et al. 2015 training loss).
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    s, t = _pair(student_logits, teacher_logits)
+    log_ps = torch.log_softmax(s / temperature, dim=1)
+    log_pt = torch.log_softmax(t / temperature, dim=1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean().item()
+
+
+def expected_calibration_error(logits: Tensor, target: Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks").
+
+    Confidence ``conf_i = max_c softmax(z_i)[c]`` goes into equal-width bins
+    ``B_m = ((m-1)/M, m/M]``, ``m = 1..M``; then
+    ``ECE = sum_m |B_m|/N * |acc(B_m) - conf(B_m)|``.
+    """
+    if n_bins < 1:
+        raise ConfigError(f"ECE needs n_bins >= 1, got {n_bins}")
+    z = _logits(logits)
+    y = _target(target, z)
+    conf = torch.softmax(z, dim=1).amax(dim=1)
+    correct = (z.argmax(dim=1) == y).double()  # same prediction rule as accuracy()
+    # bucketize(right=False) gives i with edges[i-1] < conf <= edges[i]: the bin ((i-1)/M, i/M].
+    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
+    bins = (torch.bucketize(conf, edges) - 1).clamp_(0, n_bins - 1)
+    gap = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, bins, correct - conf)
+    # |B_m|/N * |acc(B_m) - conf(B_m)| = |sum_{i in B_m} (correct_i - conf_i)| / N
+    return (gap.abs().sum() / len(conf)).item()
+
+
+def classification_metrics(
+    student_logits: Tensor,
+    target: Tensor,
+    teacher_logits: Tensor | None = None,
+    k: int = 5,
+) -> dict[str, float]:
+    """All metrics at once.
+
+    Keys: ``accuracy``, ``top{k}_accuracy`` (named by the requested ``k``, even when clipped),
+    ``ece``; with teacher logits also ``teacher_accuracy``, ``agreement`` and
+    ``kl_teacher_student`` (``KL(p_t || p_s)`` at T=1).
+    """
+    out = {
+        "accuracy": accuracy(student_logits, target),
+        f"top{k}_accuracy": topk_accuracy(student_logits, target, k),
+        "ece": expected_calibration_error(student_logits, target),
+    }
+    if teacher_logits is not None:
+        out["teacher_accuracy"] = accuracy(teacher_logits, target)
+        out["agreement"] = agreement(student_logits, teacher_logits)
+        out["kl_teacher_student"] = kl_divergence(student_logits, teacher_logits)
+    return out
+
+
+class MetricAccumulator:
+    """Collects validation batches (detached, CPU, float32) and computes metrics over all of them.
+
+    >>> acc = MetricAccumulator()
+    >>> for x, y in loader:                         # doctest: +SKIP
+    ...     acc.update(student(x), y, teacher(x))
+    >>> acc.compute(k=5)                            # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all collected batches."""
+        self._student: list[Tensor] = []
+        self._target: list[Tensor] = []
+        self._teacher: list[Tensor] = []
+
+    def update(
+        self, student_logits: Tensor, target: Tensor, teacher_logits: Tensor | None = None
+    ) -> None:
+        """Add one batch; teacher logits must be given for every batch or for none."""
+        s = _logits(student_logits, "student logits")
+        y = _target(target, s)
+        if self._student and s.shape[1] != self._student[0].shape[1]:
+            raise ShapeError(
+                f"student logits {tuple(s.shape)} have {s.shape[1]} classes, earlier batches "
+                f"had {self._student[0].shape[1]}"
+            )
+        if self._student and (teacher_logits is not None) != bool(self._teacher):
+            raise ShapeError(
+                "teacher logits must be given for every batch or for none",
+                hint="pass teacher_logits to every update() call, or call reset() first",
+            )
+        if teacher_logits is not None:
+            self._teacher.append(_pair(s, teacher_logits)[1].float())
+        self._student.append(s.float())
+        self._target.append(y)
+
+    def __len__(self) -> int:
+        """Number of examples collected so far."""
+        return sum(len(y) for y in self._target)
+
+    def compute(self, k: int = 5) -> dict[str, float]:
+        """:func:`classification_metrics` over the concatenation of all batches."""
+        if not self._student:
+            raise ShapeError("no batches collected: call update() before compute()")
+        teacher = torch.cat(self._teacher) if self._teacher else None
+        return classification_metrics(
+            torch.cat(self._student), torch.cat(self._target), teacher, k=k
+        )

@@ -1,0 +1,166 @@
+"""From a recipe to a finished run directory — the code that both the CLI and ``distill()`` end in.
+
+A run directory ``<output.dir>/<name>/`` holds ``config.yaml`` (the resolved recipe),
+``metrics.jsonl``, ``checkpoints/``, and once training ends ``student.safetensors`` (the student
+alone, loadable without crossdistill), ``student.json`` (how to rebuild it and its preprocessing)
+and ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import Subset
+
+from crossdistill.config import DataSpec, ModelSpec, Recipe, TeacherSpec, dump_recipe
+from crossdistill.data import DistillDataset, build_augmentation, example_loader, load_source
+from crossdistill.data.views import build_pipeline
+from crossdistill.distiller import Distiller, Term
+from crossdistill.errors import CheckpointError, ConfigError
+from crossdistill.losses import build_loss
+from crossdistill.models.registry import build_model, load_weights
+from crossdistill.models.taps import Tap
+from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
+from crossdistill.train.checkpoint import list_checkpoints
+from crossdistill.train.runtime import seed_everything
+from crossdistill.train.trainer import History, Trainer
+
+
+def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> ModelWrapper:
+    """A Student/Teacher from a model spec: model, weights, pipeline, taps."""
+    model = build_model(spec.model, spec.params)
+    if spec.weights is not None:
+        if not spec.weights.is_file():
+            raise CheckpointError(
+                f"{where}.weights: {str(spec.weights)!r} does not exist",
+                hint="train that model first (e.g. `crossdistill run recipes/fashion_mnist/"
+                "teacher.yaml`) or fix the path",
+            )
+        load_weights(model, spec.weights)
+    taps = [Tap(**t.model_dump()) for t in spec.taps]
+    return cls(model, outputs=spec.outputs, taps=taps, pipeline=build_pipeline(spec.pipeline))
+
+
+def build_teacher(spec: TeacherSpec) -> Teacher:
+    if spec.members:
+        members = [build_wrapper(Teacher, m, f"teacher.members[{i}]")
+                   for i, m in enumerate(spec.members)]
+        return EnsembleTeacher(members, spec.member_weights)  # type: ignore[arg-type]
+    return build_wrapper(Teacher, spec.as_model_spec(), "teacher")  # type: ignore[return-value]
+
+
+def build_distiller(recipe: Recipe) -> Distiller:
+    terms = [
+        Term(spec.term, build_loss(spec.name, spec.params, where=f"losses[{i}]"), spec.weight)
+        for i, spec in enumerate(recipe.losses)
+    ]
+    student = build_wrapper(Student, recipe.student, "student")
+    teacher = build_teacher(recipe.teacher) if recipe.teacher else None
+    return Distiller(student, terms, teacher=teacher)  # type: ignore[arg-type]
+
+
+def build_datasets(spec: DataSpec, seed: int) -> tuple[DistillDataset, DistillDataset]:
+    train = DistillDataset(load_source(spec.source, spec.train_split, **spec.params),
+                           augmentation=build_augmentation(spec.augment), seed=seed)
+    evals = DistillDataset(load_source(spec.source, spec.eval_split, **spec.params), seed=seed)
+    return train, evals
+
+
+class Head(Subset):
+    """The first ``n`` examples of a dataset, still following ``set_epoch``."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        super().__init__(dataset, range(min(n, len(dataset))))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
+def build_loaders(recipe: Recipe, device: torch.device) -> tuple[Any, Any]:
+    spec = recipe.data
+    train, evals = build_datasets(spec, recipe.seed)
+    if spec.limit_train:
+        train = Head(train, spec.limit_train)  # type: ignore[assignment]
+    if spec.limit_eval:
+        evals = Head(evals, spec.limit_eval)  # type: ignore[assignment]
+    pin = device.type == "cuda"
+    return (
+        example_loader(train, spec.batch_size, True, recipe.seed, spec.num_workers,
+                       pin_memory=pin),
+        example_loader(evals, spec.eval_batch_size, False, recipe.seed, spec.num_workers,
+                       pin_memory=pin),
+    )
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns: where it lives, its history, the trained student model."""
+
+    run_dir: Path | None
+    history: History
+    student: nn.Module
+    metrics: dict[str, float]
+
+
+def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
+    """Create the run directory, refusing to overwrite a finished or started run."""
+    run_dir = recipe.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise ConfigError(
+            f"run directory {run_dir} already exists",
+            hint="pass --resume to continue it, or --name NEW to start another run",
+        )
+    if resume and (run_dir / "student.safetensors").exists() and not list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} is a finished run with no checkpoint to resume from")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_recipe(recipe, run_dir / "config.yaml")
+    return run_dir
+
+
+def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
+    """Build everything a recipe names, train, evaluate and write the run directory."""
+    seed_everything(recipe.seed, recipe.train.deterministic)
+    distiller = build_distiller(recipe)  # validates models, weights, losses before any output
+    run_dir = prepare_run_dir(recipe, resume)
+    trainer = Trainer(distiller, recipe.train, run_dir=run_dir, eval_spec=recipe.eval,
+                      fingerprint=recipe.fingerprint())
+    train_loader, eval_loader = build_loaders(recipe, trainer.device)
+    history = trainer.fit(train_loader, eval_loader, resume=resume)
+    metrics = history.eval[-1] if history.eval else {}
+    finish_run(run_dir, distiller, recipe.student, metrics, epochs=trainer.epoch)
+    return RunResult(run_dir, history, distiller.student.model, metrics)
+
+
+def finish_run(run_dir: Path, distiller: Distiller, spec: ModelSpec, metrics: dict[str, float],
+               epochs: int) -> None:
+    """Write the student alone (safetensors + how to rebuild it) and the final metrics."""
+    model = distiller.student.model
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(run_dir / "student.safetensors"))
+    (run_dir / "student.json").write_text(json.dumps({
+        "model": spec.model,
+        "params": spec.params,
+        "outputs": spec.outputs,
+        "pipeline": spec.pipeline,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }, indent=1))
+    (run_dir / "eval.json").write_text(json.dumps({"epoch": epochs, **metrics}, indent=1))
+
+
+def load_student(run_dir: str | Path) -> Student:
+    """The trained student of a run directory, with its input pipeline."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "student.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{run_dir} has no student.json: the run has not finished",
+                              hint="resume it with `crossdistill run RECIPE --resume`")
+    meta = json.loads(meta_path.read_text())
+    spec = ModelSpec(model=meta["model"], params=meta["params"], outputs=meta["outputs"],
+                     pipeline=meta["pipeline"], weights=run_dir / "student.safetensors")
+    return build_wrapper(Student, spec, "student")  # type: ignore[return-value]

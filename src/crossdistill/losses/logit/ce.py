@@ -1,0 +1,46 @@
+"""Cross-entropy with the ground-truth target."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from crossdistill.knowledge import Knowledge
+from crossdistill.losses.logit._common import (
+    HyperParameterError,
+    check_range,
+    class_indices,
+    logits_of,
+)
+from crossdistill.losses.registry import LOSSES, Loss
+
+
+@LOSSES.register("ce")
+class CrossEntropyLoss(Loss):
+    r"""Supervised cross-entropy of the student: ``mean_i -sum_c q_ic log softmax(s_i)_c``.
+
+    ``q_i`` is the one-hot target smoothed as in Szegedy et al. 2016 (arXiv:1512.00567):
+    ``q = (1 - ε)·onehot(y) + ε / C`` with ``ε = label_smoothing``. The target may be class indices
+    ``(B,)`` or class probabilities ``(B, C)`` (e.g. after mixup). The teacher is not used.
+    """
+
+    needs_student = ("logits",)
+    needs_target = True
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = check_range("ce", "label_smoothing", label_smoothing)
+        if self.label_smoothing > 1:
+            raise HyperParameterError(
+                f"loss 'ce': label_smoothing must be in [0, 1], got {label_smoothing!r}"
+            )
+
+    def forward(
+        self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        s = logits_of(student, "ce")
+        if target is not None and target.is_floating_point() and target.shape == s.shape:
+            target = target.to(s.dtype)  # class probabilities
+        else:
+            target = class_indices(target, s, "ce")
+        return F.cross_entropy(s, target, label_smoothing=self.label_smoothing)

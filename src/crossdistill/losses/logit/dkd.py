@@ -1,0 +1,66 @@
+"""Decoupled knowledge distillation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from crossdistill.errors import ShapeError
+from crossdistill.knowledge import Knowledge
+from crossdistill.losses.logit._common import check_range, class_indices, logit_pair
+from crossdistill.losses.registry import LOSSES, Loss
+
+
+def _split(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log b`` over (target, non-target) ``(B, 2)``, and the non-target logits ``(B, C-1)``."""
+    others = torch.ones_like(z, dtype=torch.bool).scatter_(1, y[:, None], False)
+    z_nt = z[others].view(z.shape[0], -1)
+    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    log_b = torch.cat([z.gather(1, y[:, None]), torch.logsumexp(z_nt, 1, keepdim=True)], 1) - lse
+    return log_b, z_nt
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-row ``KL(p || q)`` from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+@LOSSES.register("dkd")
+class DKDLoss(Loss):
+    r"""Decoupled KD (Zhao et al., CVPR 2022, arXiv:2203.08679).
+
+    With ``p = softmax(z / T)`` for the true class ``y``, ``b = [p_y, 1 - p_y]`` and
+    ``p̂ = softmax`` over the non-target logits ``z_{≠y} / T`` (the non-target probabilities
+    renormalised):
+
+    - ``TCKD = KL(b^t || b^s)``, ``NCKD = KL(p̂^t || p̂^s)``
+    - ``L = T² · (1/B) Σ_i (α · TCKD_i + β · NCKD_i)``
+
+    Classic KD decomposes as ``KL(p^t || p^s) = TCKD + (1 - p^t_y) · NCKD`` (paper, Eq. 6); DKD
+    drops the ``(1 - p^t_y)`` weight. ``log(1 - p_y)`` is computed as a log-sum-exp over the
+    non-target logits, so no probability is ever subtracted from 1. The reference code's linear
+    warm-up of the loss weight over the first epochs is a schedule, not part of this loss.
+    """
+
+    needs_student = ("logits",)
+    needs_teacher = ("logits",)
+    needs_target = True
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.alpha = check_range("dkd", "alpha", alpha)
+        self.beta = check_range("dkd", "beta", beta)
+        self.temperature = check_range("dkd", "temperature", temperature, positive=True)
+
+    def forward(
+        self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        s, t = logit_pair(student, teacher, "dkd")
+        if s.shape[1] < 2:
+            raise ShapeError(f"dkd needs at least 2 classes, got logits {tuple(s.shape)}")
+        y = class_indices(target, s, "dkd")
+        log_b_s, s_nt = _split(s / self.temperature, y)
+        log_b_t, t_nt = _split(t / self.temperature, y)
+        tckd = _kl(log_b_t, log_b_s)
+        nckd = _kl(F.log_softmax(t_nt, dim=1), F.log_softmax(s_nt, dim=1))
+        return self.temperature**2 * (self.alpha * tckd + self.beta * nckd).mean()

@@ -1,0 +1,43 @@
+"""Hinton knowledge distillation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from crossdistill.knowledge import Knowledge
+from crossdistill.losses.logit._common import check_range, logit_pair
+from crossdistill.losses.registry import LOSSES, Loss
+
+
+def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · mean_i KL(softmax(t_i/T) || softmax(s_i/T))`` for ``(B, C)`` logits."""
+    log_p_s = F.log_softmax(s / temperature, dim=1)
+    log_p_t = F.log_softmax(t / temperature, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    return temperature**2 * kl.mean()
+
+
+@LOSSES.register("kd")
+class KDLoss(Loss):
+    r"""Knowledge distillation (Hinton, Vinyals & Dean 2015, arXiv:1503.02531).
+
+    ``L = T² · (1/B) Σ_i KL(softmax(t_i / T) || softmax(s_i / T))`` ("batchmean").
+
+    The ``T²`` keeps the gradient magnitude roughly independent of ``T`` (paper, §2). Equals
+    ``T² ×`` torchdistill's ``KDLoss(alpha=None)``, which returns the KL without ``T²``; the
+    hard-label term of torchdistill's ``alpha`` is the separate ``ce`` loss here.
+    """
+
+    needs_student = ("logits",)
+    needs_teacher = ("logits",)
+
+    def __init__(self, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.temperature = check_range("kd", "temperature", temperature, positive=True)
+
+    def forward(
+        self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        s, t = logit_pair(student, teacher, "kd")
+        return soft_kl(s, t, self.temperature)

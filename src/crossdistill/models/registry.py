@@ -1,0 +1,92 @@
+"""Model construction from a recipe: registered zoo names or ``package.module:Callable``.
+
+No ``eval``: a reference is either a registered name or an import path resolved with importlib.
+Weights load from safetensors only, with errors that say which keys or shapes do not fit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError
+from crossdistill.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def resolve_model(ref: str) -> Callable[..., nn.Module]:
+    """A registered name (``"resnet"``) or an import path (``"my_pkg.models:make_net"``)."""
+    if ":" not in ref:
+        import crossdistill.models.zoo  # noqa: F401  (registers the zoo)
+
+        return MODELS.get(ref)
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r} for model {ref!r}: {exc}",
+            hint="the module must be importable from the current environment (pip install it "
+            "or add its folder to PYTHONPATH)",
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownNameError(f"{module_name!r} has no attribute {attr!r} (model {ref!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"model {ref!r} is not callable")
+    return obj
+
+
+def build_model(ref: str, params: Mapping[str, Any] | None = None) -> nn.Module:
+    """Call the model factory with ``params``; a wrong keyword names the accepted ones."""
+    factory = resolve_model(ref)
+    try:
+        model = factory(**dict(params or {}))
+    except TypeError as exc:
+        raise ConfigError(f"cannot build model {ref!r} with params {dict(params or {})}: {exc}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {ref!r} returned a {type(model).__name__}, not a torch Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load a safetensors state dict into ``model`` with a readable error on any mismatch."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc})",
+            hint="crossdistill reads weights only from .safetensors files; convert other formats "
+            "with safetensors.torch.save_file(model.state_dict(), path)",
+        ) from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if wrong or (strict and (missing or unexpected)):
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"] if unexpected else []
+        parts += [f"shape mismatch: {'; '.join(wrong[:3])}"] if wrong else []
+        raise CheckpointError(
+            f"weights in {path} do not fit {type(model).__name__}: {', '.join(parts)}",
+            hint="check that the recipe's `model:` and `params:` are those the weights were "
+            "trained with",
+        )
+    model.load_state_dict(state, strict=strict)

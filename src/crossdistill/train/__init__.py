@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, runtime (seeds, device, AMP)."""

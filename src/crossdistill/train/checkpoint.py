@@ -1,0 +1,168 @@
+"""Checkpoints: safetensors + JSON, written atomically, checksummed, never holding the teacher.
+
+Layout of ``<run>/checkpoints/epoch-0003/``:
+
+- ``trainable.safetensors`` — student, adapters and loss-module weights
+- ``optimizer.safetensors`` — the optimizer's tensors; its structure is in ``state.json``
+- ``rng.safetensors`` — torch RNG states (CPU and every CUDA device)
+- ``state.json`` — epoch, step, scheduler/scaler state, recipe fingerprint, SHA-256 of each file
+
+A checkpoint is written to a temporary folder, fsynced, then renamed: a crash never leaves a
+half-written checkpoint under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from crossdistill.errors import CheckpointError
+
+STATE = "state.json"
+FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON structure."""
+    tensors: dict[str, torch.Tensor] = {}
+    per_param: dict[str, dict[str, Any]] = {}
+    for idx, entries in state["state"].items():
+        per_param[str(idx)] = {}
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
+                per_param[str(idx)][name] = {"tensor": f"{idx}.{name}"}
+            else:
+                per_param[str(idx)][name] = value
+    return tensors, {"state": per_param, "param_groups": state["param_groups"]}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state = {
+        int(idx): {
+            name: tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+            for name, v in entries.items()
+        }
+        for idx, entries in meta["state"].items()
+    }
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def restore_rng(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"])
+    cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    trainable: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Write one checkpoint atomically into ``directory`` (which must not exist yet)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    opt_tensors, opt_meta = flatten_optimizer(optimizer)
+    contents = {
+        "trainable.safetensors": {k: v.detach().contiguous().cpu() for k, v in trainable.items()},
+        "optimizer.safetensors": opt_tensors,
+        "rng.safetensors": rng_state(),
+    }
+    for name, tensors in contents.items():
+        save_file(tensors, str(tmp / name))
+        _fsync(tmp / name)
+    full_state = {
+        **state,
+        "optimizer": opt_meta,
+        "sha256": {name: sha256(tmp / name) for name in contents},
+    }
+    (tmp / STATE).write_text(json.dumps(full_state, indent=1))
+    _fsync(tmp / STATE)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    _fsync(directory.parent)
+    return directory
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """Read and verify a checkpoint; corruption names the file that is wrong."""
+    state_path = directory / STATE
+    if not state_path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {STATE}: it is incomplete",
+                              hint=f"delete {directory} to resume from an earlier checkpoint")
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{state_path} is not valid JSON ({exc})",
+                              hint=f"delete {directory} to resume from an earlier checkpoint"
+                              ) from None
+    loaded: dict[str, dict[str, torch.Tensor]] = {}
+    for name in FILES:
+        path = directory / name
+        expected = state.get("sha256", {}).get(name)
+        if not path.is_file() or expected is None or sha256(path) != expected:
+            raise CheckpointError(
+                f"checkpoint file {path} is missing or corrupted (SHA-256 mismatch)",
+                hint=f"delete {directory} to resume from an earlier checkpoint",
+            )
+        try:
+            loaded[name] = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}") from None
+    state["trainable"] = loaded["trainable.safetensors"]
+    state["optimizer"] = unflatten_optimizer(loaded["optimizer.safetensors"], state["optimizer"])
+    state["rng"] = loaded["rng.safetensors"]
+    return state
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (``*.tmp`` leftovers are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints (0 keeps all)."""
+    if keep <= 0:
+        return
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,270 @@
+"""The Trainer: optimizer, schedule, seeds, AMP, progress, metrics.jsonl, checkpoints, resume.
+
+It drives a :class:`~crossdistill.distiller.Distiller` and knows nothing about which losses exist.
+Data order and augmentation are functions of (seed, epoch), so a run resumed from the checkpoint
+of epoch e continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
+from crossdistill.distiller import Distiller
+from crossdistill.errors import CheckpointError, NonFiniteLossError
+from crossdistill.evaluate.suites import evaluate_classification
+from crossdistill.train import checkpoint as ckpt
+from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
+
+
+def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               nesterov=spec.nesterov and spec.momentum > 0,
+                               weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+def lr_factor(step: int, spec: ScheduleSpec, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (linear warmup first)."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(round(spec.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if spec.name == "constant":
+        return 1.0
+    if spec.name == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return spec.gamma ** sum(epoch >= m for m in spec.milestones)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class History:
+    """What :meth:`Trainer.fit` returns: per-epoch training loss and evaluation metrics."""
+
+    train_loss: list[float] = field(default_factory=list)
+    eval: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``distiller``'s student (and adapters) with the settings of a recipe's ``train:``.
+
+    ``run_dir`` receives ``metrics.jsonl`` and ``checkpoints/``; without one nothing is written.
+    """
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        spec: TrainSpec | None = None,
+        *,
+        run_dir: Path | None = None,
+        eval_spec: EvalSpec | None = None,
+        fingerprint: str = "",
+    ) -> None:
+        self.spec = spec or TrainSpec()
+        self.eval_spec = eval_spec or EvalSpec()
+        self.run_dir = run_dir
+        self.fingerprint = fingerprint
+        self.device = select_device(self.spec.device)
+        self.amp = amp_dtype(self.spec.amp, self.device)
+        self.distiller = distiller.to(self.device)
+        self.optimizer = build_optimizer(distiller.trainable().parameters(), self.spec.optimizer)
+        # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp is torch.float16)
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self._metrics_file: Any = None
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Forward, backward, clip, optimizer step; returns the detached loss terms."""
+        batch = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        with autocast(self.device, self.amp):
+            _, terms = self.distiller(batch)
+            total = sum(terms.values())
+        if not torch.isfinite(total):
+            self._non_finite(terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.spec.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.distiller.trainable().parameters(), self.spec.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _non_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
+        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        last = ckpt.list_checkpoints(self.run_dir)[-1] if self.run_dir else None
+        self._log({"kind": "error", "epoch": self.epoch, "step": self.step,
+                   "error": f"non-finite loss terms {bad}"})
+        raise NonFiniteLossError(
+            f"loss terms {bad} became NaN/Inf at epoch {self.epoch + 1}, step {self.step}; "
+            f"training stopped. The last good checkpoint is {last or '(none yet)'}",
+            hint="lower train.optimizer.lr, set train.grad_clip, or check the inputs for NaNs",
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, train_loader: Any, eval_loader: Any = None, resume: bool = False) -> History:
+        """Train for ``spec.epochs`` epochs (continuing from the last checkpoint if ``resume``)."""
+        steps_per_epoch = len(train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(s, self.spec.schedule, steps_per_epoch, self.spec.epochs),
+        )
+        if resume:
+            self.resume()
+        history = History()
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics_file = (self.run_dir / "metrics.jsonl").open("a")
+        try:
+            while self.epoch < self.spec.epochs:
+                history.train_loss.append(self._train_epoch(train_loader, steps_per_epoch))
+                self.epoch += 1
+                last = self.epoch == self.spec.epochs
+                every = self.eval_spec.every_epochs
+                if eval_loader is not None and (last or (every and self.epoch % every == 0)):
+                    metrics = self.evaluate(eval_loader)
+                    history.eval.append(metrics)
+                    self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **metrics})
+                self.save()
+        finally:
+            if self._metrics_file is not None:
+                self._metrics_file.close()
+                self._metrics_file = None
+        return history
+
+    def _train_epoch(self, loader: Any, steps_per_epoch: int) -> float:
+        for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(self.epoch)
+        self.distiller.train()
+        start, running, seen = time.perf_counter(), 0.0, 0
+        with _progress(self.spec.progress, f"epoch {self.epoch + 1}/{self.spec.epochs}",
+                       steps_per_epoch) as bar:
+            for i, batch in enumerate(loader):
+                terms = self.train_step(batch)
+                seen += 1
+                if i % self.spec.log_every == 0 or i == steps_per_epoch - 1:
+                    values = {k: float(v) for k, v in terms.items()}
+                    running = values["loss"]
+                    self._log({"kind": "step", "epoch": self.epoch, "step": self.step,
+                               "lr": self.optimizer.param_groups[0]["lr"], **values})
+                bar.advance(loss=running)
+        seconds = time.perf_counter() - start
+        self._log({"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
+                   "seconds": seconds, "steps_per_s": seen / max(seconds, 1e-9)})
+        return running
+
+    def evaluate(self, loader: Any) -> dict[str, float]:
+        """Accuracy, top-k, calibration, and agreement with the teacher when there is one."""
+        return evaluate_classification(self.distiller.student, loader, self.distiller.teacher,
+                                       self.device, self.amp, self.eval_spec.topk)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path | None:
+        if self.run_dir is None:
+            return None
+        path = ckpt.save_checkpoint(
+            self.run_dir / "checkpoints" / f"epoch-{self.epoch:04d}",
+            trainable=self.distiller.trainable().state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            state={
+                "epoch": self.epoch,
+                "step": self.step,
+                "fingerprint": self.fingerprint,
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict(),
+            },
+        )
+        ckpt.prune_checkpoints(self.run_dir, self.spec.keep_checkpoints)
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of ``run_dir``; False when there is none yet."""
+        found = ckpt.list_checkpoints(self.run_dir) if self.run_dir else []
+        if not found:
+            return False
+        state = ckpt.load_checkpoint(found[-1])
+        if self.fingerprint and state.get("fingerprint") not in ("", self.fingerprint):
+            raise CheckpointError(
+                f"{found[-1]} was written by a different recipe (fingerprint "
+                f"{state.get('fingerprint')} vs {self.fingerprint})",
+                hint="resume with the recipe and overrides the run started with, or give the "
+                "new run another name",
+            )
+        try:
+            self.distiller.trainable().load_state_dict(state["trainable"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{found[-1]} does not fit this model: {exc}") from None
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._log({"kind": "resume", "epoch": self.epoch, "step": self.step,
+                   "checkpoint": str(found[-1])})
+        return True
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
+            self._metrics_file.flush()
+
+
+class _progress:
+    """A rich progress bar with loss, rate and ETA (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+        self._bar: Any = None
+
+    def __enter__(self) -> _progress:
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[rate]:.1f} it/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total,
+                                            loss=float("nan"), rate=0.0)
+            self._start, self._done = time.perf_counter(), 0
+        return self
+
+    def advance(self, loss: float) -> None:
+        if self._bar is not None:
+            self._done += 1
+            rate = self._done / max(time.perf_counter() - self._start, 1e-9)
+            self._bar.update(self._task, advance=1, loss=loss, rate=rate)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
