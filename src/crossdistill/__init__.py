@@ -1,3 +1,39 @@
-"""crossdistill: knowledge distillation across architectures and modalities."""
+"""crossdistill: knowledge distillation across architectures and modalities.
+
+The public surface is small: ``distill()`` for Python users, ``crossdistill run recipe.yaml`` for
+the command line; both end in the same code. The nouns (Knowledge, Tap, Teacher, Student, Loss,
+Distiller, Trainer) are importable from here for users who assemble their own loop.
+"""
+
+from crossdistill.api import distill
+from crossdistill.config import Recipe, load_recipe
+from crossdistill.distiller import Distiller, Term
+from crossdistill.errors import CrossDistillError
+from crossdistill.experiment import load_student, run_recipe
+from crossdistill.knowledge import Knowledge
+from crossdistill.losses import LOSSES, Loss, build_loss
+from crossdistill.models.taps import Tap
+from crossdistill.models.wrappers import EnsembleTeacher, Student, Teacher
+from crossdistill.train.trainer import Trainer
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "LOSSES",
+    "CrossDistillError",
+    "Distiller",
+    "EnsembleTeacher",
+    "Knowledge",
+    "Loss",
+    "Recipe",
+    "Student",
+    "Tap",
+    "Teacher",
+    "Term",
+    "Trainer",
+    "build_loss",
+    "distill",
+    "load_recipe",
+    "load_student",
+    "run_recipe",
+]

@@ -16,8 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Knowledge distillation across architectures and modalities.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Knowledge distillation across architectures and modalities.",
+)
 console = Console(stderr=True)
 state = {"debug": False}
 
@@ -71,8 +74,12 @@ def list_(kind: Annotated[str, typer.Argument(help="losses | models | data | pip
     from crossdistill.models.zoo import cnn  # noqa: F401  (registers the zoo)
     from crossdistill.registry import Registry
 
-    registries: dict[str, Registry] = {"losses": LOSSES, "models": MODELS, "data": DATA_SOURCES,
-                                       "pipeline": PIPELINE_STEPS}
+    registries: dict[str, Registry] = {
+        "losses": LOSSES,
+        "models": MODELS,
+        "data": DATA_SOURCES,
+        "pipeline": PIPELINE_STEPS,
+    }
     if kind not in registries:
         raise UnknownNameError(f"unknown kind {kind!r}", hint=f"known: {', '.join(registries)}")
     for item in registries[kind].names():

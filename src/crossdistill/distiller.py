@@ -61,8 +61,9 @@ class Distiller(nn.Module):
 
     def trainable(self) -> nn.ModuleDict:
         """What the optimizer updates and a checkpoint saves: never the teacher."""
-        return nn.ModuleDict({"student": self.student, "adapters": self.adapters,
-                              "losses": self.losses})
+        return nn.ModuleDict(
+            {"student": self.student, "adapters": self.adapters, "losses": self.losses}
+        )
 
     def teacher_knowledge(self, batch: Mapping[str, Any]) -> Knowledge:
         if "knowledge" in batch:  # precomputed (knowledge store)

@@ -49,8 +49,9 @@ def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> Model
 
 def build_teacher(spec: TeacherSpec) -> Teacher:
     if spec.members:
-        members = [build_wrapper(Teacher, m, f"teacher.members[{i}]")
-                   for i, m in enumerate(spec.members)]
+        members = [
+            build_wrapper(Teacher, m, f"teacher.members[{i}]") for i, m in enumerate(spec.members)
+        ]
         return EnsembleTeacher(members, spec.member_weights)  # type: ignore[arg-type]
     return build_wrapper(Teacher, spec.as_model_spec(), "teacher")  # type: ignore[return-value]
 
@@ -66,8 +67,11 @@ def build_distiller(recipe: Recipe) -> Distiller:
 
 
 def build_datasets(spec: DataSpec, seed: int) -> tuple[DistillDataset, DistillDataset]:
-    train = DistillDataset(load_source(spec.source, spec.train_split, **spec.params),
-                           augmentation=build_augmentation(spec.augment), seed=seed)
+    train = DistillDataset(
+        load_source(spec.source, spec.train_split, **spec.params),
+        augmentation=build_augmentation(spec.augment),
+        seed=seed,
+    )
     evals = DistillDataset(load_source(spec.source, spec.eval_split, **spec.params), seed=seed)
     return train, evals
 
@@ -91,10 +95,10 @@ def build_loaders(recipe: Recipe, device: torch.device) -> tuple[Any, Any]:
         evals = Head(evals, spec.limit_eval)  # type: ignore[assignment]
     pin = device.type == "cuda"
     return (
-        example_loader(train, spec.batch_size, True, recipe.seed, spec.num_workers,
-                       pin_memory=pin),
-        example_loader(evals, spec.eval_batch_size, False, recipe.seed, spec.num_workers,
-                       pin_memory=pin),
+        example_loader(train, spec.batch_size, True, recipe.seed, spec.num_workers, pin_memory=pin),
+        example_loader(
+            evals, spec.eval_batch_size, False, recipe.seed, spec.num_workers, pin_memory=pin
+        ),
     )
 
 
@@ -128,8 +132,13 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     seed_everything(recipe.seed, recipe.train.deterministic)
     distiller = build_distiller(recipe)  # validates models, weights, losses before any output
     run_dir = prepare_run_dir(recipe, resume)
-    trainer = Trainer(distiller, recipe.train, run_dir=run_dir, eval_spec=recipe.eval,
-                      fingerprint=recipe.fingerprint())
+    trainer = Trainer(
+        distiller,
+        recipe.train,
+        run_dir=run_dir,
+        eval_spec=recipe.eval,
+        fingerprint=recipe.fingerprint(),
+    )
     train_loader, eval_loader = build_loaders(recipe, trainer.device)
     history = trainer.fit(train_loader, eval_loader, resume=resume)
     metrics = history.eval[-1] if history.eval else {}
@@ -137,19 +146,25 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     return RunResult(run_dir, history, distiller.student.model, metrics)
 
 
-def finish_run(run_dir: Path, distiller: Distiller, spec: ModelSpec, metrics: dict[str, float],
-               epochs: int) -> None:
+def finish_run(
+    run_dir: Path, distiller: Distiller, spec: ModelSpec, metrics: dict[str, float], epochs: int
+) -> None:
     """Write the student alone (safetensors + how to rebuild it) and the final metrics."""
     model = distiller.student.model
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(run_dir / "student.safetensors"))
-    (run_dir / "student.json").write_text(json.dumps({
-        "model": spec.model,
-        "params": spec.params,
-        "outputs": spec.outputs,
-        "pipeline": spec.pipeline,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }, indent=1))
+    (run_dir / "student.json").write_text(
+        json.dumps(
+            {
+                "model": spec.model,
+                "params": spec.params,
+                "outputs": spec.outputs,
+                "pipeline": spec.pipeline,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+            indent=1,
+        )
+    )
     (run_dir / "eval.json").write_text(json.dumps({"epoch": epochs, **metrics}, indent=1))
 
 
@@ -158,9 +173,38 @@ def load_student(run_dir: str | Path) -> Student:
     run_dir = Path(run_dir)
     meta_path = run_dir / "student.json"
     if not meta_path.is_file():
-        raise CheckpointError(f"{run_dir} has no student.json: the run has not finished",
-                              hint="resume it with `crossdistill run RECIPE --resume`")
+        raise CheckpointError(
+            f"{run_dir} has no student.json: the run has not finished",
+            hint="resume it with `crossdistill run RECIPE --resume`",
+        )
     meta = json.loads(meta_path.read_text())
-    spec = ModelSpec(model=meta["model"], params=meta["params"], outputs=meta["outputs"],
-                     pipeline=meta["pipeline"], weights=run_dir / "student.safetensors")
+    spec = ModelSpec(
+        model=meta["model"],
+        params=meta["params"],
+        outputs=meta["outputs"],
+        pipeline=meta["pipeline"],
+        weights=run_dir / "student.safetensors",
+    )
     return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
+
+
+def run_or_reuse(recipe: Recipe) -> Path:
+    """The run directory of ``recipe``, training only what is missing.
+
+    A finished run of the same resolved recipe is reused; a started one is resumed; a run
+    directory made by a different recipe is refused rather than overwritten.
+    """
+    from crossdistill.config import load_recipe
+
+    run_dir = recipe.run_dir
+    if (run_dir / "config.yaml").is_file():
+        previous = load_recipe(run_dir / "config.yaml")
+        if previous.fingerprint() != recipe.fingerprint():
+            raise ConfigError(
+                f"{run_dir} holds a run of a different recipe",
+                hint="delete it, or give this run another name with --set name=...",
+            )
+        if (run_dir / "student.safetensors").is_file():
+            return run_dir
+        return run_recipe(recipe, resume=True).run_dir  # type: ignore[return-value]
+    return run_recipe(recipe).run_dir  # type: ignore[return-value]

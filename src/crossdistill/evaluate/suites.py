@@ -45,7 +45,7 @@ def evaluate_classification(
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, float]:
-    """Evaluate a finished run's student on its recipe's eval split; writes ``eval-<split>.json``."""
+    """Evaluate a finished run's student on its recipe's eval split; writes eval-<split>.json."""
     from crossdistill.config import load_recipe
     from crossdistill.errors import CheckpointError
     from crossdistill.experiment import build_loaders, build_teacher, load_student
@@ -53,10 +53,11 @@ def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, flo
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)",
-                              hint="pass the folder that `crossdistill run` printed")
-    recipe = load_recipe(run_dir / "config.yaml",
-                         [f"data.eval_split={split}"] if split else None)
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (no config.yaml)",
+            hint="pass the folder that `crossdistill run` printed",
+        )
+    recipe = load_recipe(run_dir / "config.yaml", [f"data.eval_split={split}"] if split else None)
     device = select_device(recipe.train.device)
     student = load_student(run_dir).to(device)
     teacher = build_teacher(recipe.teacher).to(device) if recipe.teacher else None

@@ -50,7 +50,9 @@ def build_model(ref: str, params: Mapping[str, Any] | None = None) -> nn.Module:
     try:
         model = factory(**dict(params or {}))
     except TypeError as exc:
-        raise ConfigError(f"cannot build model {ref!r} with params {dict(params or {})}: {exc}")
+        raise ConfigError(
+            f"cannot build model {ref!r} with params {dict(params or {})}: {exc}"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {ref!r} returned a {type(model).__name__}, not a torch Module")
     return model

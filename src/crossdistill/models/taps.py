@@ -95,7 +95,9 @@ class TapRecorder:
         seen: set[str] = set()
         for tap in self.taps:
             if tap.key in seen:
-                raise TapError(f"two taps are named {tap.name!r}", hint="give each tap its own name")
+                raise TapError(
+                    f"two taps are named {tap.name!r}", hint="give each tap its own name"
+                )
             seen.add(tap.key)
         self._captured: dict[str, torch.Tensor] = {}
         self._handles = [self._install(model, tap) for tap in self.taps]

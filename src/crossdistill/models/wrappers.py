@@ -65,7 +65,8 @@ class ModelWrapper(nn.Module):
         if isinstance(out, torch.Tensor):
             return {self.outputs[0]: out}
         if isinstance(out, (tuple, list)):
-            return dict(zip(self.outputs, out))
+            # extra elements the recipe does not name are ignored on purpose
+            return dict(zip(self.outputs, out, strict=False))
         raise KnowledgeError(
             f"{self.role}'s forward returned a {type(out).__name__}",
             hint="name its parts with `outputs: {knowledge_name: output_key}` in the recipe",
@@ -88,7 +89,7 @@ class Teacher(ModelWrapper):
         self.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - a teacher never trains
+    def train(self, mode: bool = True) -> Teacher:
         return super().train(False)
 
     def forward(self, inputs: Any) -> Knowledge:
@@ -126,7 +127,7 @@ class EnsembleTeacher(Teacher):
         knowledge = Knowledge(source=self.role)
         for key in self.averaged:
             if all(key in o for o in outs):
-                knowledge[key] = sum(w * o[key] for w, o in zip(self.weights, outs))
+                knowledge[key] = sum(w * o[key] for w, o in zip(self.weights, outs, strict=True))
         for i, o in enumerate(outs):
             knowledge.update({f"member{i}/{k}": v for k, v in o.items() if k not in self.averaged})
         return knowledge

@@ -125,14 +125,17 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     """Read and verify a checkpoint; corruption names the file that is wrong."""
     state_path = directory / STATE
     if not state_path.is_file():
-        raise CheckpointError(f"checkpoint {directory} has no {STATE}: it is incomplete",
-                              hint=f"delete {directory} to resume from an earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {directory} has no {STATE}: it is incomplete",
+            hint=f"delete {directory} to resume from an earlier checkpoint",
+        )
     try:
         state = json.loads(state_path.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{state_path} is not valid JSON ({exc})",
-                              hint=f"delete {directory} to resume from an earlier checkpoint"
-                              ) from None
+        raise CheckpointError(
+            f"{state_path} is not valid JSON ({exc})",
+            hint=f"delete {directory} to resume from an earlier checkpoint",
+        ) from None
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for name in FILES:
         path = directory / name

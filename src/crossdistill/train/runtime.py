@@ -33,8 +33,10 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available here",
-                          hint="use device: auto or cpu")
+        raise ConfigError(
+            f"train.device is {name!r} but CUDA is not available here",
+            hint="use device: auto or cpu",
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device is {name!r} but MPS is not available here")
     return device

@@ -29,16 +29,20 @@ from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_de
 def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
-                               nesterov=spec.nesterov and spec.momentum > 0,
-                               weight_decay=spec.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            nesterov=spec.nesterov and spec.momentum > 0,
+            weight_decay=spec.weight_decay,
+        )
     return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
 
 
 def lr_factor(step: int, spec: ScheduleSpec, steps_per_epoch: int, epochs: int) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (linear warmup first)."""
     total = max(1, steps_per_epoch * epochs)
-    warmup = int(round(spec.warmup_epochs * steps_per_epoch))
+    warmup = round(spec.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
     if spec.name == "constant":
@@ -82,8 +86,7 @@ class Trainer:
         self.distiller = distiller.to(self.device)
         self.optimizer = build_optimizer(distiller.trainable().parameters(), self.spec.optimizer)
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp is torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
@@ -114,8 +117,14 @@ class Trainer:
     def _non_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v)]
         last = ckpt.list_checkpoints(self.run_dir)[-1] if self.run_dir else None
-        self._log({"kind": "error", "epoch": self.epoch, "step": self.step,
-                   "error": f"non-finite loss terms {bad}"})
+        self._log(
+            {
+                "kind": "error",
+                "epoch": self.epoch,
+                "step": self.step,
+                "error": f"non-finite loss terms {bad}",
+            }
+        )
         raise NonFiniteLossError(
             f"loss terms {bad} became NaN/Inf at epoch {self.epoch + 1}, step {self.step}; "
             f"training stopped. The last good checkpoint is {last or '(none yet)'}",
@@ -160,26 +169,47 @@ class Trainer:
                 obj.set_epoch(self.epoch)
         self.distiller.train()
         start, running, seen = time.perf_counter(), 0.0, 0
-        with _progress(self.spec.progress, f"epoch {self.epoch + 1}/{self.spec.epochs}",
-                       steps_per_epoch) as bar:
+        with _progress(
+            self.spec.progress, f"epoch {self.epoch + 1}/{self.spec.epochs}", steps_per_epoch
+        ) as bar:
             for i, batch in enumerate(loader):
                 terms = self.train_step(batch)
                 seen += 1
                 if i % self.spec.log_every == 0 or i == steps_per_epoch - 1:
                     values = {k: float(v) for k, v in terms.items()}
                     running = values["loss"]
-                    self._log({"kind": "step", "epoch": self.epoch, "step": self.step,
-                               "lr": self.optimizer.param_groups[0]["lr"], **values})
+                    self._log(
+                        {
+                            "kind": "step",
+                            "epoch": self.epoch,
+                            "step": self.step,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            **values,
+                        }
+                    )
                 bar.advance(loss=running)
         seconds = time.perf_counter() - start
-        self._log({"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
-                   "seconds": seconds, "steps_per_s": seen / max(seconds, 1e-9)})
+        self._log(
+            {
+                "kind": "epoch",
+                "epoch": self.epoch + 1,
+                "step": self.step,
+                "seconds": seconds,
+                "steps_per_s": seen / max(seconds, 1e-9),
+            }
+        )
         return running
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Accuracy, top-k, calibration, and agreement with the teacher when there is one."""
-        return evaluate_classification(self.distiller.student, loader, self.distiller.teacher,
-                                       self.device, self.amp, self.eval_spec.topk)
+        return evaluate_classification(
+            self.distiller.student,
+            loader,
+            self.distiller.teacher,
+            self.device,
+            self.amp,
+            self.eval_spec.topk,
+        )
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -225,8 +255,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self._log({"kind": "resume", "epoch": self.epoch, "step": self.step,
-                   "checkpoint": str(found[-1])})
+        self._log(
+            {"kind": "resume", "epoch": self.epoch, "step": self.step, "checkpoint": str(found[-1])}
+        )
         return True
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -244,18 +275,28 @@ class _progress:
 
     def __enter__(self) -> _progress:
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}"),
                 TextColumn("{task.fields[rate]:.1f} it/s"),
-                TimeElapsedColumn(), TimeRemainingColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
             )
             self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total,
-                                            loss=float("nan"), rate=0.0)
+            self._task = self._bar.add_task(
+                self.description, total=self.total, loss=float("nan"), rate=0.0
+            )
             self._start, self._done = time.perf_counter(), 0
         return self
 

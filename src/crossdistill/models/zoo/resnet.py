@@ -51,9 +51,11 @@ class ResNet(nn.Module):
             nn.ReLU(inplace=True),
         )
         cin = widths[0]
-        for i, (width, n) in enumerate(zip(widths, blocks), start=1):
-            layers = [BasicBlock(cin if j == 0 else width, width, 2 if i > 1 and j == 0 else 1)
-                      for j in range(n)]
+        for i, (width, n) in enumerate(zip(widths, blocks, strict=True), start=1):
+            layers = [
+                BasicBlock(cin if j == 0 else width, width, 2 if i > 1 and j == 0 else 1)
+                for j in range(n)
+            ]
             self.add_module(f"layer{i}", nn.Sequential(*layers))
             cin = width
         self.num_stages = len(widths)

@@ -1,0 +1,119 @@
+"""Fashion-MNIST: teacher vs the same student from scratch and with knowledge distillation.
+
+Every number comes from the recipes in recipes/fashion_mnist/: the teacher is trained with
+teacher.yaml, then for each seed the student is trained with scratch.yaml (cross-entropy only)
+and kd.yaml (the same student, epochs and schedule, plus Hinton KD from that teacher). Accuracy
+is on the 10k test images after the LAST epoch (no best-epoch selection).
+
+    python benchmarks/fashion_mnist.py            # full: seeds 0 1 2, the recipes' epochs
+    python benchmarks/fashion_mnist.py --quick    # a few minutes: 1 seed, 2 epochs, 10k images
+
+Writes benchmarks/results/fashion_mnist[.quick].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import command_line, machine, markdown_table, write_results  # noqa: E402
+from crossdistill import load_recipe  # noqa: E402
+from crossdistill.experiment import run_or_reuse  # noqa: E402
+
+RECIPES = HERE.parent / "recipes" / "fashion_mnist"
+
+
+def _accuracy(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "eval.json").read_text())["accuracy"])
+
+
+def _params(run_dir: Path) -> int:
+    return int(json.loads((run_dir / "student.json").read_text())["parameters"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 10k images")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--out", default="runs/bench", help="where the run directories go")
+    args = parser.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    common = [f"output.dir={args.out}", "train.progress=false"]
+    if args.quick:
+        common += ["train.epochs=2", "data.limit_train=10000"]
+
+    teacher_run = run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common))
+    weights = teacher_run / "student.safetensors"
+    scratch, kd, epochs = [], [], None
+    for seed in seeds:
+        for kind, extra, sink in (
+            ("scratch", [], scratch),
+            ("kd", [f"teacher.weights={weights}"], kd),
+        ):
+            recipe = load_recipe(
+                RECIPES / f"{kind}.yaml",
+                [*common, *extra, f"seed={seed}", f"name=fashion_mnist_{kind}_seed{seed}"],
+            )
+            epochs = recipe.train.epochs
+            run_dir = run_or_reuse(recipe)
+            sink.append(_accuracy(run_dir))
+            student_params = _params(run_dir)
+            print(f"seed {seed} {kind}: test accuracy {sink[-1]:.4f}", flush=True)
+
+    result = {
+        "teacher_acc": _accuracy(teacher_run),
+        "teacher_params": _params(teacher_run),
+        "student_params": student_params,
+        "scratch_acc": scratch,
+        "kd_acc": kd,
+        "scratch_mean": statistics.mean(scratch),
+        "scratch_std": statistics.stdev(scratch) if len(scratch) > 1 else 0.0,
+        "kd_mean": statistics.mean(kd),
+        "kd_std": statistics.stdev(kd) if len(kd) > 1 else 0.0,
+        "kd_gain_pt": 100 * (statistics.mean(kd) - statistics.mean(scratch)),
+        "epochs": epochs,
+        "teacher_epochs": load_recipe(RECIPES / "teacher.yaml", common).train.epochs,
+        "seeds": seeds,
+        "epoch_selection": "last",
+        "quick": args.quick,
+        "command": command_line(),
+        "machine": machine(),
+    }
+    result["targets"] = {
+        "teacher_acc>=0.92": result["teacher_acc"] >= 0.92,
+        "student_params<=teacher_params/10": student_params * 10 <= result["teacher_params"],
+        "kd_mean>=scratch_mean+0.5pt": result["kd_gain_pt"] >= 0.5,
+    }
+    rows = [
+        ("teacher (ResNet)", f"{result['teacher_acc']:.4f}", f"{result['teacher_params']:,}"),
+        (
+            "student from scratch",
+            f"{result['scratch_mean']:.4f} ± {result['scratch_std']:.4f}",
+            f"{student_params:,}",
+        ),
+        (
+            "student + KD",
+            f"{result['kd_mean']:.4f} ± {result['kd_std']:.4f}",
+            f"{student_params:,}",
+        ),
+    ]
+    table = markdown_table(["model", "test accuracy (last epoch)", "parameters"], rows)
+    notes = (
+        f"Seeds {seeds} (mean ± std), {epochs} student epochs, "
+        f"KD gain {result['kd_gain_pt']:+.2f} pt."
+    )
+    write_results("fashion_mnist" + (".quick" if args.quick else ""), result, table, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The Python entry point: ``crossdistill.distill(teacher, student, train_data, losses)``.
+
+It builds the same Distiller and Trainer as ``crossdistill run`` and returns the trained student
+(the plain ``nn.Module`` you passed in, trained in place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from crossdistill.config import EvalSpec, LossSpec, TrainSpec, format_validation_error
+from crossdistill.data import as_distill_dataset, example_loader
+from crossdistill.distiller import Distiller, Term
+from crossdistill.errors import ConfigError
+from crossdistill.losses import Loss, build_loss
+from crossdistill.models.wrappers import Student, Teacher
+from crossdistill.train.runtime import seed_everything
+from crossdistill.train.trainer import Trainer
+
+LossArg = str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], float] | LossSpec
+
+
+def _terms(losses: Sequence[LossArg | Loss]) -> list[Term]:
+    terms = []
+    for i, item in enumerate(losses):
+        if isinstance(item, Loss):
+            terms.append(Term(type(item).__name__, item))
+            continue
+        if isinstance(item, str):
+            spec = LossSpec(name=item)
+        elif isinstance(item, tuple):
+            spec = LossSpec(
+                name=item[0], params=dict(item[1]), weight=item[2] if len(item) > 2 else 1.0
+            )
+        else:
+            spec = item
+        terms.append(
+            Term(spec.term, build_loss(spec.name, spec.params, f"losses[{i}]"), spec.weight)
+        )
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"loss terms {names} repeat a name", hint="give each a `label`")
+    return terms
+
+
+def _loader(data: Dataset | DataLoader | None, batch_size: int, shuffle: bool, seed: int) -> Any:
+    if data is None or isinstance(data, DataLoader):
+        return data
+    return example_loader(as_distill_dataset(data), batch_size, shuffle, seed)
+
+
+def distill(
+    teacher: nn.Module | Teacher | None,
+    student: nn.Module | Student,
+    train_data: Dataset | DataLoader,
+    losses: Sequence[LossArg | Loss] = ("ce", ("kd", {"temperature": 4.0})),
+    *,
+    eval_data: Dataset | DataLoader | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    **train: Any,
+) -> nn.Module:
+    """Train ``student`` from ``teacher`` and return it.
+
+    ``train_data`` is a dataset of ``(x, y)`` pairs, a crossdistill dataset of examples, or a
+    DataLoader of example batches. ``losses`` are names, ``(name, params)`` or
+    ``(name, params, weight)`` tuples, or Loss instances. Other keyword arguments are
+    ``train:`` settings of a recipe (``epochs=5``, ``optimizer={"name": "adamw", "lr": 1e-3}``,
+    ``device="cuda"``, ``progress=False`` ...). With ``run_dir``, metrics and checkpoints are
+    written there.
+    """
+    try:
+        spec = TrainSpec(**train)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(
+            "bad training settings:\n" + format_validation_error(exc, "train", TrainSpec),
+            hint=f"accepted: {', '.join(TrainSpec.model_fields)}",
+        ) from None
+    seed_everything(seed, spec.deterministic)
+    if teacher is not None and not isinstance(teacher, Teacher):
+        teacher = Teacher(teacher)
+    wrapped = student if isinstance(student, Student) else Student(student)
+    distiller = Distiller(wrapped, _terms(losses), teacher=teacher)
+    trainer = Trainer(
+        distiller,
+        spec,
+        run_dir=Path(run_dir) if run_dir else None,
+        eval_spec=EvalSpec(every_epochs=0),
+    )
+    trainer.fit(
+        _loader(train_data, batch_size, True, seed), _loader(eval_data, 4 * batch_size, False, seed)
+    )
+    return wrapped.model
