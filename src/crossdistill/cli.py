@@ -86,6 +86,37 @@ def list_(kind: Annotated[str, typer.Argument(help="losses | models | data | pip
         typer.echo(item)
 
 
+@app.command()
+def doctor() -> None:
+    """Check the environment: versions, devices, optional extras, bundled data."""
+    import importlib.util
+    import platform
+
+    import torch
+
+    from crossdistill.data.sources.fashion_mnist import DEFAULT_ROOT
+
+    table = Table(title="crossdistill doctor")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_row("python", platform.python_version())
+    table.add_row("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)")
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
+    table.add_row("cuda", cuda)
+    for extra in ("sentence_transformers", "onnxruntime", "torchdistill", "sklearn"):
+        found = importlib.util.find_spec(extra) is not None
+        table.add_row(extra, "installed" if found else "[yellow]not installed[/]")
+    fashion = Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz"
+    table.add_row(
+        "Fashion-MNIST",
+        str(fashion.parent)
+        if fashion.is_file()
+        else "[yellow]missing: sudo apt-get install -y dataset-fashion-mnist[/]",
+    )
+    table.add_row("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset"))
+    Console().print(table)
+
+
 def _print_metrics(metrics: dict[str, float], title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
