@@ -91,6 +91,8 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self._metrics_file: Any = None
+        self._finite: torch.Tensor | None = None  # CUDA: all losses finite since the last check
+        self._checked_step = 0
 
     # ------------------------------------------------------------------ one step
 
@@ -100,7 +102,12 @@ class Trainer:
         with autocast(self.device, self.amp):
             _, terms = self.distiller(batch)
             total = sum(terms.values())
-        if not torch.isfinite(total):
+        finite = torch.isfinite(total.detach())
+        if self.device.type == "cuda":
+            # Reading a CUDA value on the host waits for the GPU; fold the check into a device
+            # flag that check_finite() reads at log steps and before every checkpoint.
+            self._finite = finite if self._finite is None else self._finite & finite
+        elif not finite:
             self._non_finite(terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -114,8 +121,16 @@ class Trainer:
         self.step += 1
         return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
 
-    def _non_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
+    def check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
+        """Raise if a loss became NaN/Inf since the last check (CUDA checks lazily)."""
+        if self._finite is not None and not bool(self._finite):
+            self._non_finite(terms, since=self._checked_step)
+        self._finite, self._checked_step = None, self.step
+
+    def _non_finite(self, terms: Mapping[str, torch.Tensor], since: int | None = None) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        what = f"loss terms {bad}" if bad else "a loss term"
+        when = f"step {self.step}" if since is None else f"steps {since + 1}..{self.step}"
         last = ckpt.list_checkpoints(self.run_dir)[-1] if self.run_dir else None
         self._log(
             {
@@ -126,7 +141,7 @@ class Trainer:
             }
         )
         raise NonFiniteLossError(
-            f"loss terms {bad} became NaN/Inf at epoch {self.epoch + 1}, step {self.step}; "
+            f"{what} became NaN/Inf at epoch {self.epoch + 1}, {when}; "
             f"training stopped. The last good checkpoint is {last or '(none yet)'}",
             hint="lower train.optimizer.lr, set train.grad_clip, or check the inputs for NaNs",
         )
@@ -169,6 +184,7 @@ class Trainer:
                 obj.set_epoch(self.epoch)
         self.distiller.train()
         start, running, seen = time.perf_counter(), 0.0, 0
+        terms: dict[str, torch.Tensor] = {}
         with _progress(
             self.spec.progress, f"epoch {self.epoch + 1}/{self.spec.epochs}", steps_per_epoch
         ) as bar:
@@ -176,6 +192,7 @@ class Trainer:
                 terms = self.train_step(batch)
                 seen += 1
                 if i % self.spec.log_every == 0 or i == steps_per_epoch - 1:
+                    self.check_finite(terms)
                     values = {k: float(v) for k, v in terms.items()}
                     running = values["loss"]
                     self._log(
@@ -188,6 +205,7 @@ class Trainer:
                         }
                     )
                 bar.advance(loss=running)
+        self.check_finite(terms)  # never checkpoint weights a NaN has reached
         seconds = time.perf_counter() - start
         self._log(
             {
