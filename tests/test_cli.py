@@ -1,0 +1,160 @@
+"""The ``crossdistill`` command, run as ``python -m crossdistill`` in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from crossdistill.losses import LOSSES
+
+ROOT = Path(__file__).resolve().parent.parent
+Cli = Callable[..., subprocess.CompletedProcess]
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a copy of ``recipes/digits`` (runs land in its ``runs/``)."""
+    root = tmp_path_factory.mktemp("cli")
+    shutil.copytree(ROOT / "recipes" / "digits", root / "recipes" / "digits")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(workdir: Path, cli: Cli) -> dict[str, subprocess.CompletedProcess]:
+    """The README's commands: train the teacher, distil a student from it, evaluate it.
+
+    The recipes are used as they are (the KD recipe finds the teacher's weights under ``runs/``
+    relative to the working directory); only the student's run name is chosen on the command line.
+    """
+    out = {"teacher": cli(["run", "recipes/digits/teacher.yaml"], cwd=workdir)}
+    out["kd"] = cli(
+        [
+            "run",
+            "recipes/digits/kd.yaml",
+            "--name",
+            "kd_cli",
+            "--set",
+            "train.keep_checkpoints=1",
+            "--set",
+            "train.device=cpu",
+        ],
+        cwd=workdir,
+    )
+    out["eval"] = cli(["eval", "runs/kd_cli"], cwd=workdir)
+    return out
+
+
+def test_run_teacher(runs: dict[str, subprocess.CompletedProcess], workdir: Path) -> None:
+    result = runs["teacher"]
+    assert result.returncode == 0, result.stderr
+    assert _last_line(result.stdout) == "runs/digits_teacher"
+    run_dir = workdir / "runs" / "digits_teacher"
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "student.safetensors",
+        "student.json",
+        "eval.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert "accuracy" in result.stderr  # the metrics table
+    assert json.loads((run_dir / "eval.json").read_text())["accuracy"] > 0.5
+
+
+def test_run_kd_with_name_and_set(
+    runs: dict[str, subprocess.CompletedProcess], workdir: Path
+) -> None:
+    result = runs["kd"]
+    assert result.returncode == 0, result.stderr
+    assert _last_line(result.stdout) == "runs/kd_cli"
+    run_dir = workdir / "runs" / "kd_cli"
+    assert not (workdir / "runs" / "digits_kd").exists()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["epoch-0003"]
+    metrics = json.loads((run_dir / "eval.json").read_text())
+    assert {"accuracy", "agreement", "teacher_accuracy"} <= set(metrics)
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_prints_json(runs: dict[str, subprocess.CompletedProcess], workdir: Path) -> None:
+    result = runs["eval"]
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(_last_line(result.stdout))
+    saved = json.loads((workdir / "runs" / "kd_cli" / "eval.json").read_text())
+    # The same student on the same split: the numbers the run reported.
+    assert metrics == pytest.approx({k: v for k, v in saved.items() if k != "epoch"})
+    written = json.loads((workdir / "runs" / "kd_cli" / "eval-test.json").read_text())
+    assert written == metrics
+
+
+def test_list_losses(cli: Cli, tmp_path: Path) -> None:
+    result = cli(["list", "losses"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    names = result.stdout.split()
+    assert {"ce", "kd", "dkd"} <= set(names)
+    assert names == sorted(names)
+    assert set(names) <= set(LOSSES.names())
+
+
+def test_help(cli: Cli, tmp_path: Path) -> None:
+    result = cli(["--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for word in ("run", "eval", "list", "--debug"):
+        assert word in result.stdout
+    result = cli(["run", "--help"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for word in ("--set", "--name", "--resume", "recipe"):
+        assert word in result.stdout.lower()
+
+
+@pytest.mark.xfail(
+    reason="bug: cli.py main() handles click usage errors with `import click`, but typer 0.29 "
+    "vendors click as typer._click and click is not installed: ModuleNotFoundError traceback, "
+    "exit 1",
+    strict=True,
+    raises=AssertionError,
+)
+@pytest.mark.parametrize("args", [["run", "--bogus"], []], ids=["unknown-option", "no-arguments"])
+def test_usage_errors_are_reported_without_traceback(
+    cli: Cli, tmp_path: Path, args: list[str]
+) -> None:
+    result = cli(args, cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2
+
+
+@pytest.mark.xfail(
+    reason="bug: cli.py run() passes --name as the override `name=<NAME>`, which is parsed as "
+    "YAML, so a numeric name becomes an int and fails validation ('name: Input should be a valid "
+    "string')",
+    strict=True,
+    raises=AssertionError,
+)
+def test_numeric_run_name(cli: Cli, workdir: Path) -> None:
+    # A misspelt loss stops the run before training; the name must get past validation first.
+    result = cli(
+        ["run", "recipes/digits/kd.yaml", "--name", "2024", "--set", "losses.1.name=kdd"],
+        cwd=workdir,
+    )
+    assert result.returncode == 2
+    assert "unknown loss 'kdd'" in result.stderr, result.stderr
+
+
+@pytest.mark.xfail(
+    reason="bug: cli.py main() prints messages and hints with rich markup enabled, so text in "
+    "square brackets ('[draft]', the hint 'outputs: [logits] or [embedding]') vanishes",
+    strict=True,
+    raises=AssertionError,
+)
+def test_messages_keep_square_brackets(cli: Cli, tmp_path: Path) -> None:
+    result = cli(["run", "runs/[draft]/kd.yaml"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "runs/[draft]/kd.yaml" in result.stderr, result.stderr
