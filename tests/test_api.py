@@ -177,10 +177,19 @@ def test_bad_losses_are_refused() -> None:
         distill(teacher, _student(), data, losses=["kdd"])
     with pytest.raises(ConfigError, match=r"losses\[1\]\.params\.temprature"):
         distill(teacher, _student(), data, losses=["ce", ("kd", {"temprature": 2.0})])
-    with pytest.raises(ConfigError, match="repeat a name"):
-        distill(teacher, _student(), data, losses=["ce", "ce"])
     with pytest.raises(ConfigError, match="no teacher is configured"):
         distill(None, _student(), data)
+
+
+def test_a_loss_given_twice_is_logged_under_two_names(tmp_path) -> None:
+    import json
+
+    teacher, data, _, _ = _task()
+    losses = [("kd", {"temperature": 2.0}), ("kd", {"temperature": 8.0}, 0.5)]
+    distill(teacher, _student(), data, losses=losses, epochs=1, progress=False, run_dir=tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in steps if r["kind"] == "step")
+    assert {"kd", "kd_2"} <= set(step) and step["kd"] != step["kd_2"]
 
 
 def test_distill_is_exported() -> None:

@@ -184,31 +184,9 @@ CASES: dict[str, Case] = {
 }
 # fmt: on
 
-XFAIL = {
-    "non-finite-first-epoch": pytest.mark.xfail(
-        reason="bug: trainer.py Trainer._non_finite does list_checkpoints(run_dir)[-1] with no "
-        "checkpoint yet -> IndexError, and cli.main's fallback `import click` then fails "
-        "(ModuleNotFoundError): traceback, exit 1",
-        strict=True,
-        raises=AssertionError,
-    ),
-}
-LEFT_BEHIND = {
-    name: pytest.mark.xfail(
-        reason=f"bug: experiment.py run_recipe calls prepare_run_dir before {where}, so this "
-        "error leaves a new run directory (config.yaml, metrics.jsonl) behind",
-        strict=True,
-        raises=AssertionError,
-    )
-    for name, where in [
-        ("teacher-outputs", "any forward checks the teacher's outputs"),
-        ("missing-data", "build_loaders loads the data"),
-    ]
-}
 
-
-def _params(names: list[str], marks: Mapping[str, Any]) -> list[Any]:
-    return [pytest.param(n, marks=[marks[n]] if n in marks else [], id=n) for n in names]
+def _params(names: list[str]) -> list[Any]:
+    return [pytest.param(n, id=n) for n in names]
 
 
 # ------------------------------------------------------------------------------- running
@@ -263,7 +241,7 @@ def outcomes(
 # ------------------------------------------------------------------------------- checks
 
 
-@pytest.mark.parametrize("case", _params(list(CASES), XFAIL))
+@pytest.mark.parametrize("case", _params(list(CASES)))
 def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str) -> None:
     out = outcomes[case]
     stderr = out.result.stderr
@@ -277,9 +255,7 @@ def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str)
     assert not changed, f"pre-existing files changed: {changed}"
 
 
-@pytest.mark.parametrize(
-    "case", _params([n for n, c in CASES.items() if c.before_training], LEFT_BEHIND)
-)
+@pytest.mark.parametrize("case", _params([n for n, c in CASES.items() if c.before_training]))
 def test_no_run_directory_is_left_behind(outcomes: dict[str, Outcome], case: str) -> None:
     out = outcomes[case]
     assert out.result.returncode != 0

@@ -115,13 +115,6 @@ def test_help(cli: Cli, tmp_path: Path) -> None:
         assert word in result.stdout.lower()
 
 
-@pytest.mark.xfail(
-    reason="bug: cli.py main() handles click usage errors with `import click`, but typer 0.29 "
-    "vendors click as typer._click and click is not installed: ModuleNotFoundError traceback, "
-    "exit 1",
-    strict=True,
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("args", [["run", "--bogus"], []], ids=["unknown-option", "no-arguments"])
 def test_usage_errors_are_reported_without_traceback(
     cli: Cli, tmp_path: Path, args: list[str]
@@ -131,13 +124,6 @@ def test_usage_errors_are_reported_without_traceback(
     assert result.returncode == 2
 
 
-@pytest.mark.xfail(
-    reason="bug: cli.py run() passes --name as the override `name=<NAME>`, which is parsed as "
-    "YAML, so a numeric name becomes an int and fails validation ('name: Input should be a valid "
-    "string')",
-    strict=True,
-    raises=AssertionError,
-)
 def test_numeric_run_name(cli: Cli, workdir: Path) -> None:
     # A misspelt loss stops the run before training; the name must get past validation first.
     result = cli(
@@ -148,12 +134,6 @@ def test_numeric_run_name(cli: Cli, workdir: Path) -> None:
     assert "unknown loss 'kdd'" in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(
-    reason="bug: cli.py main() prints messages and hints with rich markup enabled, so text in "
-    "square brackets ('[draft]', the hint 'outputs: [logits] or [embedding]') vanishes",
-    strict=True,
-    raises=AssertionError,
-)
 def test_messages_keep_square_brackets(cli: Cli, tmp_path: Path) -> None:
     result = cli(["run", "runs/[draft]/kd.yaml"], cwd=tmp_path)
     assert result.returncode == 2

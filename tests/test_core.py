@@ -186,12 +186,6 @@ def test_taps_do_not_keep_captures_across_forwards() -> None:
     assert ref() is None
 
 
-@pytest.mark.xfail(
-    reason="bug: taps.py TapRecorder hook stores the module's output tensor itself; a later "
-    "in-place op (the zoo's ReLU(inplace=True)) overwrites the capture",
-    strict=True,
-    raises=AssertionError,
-)
 def test_tap_capture_is_not_changed_by_a_later_in_place_op() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True))
@@ -310,12 +304,6 @@ def test_ensemble_bad_weights_are_refused(weights: list[float]) -> None:
         EnsembleTeacher(members, weights)
 
 
-@pytest.mark.xfail(
-    reason="bug: wrappers.py EnsembleTeacher.__init__ accepts NaN/Inf weights (nan < 0 and "
-    "nan <= 0 are False), so the ensemble's logits are all NaN",
-    strict=True,
-    raises=pytest.fail.Exception,
-)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_ensemble_non_finite_weights_are_refused(bad: float) -> None:
     members = [Teacher(nn.Linear(4, 3)), Teacher(nn.Linear(4, 3))]

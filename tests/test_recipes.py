@@ -14,8 +14,17 @@ FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def _tiny(path: Path, out: Path, extra: list[str] | None = None):
-    return load_recipe(path, [f"output.dir={out}", "train.epochs=1", "train.progress=false",
-                              "data.limit_train=256", "data.limit_eval=128", *(extra or [])])
+    return load_recipe(
+        path,
+        [
+            f"output.dir={out}",
+            "train.epochs=1",
+            "train.progress=false",
+            "data.limit_train=256",
+            "data.limit_eval=128",
+            *(extra or []),
+        ],
+    )
 
 
 @pytest.mark.parametrize("family", sorted(p.name for p in RECIPES.iterdir() if p.is_dir()))

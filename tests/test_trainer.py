@@ -126,12 +126,6 @@ def test_resume_without_checkpoints_starts_from_scratch(make_kd: MakeRecipe) -> 
     assert result.run_dir is not None and (result.run_dir / "student.safetensors").is_file()
 
 
-@pytest.mark.xfail(
-    reason="bug: trainer.py Trainer.fit calls resume() before opening metrics.jsonl, so the "
-    "'resume' record that Trainer.resume() logs is silently dropped",
-    strict=True,
-    raises=AssertionError,
-)
 def test_resume_is_recorded_in_metrics(make_kd: MakeRecipe) -> None:
     recipe = make_kd("train.epochs=2", source="teacher.yaml")
     run_recipe(recipe)
@@ -142,12 +136,6 @@ def test_resume_is_recorded_in_metrics(make_kd: MakeRecipe) -> None:
     assert len(resumes) == 1 and resumes[0]["epoch"] == 1
 
 
-@pytest.mark.xfail(
-    reason="bug: experiment.py run_recipe(resume=True) on a finished run trains nothing and "
-    "finish_run overwrites eval.json with {'epoch': N} (the metrics are lost)",
-    strict=True,
-    raises=AssertionError,
-)
 def test_resuming_a_finished_run_keeps_its_metrics(make_kd: MakeRecipe) -> None:
     recipe = make_kd("train.epochs=1", source="teacher.yaml")
     run_recipe(recipe)
@@ -307,12 +295,6 @@ def test_non_finite_loss_stops_training(make_kd: MakeRecipe, nan_loss: str) -> N
     assert last["kind"] == "error" and "boom" in last["error"] and last["step"] == at
 
 
-@pytest.mark.xfail(
-    reason="bug: trainer.py Trainer._non_finite indexes list_checkpoints(...)[-1], which "
-    "raises IndexError when the loss turns NaN before the first checkpoint",
-    strict=True,
-    raises=IndexError,
-)
 def test_non_finite_loss_before_the_first_checkpoint(make_kd: MakeRecipe, nan_loss: str) -> None:
     recipe = make_kd(_with_nan_loss(nan_loss, 2))
     with pytest.raises(NonFiniteLossError, match="none yet"):

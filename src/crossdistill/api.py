@@ -43,9 +43,12 @@ def _terms(losses: Sequence[LossArg | Loss]) -> list[Term]:
         terms.append(
             Term(spec.term, build_loss(spec.name, spec.params, f"losses[{i}]"), spec.weight)
         )
-    names = [t.name for t in terms]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"loss terms {names} repeat a name", hint="give each a `label`")
+    # A loss given twice (e.g. two feature losses at different taps) is logged as name, name_2
+    seen: dict[str, int] = {}
+    for term in terms:
+        seen[term.name] = seen.get(term.name, 0) + 1
+        if seen[term.name] > 1:
+            term.name = f"{term.name}_{seen[term.name]}"
     return terms
 
 

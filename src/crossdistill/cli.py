@@ -18,6 +18,7 @@ from rich.table import Table
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Knowledge distillation across architectures and modalities.",
 )
@@ -44,7 +45,8 @@ def run(
     from crossdistill.config import load_recipe
     from crossdistill.experiment import run_recipe
 
-    overrides = list(set_ or []) + ([f"name={name}"] if name else [])
+    # JSON-quoted so that YAML reads the name as a string even when it looks like a number
+    overrides = list(set_ or []) + ([f"name={json.dumps(name)}"] if name else [])
     result = run_recipe(load_recipe(recipe, overrides), resume=resume)
     _print_metrics(result.metrics, f"run {result.run_dir}")
     typer.echo(str(result.run_dir))
@@ -127,30 +129,24 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one clear message."""
+    """Entry point: run the app, turning user errors into one clear message (exit code 2)."""
+    from rich.markup import escape
+
     from crossdistill.errors import CrossDistillError
 
     try:
-        app(standalone_mode=False)
+        app()  # standalone: click prints usage errors itself and exits with 2
     except CrossDistillError as exc:
         if state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # escape(): messages hold paths and YAML like `outputs: [logits]`, not rich markup
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            console.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False)
+            console.print(f"  [yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted; the last checkpoint is intact (resume with --resume)")
         sys.exit(130)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -157,9 +157,24 @@ class Recipe(_Strict):
         return self.output.dir / self.name
 
     def fingerprint(self) -> str:
-        """A short hash of the resolved recipe (what a checkpoint was trained with)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """A short hash of what determines the trained weights (checked when resuming).
+
+        Settings that do not change the result — where outputs go, logging, progress, device,
+        data-loading workers, evaluation — are left out, so a run can be resumed with them
+        changed.
+        """
+        data = self.model_dump(mode="json", exclude=_NOT_FINGERPRINTED)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_NOT_FINGERPRINTED: dict[str, Any] = {
+    "name": True,
+    "output": True,
+    "eval": True,
+    "train": {"device", "progress", "log_every", "keep_checkpoints"},
+    "data": {"num_workers", "eval_split", "eval_batch_size", "limit_eval"},
+}
 
 
 # ---------------------------------------------------------------------------- loading

@@ -89,6 +89,18 @@ class Distiller(nn.Module):
             terms[name] = self.weights[name] * loss(student, teacher, target)
         return student, terms
 
+    @torch.no_grad()
+    def check(self, batch: Mapping[str, Any]) -> None:
+        """One forward on a small batch, before training, so that a loss that needs what a
+        model does not produce, or tensors of the wrong shape, fail before any output is
+        written. Runs in eval mode: no BatchNorm statistics or RNG state change."""
+        was_training = self.training
+        self.eval()
+        try:
+            self(batch)
+        finally:
+            self.train(was_training)
+
     def extra_parameters(self) -> int:
         """Trainable parameters beyond the student (adapters, loss modules)."""
         return sum(p.numel() for m in (self.adapters, self.losses) for p in m.parameters())

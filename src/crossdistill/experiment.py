@@ -20,6 +20,7 @@ from torch.utils.data import Subset
 
 from crossdistill.config import DataSpec, ModelSpec, Recipe, TeacherSpec, dump_recipe
 from crossdistill.data import DistillDataset, build_augmentation, example_loader, load_source
+from crossdistill.data.dataset import preview_batch
 from crossdistill.data.views import build_pipeline
 from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import CheckpointError, ConfigError
@@ -28,7 +29,7 @@ from crossdistill.models.registry import build_model, load_weights
 from crossdistill.models.taps import Tap
 from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.train.checkpoint import list_checkpoints
-from crossdistill.train.runtime import seed_everything
+from crossdistill.train.runtime import seed_everything, to_device
 from crossdistill.train.trainer import History, Trainer
 
 
@@ -130,16 +131,19 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
 def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     """Build everything a recipe names, train, evaluate and write the run directory."""
     seed_everything(recipe.seed, recipe.train.deterministic)
-    distiller = build_distiller(recipe)  # validates models, weights, losses before any output
-    run_dir = prepare_run_dir(recipe, resume)
+    # Everything that can be wrong is found before the run directory is touched: models,
+    # weights, losses, device, data files, and what each loss needs from a real batch.
+    distiller = build_distiller(recipe)
     trainer = Trainer(
         distiller,
         recipe.train,
-        run_dir=run_dir,
+        run_dir=recipe.run_dir,
         eval_spec=recipe.eval,
         fingerprint=recipe.fingerprint(),
     )
     train_loader, eval_loader = build_loaders(recipe, trainer.device)
+    distiller.check(to_device(preview_batch(train_loader.dataset), trainer.device))
+    run_dir = prepare_run_dir(recipe, resume)
     history = trainer.fit(train_loader, eval_loader, resume=resume)
     metrics = history.eval[-1] if history.eval else {}
     finish_run(run_dir, distiller, recipe.student, metrics, epochs=trainer.epoch)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
 from crossdistill.data.sources.base import ArraySplit
@@ -227,3 +227,8 @@ def example_loader(
         # one it would consume the global torch RNG and shift dropout etc. between runs.
         generator=torch.Generator().manual_seed(int(seed)),
     )
+
+
+def preview_batch(dataset: Dataset, n: int = 2) -> dict[str, Any]:
+    """The first ``n`` examples collated into a batch (for checks before training)."""
+    return default_collate([dataset[i] for i in range(min(n, len(dataset)))])  # type: ignore[arg-type]

@@ -49,7 +49,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, flo
     from crossdistill.config import load_recipe
     from crossdistill.errors import CheckpointError
     from crossdistill.experiment import build_loaders, build_teacher, load_student
-    from crossdistill.train.runtime import select_device
+    from crossdistill.train.runtime import amp_dtype, select_device
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -62,7 +62,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, flo
     student = load_student(run_dir).to(device)
     teacher = build_teacher(recipe.teacher).to(device) if recipe.teacher else None
     _, loader = build_loaders(recipe, device)
-    metrics = evaluate_classification(student, loader, teacher, device, topk=recipe.eval.topk)
+    amp = amp_dtype(recipe.train.amp, device)  # the same precision as evaluation in training
+    metrics = evaluate_classification(student, loader, teacher, device, amp, recipe.eval.topk)
     out = run_dir / f"eval-{recipe.data.eval_split}.json"
     out.write_text(json.dumps(metrics, indent=1))
     return metrics

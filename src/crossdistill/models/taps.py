@@ -111,12 +111,14 @@ class TapRecorder:
             def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
                 self._captured[tap.key] = select_output(
                     args if tap.select is not None else args[0], tap.select, where
-                )
+                ).clone()
 
             return module.register_forward_pre_hook(pre_hook)
 
         def hook(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-            self._captured[tap.key] = select_output(output, tap.select, where)
+            # A copy: a later in-place op (ReLU(inplace=True) after BatchNorm, `out += x`) would
+            # otherwise change the captured value and break its autograd graph.
+            self._captured[tap.key] = select_output(output, tap.select, where).clone()
 
         return module.register_forward_hook(hook)
 

@@ -5,6 +5,7 @@ A teacher is frozen (no gradients, always in eval mode); an ensemble of teachers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -109,7 +110,8 @@ class EnsembleTeacher(Teacher):
         if not members:
             raise ConfigError("an ensemble teacher needs at least one member")
         weights = list(weights) if weights is not None else [1.0] * len(members)
-        if len(weights) != len(members) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        valid = all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0
+        if len(weights) != len(members) or not valid:
             raise ConfigError(
                 f"ensemble weights {weights} do not fit {len(members)} members",
                 hint="give one non-negative weight per member, not all zero",

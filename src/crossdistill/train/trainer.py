@@ -56,7 +56,7 @@ def lr_factor(step: int, spec: ScheduleSpec, steps_per_epoch: int, epochs: int) 
 
 @dataclass
 class History:
-    """What :meth:`Trainer.fit` returns: per-epoch training loss and evaluation metrics."""
+    """What :meth:`Trainer.fit` returns: mean training loss and evaluation metrics per epoch."""
 
     train_loss: list[float] = field(default_factory=list)
     eval: list[dict[str, float]] = field(default_factory=list)
@@ -130,14 +130,17 @@ class Trainer:
     def _non_finite(self, terms: Mapping[str, torch.Tensor], since: int | None = None) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v)]
         what = f"loss terms {bad}" if bad else "a loss term"
-        when = f"step {self.step}" if since is None else f"steps {since + 1}..{self.step}"
-        last = ckpt.list_checkpoints(self.run_dir)[-1] if self.run_dir else None
+        # steps are counted from 1: the failing step is the one after the last completed
+        failing = self.step + 1 if since is None else self.step
+        when = f"step {failing}" if since is None else f"steps {since + 1}..{self.step}"
+        found = ckpt.list_checkpoints(self.run_dir) if self.run_dir else []
+        last = found[-1] if found else None
         self._log(
             {
                 "kind": "error",
                 "epoch": self.epoch,
-                "step": self.step,
-                "error": f"non-finite loss terms {bad}",
+                "step": failing,
+                "error": f"{what} became NaN/Inf",
             }
         )
         raise NonFiniteLossError(
@@ -155,13 +158,13 @@ class Trainer:
             self.optimizer,
             lambda s: lr_factor(s, self.spec.schedule, steps_per_epoch, self.spec.epochs),
         )
-        if resume:
-            self.resume()
         history = History()
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         try:
+            if resume:
+                self.resume()
             while self.epoch < self.spec.epochs:
                 history.train_loss.append(self._train_epoch(train_loader, steps_per_epoch))
                 self.epoch += 1
@@ -172,6 +175,8 @@ class Trainer:
                     history.eval.append(metrics)
                     self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **metrics})
                 self.save()
+            if eval_loader is not None and not history.eval:  # resumed a finished run
+                history.eval.append(self.evaluate(eval_loader))
         finally:
             if self._metrics_file is not None:
                 self._metrics_file.close()
@@ -185,11 +190,13 @@ class Trainer:
         self.distiller.train()
         start, running, seen = time.perf_counter(), 0.0, 0
         terms: dict[str, torch.Tensor] = {}
+        loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step sync
         with _progress(
             self.spec.progress, f"epoch {self.epoch + 1}/{self.spec.epochs}", steps_per_epoch
         ) as bar:
             for i, batch in enumerate(loader):
                 terms = self.train_step(batch)
+                loss_sum += terms["loss"]
                 seen += 1
                 if i % self.spec.log_every == 0 or i == steps_per_epoch - 1:
                     self.check_finite(terms)
@@ -207,16 +214,18 @@ class Trainer:
                 bar.advance(loss=running)
         self.check_finite(terms)  # never checkpoint weights a NaN has reached
         seconds = time.perf_counter() - start
+        mean_loss = float(loss_sum) / max(seen, 1)
         self._log(
             {
                 "kind": "epoch",
                 "epoch": self.epoch + 1,
                 "step": self.step,
+                "train_loss": mean_loss,
                 "seconds": seconds,
                 "steps_per_s": seen / max(seconds, 1e-9),
             }
         )
-        return running
+        return mean_loss
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Accuracy, top-k, calibration, and agreement with the teacher when there is one."""
