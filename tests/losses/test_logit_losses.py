@@ -18,15 +18,6 @@ from crossdistill.knowledge import Knowledge
 from crossdistill.losses import LOSSES, Needs, build_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------
 # NumPy references, float64, written straight from the papers' formulas (one sample at a time).
 # --------------------------------------------------------------------------------------------
