@@ -17,7 +17,6 @@ from crossdistill.errors import ConfigError, KnowledgeError, ShapeError, Unknown
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses import LOSSES, Needs, build_loss
 
-
 # --------------------------------------------------------------------------------------------
 # NumPy references, float64, written straight from the papers' formulas (one sample at a time).
 # --------------------------------------------------------------------------------------------
