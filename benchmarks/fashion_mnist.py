@@ -72,6 +72,9 @@ def main() -> None:
 
     result = {
         "teacher_acc": _accuracy(teacher_run),
+        # a finished teacher run of the same recipe is reused (run_or_reuse checks that its
+        # config.yaml has the same fingerprint); its metrics.jsonl shows how it was trained
+        "teacher_run": str(teacher_run),
         "teacher_params": _params(teacher_run),
         "student_params": student_params,
         "scratch_acc": scratch,
