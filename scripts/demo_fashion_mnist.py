@@ -46,7 +46,7 @@ def main() -> None:
     }
     table = Table(title=f"Fashion-MNIST test set, {args.epochs} epochs each (last epoch)")
     for col in ("model", "test accuracy", "parameters", "size (KB)", "CPU ms / image"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for label, run_dir in runs.items():
         student = load_student(run_dir)
         acc = json.loads((run_dir / "eval.json").read_text())["accuracy"]
