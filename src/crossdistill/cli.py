@@ -72,8 +72,8 @@ def list_(kind: Annotated[str, typer.Argument(help="losses | models | data | pip
     from crossdistill.data.views import PIPELINE_STEPS
     from crossdistill.errors import UnknownNameError
     from crossdistill.losses import LOSSES
+    from crossdistill.models import zoo  # noqa: F401  (registers the zoo models)
     from crossdistill.models.registry import MODELS
-    from crossdistill.models.zoo import cnn  # noqa: F401  (registers the zoo)
     from crossdistill.registry import Registry
 
     registries: dict[str, Registry] = {

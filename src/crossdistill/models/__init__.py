@@ -1,0 +1,1 @@
+"""Models: taps (forward hooks), Teacher/Student wrappers, model construction, the zoo."""
