@@ -494,3 +494,13 @@ def test_distiller_trainable_excludes_the_teacher() -> None:
     assert {id(p) for p in student.parameters()} <= ids
     assert not any(k.startswith("teacher") for k in trainable.state_dict())
     assert distiller.extra_parameters() == 3 * 3 + 3  # the adapter
+
+
+def test_distiller_adapters_add_adapted_knowledge() -> None:
+    """An adapter maps a student tensor into the teacher's space as ``adapted/<key>``."""
+    adapter = nn.Linear(3, 5)
+    distiller = Distiller(
+        Student(nn.Linear(4, 3)), [Term("ce", build_loss("ce"))], adapters={"logits": adapter}
+    )
+    student, _ = distiller(_batch(_x(2), torch.tensor([0, 1])))
+    assert torch.equal(student["adapted/logits"], adapter(student["logits"]))

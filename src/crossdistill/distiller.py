@@ -33,6 +33,9 @@ class Distiller(nn.Module):
     """Runs both sides on a batch and returns the student's Knowledge and the weighted terms.
 
     The total loss is ``sum(terms.values())``. The teacher runs only when some loss reads it.
+    ``adapters`` maps a student Knowledge key to a trainable module whose output is added as
+    ``adapted/<key>`` (e.g. a projector into the teacher's feature space); adapters are trained
+    and checkpointed with the student but are not part of the exported student.
     """
 
     def __init__(
