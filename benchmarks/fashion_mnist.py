@@ -45,10 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 10k images")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--out", default="runs/bench", help="where the run directories go")
+    parser.add_argument("--out", default=None, help="run directories (runs/bench[-quick])")
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    common = [f"output.dir={args.out}", "train.progress=false"]
+    # quick runs have their own folder: they must never be mistaken for (or block) full runs
+    out = args.out or ("runs/bench-quick" if args.quick else "runs/bench")
+    common = [f"output.dir={out}", "train.progress=false"]
     if args.quick:
         common += ["train.epochs=2", "data.limit_train=10000"]
 
