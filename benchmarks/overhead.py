@@ -1,6 +1,6 @@
 """crossdistill's per-step overhead over hand-written PyTorch, measured side by side.
 
-    python benchmarks/overhead.py            # 60 timed steps per variant
+    python benchmarks/overhead.py            # 200 timed steps per variant (±5% needs many samples)
     python benchmarks/overhead.py --quick    # 20 timed steps per variant
 
 Four variants run on the CPU in float32 at batch 128 on Fashion-MNIST-shaped inputs
@@ -260,13 +260,13 @@ def main() -> None:
         "--steps",
         type=int,
         default=None,
-        help="timed steps per variant (default: 20 quick, 60 full; at least 20)",
+        help="timed steps per variant (default: 20 quick, 200 full; at least 20)",
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    steps = args.steps if args.steps is not None else (20 if args.quick else 60)
+    steps = args.steps if args.steps is not None else (20 if args.quick else 200)
     if steps < 20:
         parser.error("--steps must be at least 20 (medians of fewer are too noisy)")
 
