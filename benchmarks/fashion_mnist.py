@@ -6,7 +6,7 @@ and kd.yaml (the same student, epochs and schedule, plus Hinton KD from that tea
 is on the 10k test images after the LAST epoch (no best-epoch selection).
 
     python benchmarks/fashion_mnist.py            # full: seeds 0 1 2, the recipes' epochs
-    python benchmarks/fashion_mnist.py --quick    # a few minutes: 1 seed, 2 epochs, 10k images
+    python benchmarks/fashion_mnist.py --quick    # a few minutes: 1 seed, 3 epochs
 
 Writes benchmarks/results/fashion_mnist[.quick].json and .md.
 """
@@ -43,7 +43,7 @@ def _params(run_dir: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 10k images")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--out", default=None, help="run directories (runs/bench[-quick])")
     args = parser.parse_args()
@@ -52,7 +52,7 @@ def main() -> None:
     out = args.out or ("runs/bench-quick" if args.quick else "runs/bench")
     common = [f"output.dir={out}", "train.progress=false"]
     if args.quick:
-        common += ["train.epochs=2", "data.limit_train=10000"]
+        common += ["train.epochs=3"]
 
     teacher_run = run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common))
     weights = teacher_run / "student.safetensors"
