@@ -12,16 +12,6 @@ from torch import Tensor
 
 from crossdistill.errors import ConfigError, ShapeError
 
-__all__ = [
-    "MetricAccumulator",
-    "accuracy",
-    "agreement",
-    "classification_metrics",
-    "expected_calibration_error",
-    "kl_divergence",
-    "topk_accuracy",
-]
-
 
 def _logits(logits: Tensor, name: str = "logits") -> Tensor:
     if logits.ndim != 2:
