@@ -84,7 +84,8 @@ class Trainer:
         self.device = select_device(self.spec.device)
         self.amp = amp_dtype(self.spec.amp, self.device)
         self.distiller = distiller.to(self.device)
-        self.optimizer = build_optimizer(distiller.trainable().parameters(), self.spec.optimizer)
+        self._params = [p for p in distiller.trainable().parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self._params, self.spec.optimizer)
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -113,7 +114,7 @@ class Trainer:
         self.scaler.scale(total).backward()
         if self.spec.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.distiller.trainable().parameters(), self.spec.grad_clip)
+            nn.utils.clip_grad_norm_(self._params, self.spec.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:
@@ -184,7 +185,14 @@ class Trainer:
         return history
 
     def _train_epoch(self, loader: Any, steps_per_epoch: int) -> float:
-        for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        # crossdistill's loaders move sampler and dataset on together; a plain DataLoader may
+        # still hold a sampler (DistributedSampler) or dataset with its own set_epoch
+        parts = (
+            [loader]
+            if hasattr(loader, "set_epoch")
+            else [getattr(loader, "sampler", None), getattr(loader, "dataset", None)]
+        )
+        for obj in parts:
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(self.epoch)
         self.distiller.train()
