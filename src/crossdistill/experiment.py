@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
-from crossdistill.config import DataSpec, ModelSpec, Recipe, TeacherSpec, dump_recipe
+from crossdistill.config import ModelSpec, Recipe, TeacherSpec, dump_recipe, load_recipe
 from crossdistill.data import DistillDataset, build_augmentation, example_loader, load_source
 from crossdistill.data.dataset import preview_batch
 from crossdistill.data.views import build_pipeline
@@ -37,13 +37,7 @@ def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> Model
     """A Student/Teacher from a model spec: model, weights, pipeline, taps."""
     model = build_model(spec.model, spec.params)
     if spec.weights is not None:
-        if not spec.weights.is_file():
-            raise CheckpointError(
-                f"{where}.weights: {str(spec.weights)!r} does not exist",
-                hint="train that model first (e.g. `crossdistill run recipes/fashion_mnist/"
-                "teacher.yaml`) or fix the path",
-            )
-        load_weights(model, spec.weights)
+        load_weights(model, spec.weights, where=f"{where}.weights")
     taps = [Tap(**t.model_dump()) for t in spec.taps]
     return cls(model, outputs=spec.outputs, taps=taps, pipeline=build_pipeline(spec.pipeline))
 
@@ -67,16 +61,6 @@ def build_distiller(recipe: Recipe) -> Distiller:
     return Distiller(student, terms, teacher=teacher)  # type: ignore[arg-type]
 
 
-def build_datasets(spec: DataSpec, seed: int) -> tuple[DistillDataset, DistillDataset]:
-    train = DistillDataset(
-        load_source(spec.source, spec.train_split, **spec.params),
-        augmentation=build_augmentation(spec.augment),
-        seed=seed,
-    )
-    evals = DistillDataset(load_source(spec.source, spec.eval_split, **spec.params), seed=seed)
-    return train, evals
-
-
 class Head(Subset):
     """The first ``n`` examples of a dataset, still following ``set_epoch``."""
 
@@ -87,27 +71,42 @@ class Head(Subset):
         self.dataset.set_epoch(epoch)
 
 
-def build_loaders(recipe: Recipe, device: torch.device) -> tuple[Any, Any]:
+def _loader(recipe: Recipe, split: str, train: bool, device: torch.device) -> Any:
     spec = recipe.data
-    train, evals = build_datasets(spec, recipe.seed)
-    if spec.limit_train:
-        train = Head(train, spec.limit_train)  # type: ignore[assignment]
-    if spec.limit_eval:
-        evals = Head(evals, spec.limit_eval)  # type: ignore[assignment]
-    pin = device.type == "cuda"
-    return (
-        example_loader(train, spec.batch_size, True, recipe.seed, spec.num_workers, pin_memory=pin),
-        example_loader(
-            evals, spec.eval_batch_size, False, recipe.seed, spec.num_workers, pin_memory=pin
-        ),
+    dataset: Any = DistillDataset(
+        load_source(spec.source, split, **spec.params),
+        augmentation=build_augmentation(spec.augment) if train else None,
+        seed=recipe.seed,
     )
+    limit = spec.limit_train if train else spec.limit_eval
+    if limit:
+        dataset = Head(dataset, limit)
+    return example_loader(
+        dataset,
+        spec.batch_size if train else spec.eval_batch_size,
+        train,  # shuffle
+        recipe.seed,
+        spec.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def build_eval_loader(recipe: Recipe, device: torch.device) -> Any:
+    """The evaluation split, unaugmented, in order."""
+    return _loader(recipe, recipe.data.eval_split, False, device)
+
+
+def build_loaders(recipe: Recipe, device: torch.device) -> tuple[Any, Any]:
+    """Training (augmented, shuffled per epoch) and evaluation loaders of a recipe."""
+    train = _loader(recipe, recipe.data.train_split, True, device)
+    return train, build_eval_loader(recipe, device)
 
 
 @dataclass
 class RunResult:
     """What a finished run returns: where it lives, its history, the trained student model."""
 
-    run_dir: Path | None
+    run_dir: Path
     history: History
     student: nn.Module
     metrics: dict[str, float]
@@ -198,8 +197,6 @@ def run_or_reuse(recipe: Recipe) -> Path:
     A finished run of the same resolved recipe is reused; a started one is resumed; a run
     directory made by a different recipe is refused rather than overwritten.
     """
-    from crossdistill.config import load_recipe
-
     run_dir = recipe.run_dir
     if (run_dir / "config.yaml").is_file():
         previous = load_recipe(run_dir / "config.yaml")
@@ -210,5 +207,5 @@ def run_or_reuse(recipe: Recipe) -> Path:
             )
         if (run_dir / "student.safetensors").is_file():
             return run_dir
-        return run_recipe(recipe, resume=True).run_dir  # type: ignore[return-value]
-    return run_recipe(recipe).run_dir  # type: ignore[return-value]
+        return run_recipe(recipe, resume=True).run_dir
+    return run_recipe(recipe).run_dir

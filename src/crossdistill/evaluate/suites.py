@@ -48,7 +48,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, flo
     """Evaluate a finished run's student on its recipe's eval split; writes eval-<split>.json."""
     from crossdistill.config import load_recipe
     from crossdistill.errors import CheckpointError
-    from crossdistill.experiment import build_loaders, build_teacher, load_student
+    from crossdistill.experiment import build_eval_loader, build_teacher, load_student
     from crossdistill.train.runtime import amp_dtype, select_device
 
     run_dir = Path(run_dir)
@@ -61,7 +61,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, flo
     device = select_device(recipe.train.device)
     student = load_student(run_dir).to(device)
     teacher = build_teacher(recipe.teacher).to(device) if recipe.teacher else None
-    _, loader = build_loaders(recipe, device)
+    loader = build_eval_loader(recipe, device)
     amp = amp_dtype(recipe.train.amp, device)  # the same precision as evaluation in training
     metrics = evaluate_classification(student, loader, teacher, device, amp, recipe.eval.topk)
     out = run_dir / f"eval-{recipe.data.eval_split}.json"

@@ -58,14 +58,23 @@ def build_model(ref: str, params: Mapping[str, Any] | None = None) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load a safetensors state dict into ``model`` with a readable error on any mismatch."""
+def load_weights(
+    model: nn.Module, path: str | Path, strict: bool = True, where: str = "weights file"
+) -> None:
+    """Load a safetensors state dict into ``model`` with a readable error on any mismatch.
+
+    ``where`` names the setting the path came from (``teacher.weights``) in error messages.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+        raise CheckpointError(
+            f"{where}: {str(path)!r} does not exist",
+            hint="train that model first (e.g. `crossdistill run recipes/fashion_mnist/"
+            "teacher.yaml`) or fix the path",
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
