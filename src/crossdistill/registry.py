@@ -3,7 +3,9 @@ name in the file that defines them, never listed in an if/elif chain."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from crossdistill.errors import UnknownNameError, did_you_mean
@@ -46,3 +48,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_submodules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (call from its ``__init__`` with ``__path__``).
+
+    Each module registers its objects when imported, so adding a loss or an adapter is adding a
+    file: no list to edit elsewhere. Modules whose name starts with ``_`` are helpers, skipped.
+    """
+    for info in pkgutil.iter_modules(list(path)):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

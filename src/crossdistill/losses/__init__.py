@@ -1,6 +1,13 @@
 """Losses, registered by name. Importing this package registers every built-in loss."""
 
-from crossdistill.losses import logit  # noqa: F401  (registers the logit losses)
+from crossdistill.losses import (  # noqa: F401  (each family registers its losses)
+    attention,
+    contrastive,
+    feature,
+    logit,
+    relation,
+)
+from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES, Loss, Needs, build_loss
 
-__all__ = ["LOSSES", "Loss", "Needs", "build_loss"]
+__all__ = ["LOSSES", "Loss", "Needs", "PairLoss", "build_loss"]
