@@ -25,10 +25,14 @@ class SPLoss(PairLoss):
 
     ``L = (1 / B²) ‖G^t − G^s‖_F²``   (one layer pair).
 
-    Equal to torchdistill's ``SPKDLoss(reduction="batchmean")``, its example configuration.
-    The paper's ``γ`` (3000 on CIFAR-10) is the loss weight. Student and teacher widths may
-    differ; the loss is invariant to any rotation of either side's features and to scaling
-    them.
+    The paper (and RepDistiller's ``F.normalize(G)``) divides each row by its L2 norm.
+    torchdistill 1.1.5's ``SPKDLoss`` calls ``normalize(G, 1)``, whose second positional
+    argument is ``p``: it divides each row by its *L1* norm, a different quantity that no factor
+    converts to this one (each row is rescaled by ``‖g‖₂ / ‖g‖₁``); the tests check that it
+    equals this formula with L1 rows instead. Its ``batchmean`` reduction is this ``1 / B²``. The paper's ``γ`` (3000 on CIFAR-10) is the loss weight.
+
+    Student and teacher widths may differ; the loss is invariant to any rotation of either
+    side's features and to scaling them.
     """
 
     def __init__(self, student: str = "embedding", teacher: str = "embedding") -> None:
