@@ -31,8 +31,9 @@ class PKTLoss(PairLoss):
     also follows, and equals it (same ``ε = 1e-7``, also added to the norms as
     ``x / (‖x‖ + ε)``). The paper's formulas differ in two ways the code does not follow: they
     leave ``k = j`` (self-similarity, always 1) out of the normalizing sum and they sum the KL
-    terms over pairs instead of averaging. Widths may differ; the loss is invariant to
-    rotations of either side and (up to ``ε``) to rescaling each sample.
+    terms over pairs instead of averaging. The ``ε`` in the log makes the gradient at
+    ``student = teacher`` of order ``ε`` rather than exactly 0. Widths may differ; the loss is
+    invariant to rotations of either side and (up to ``ε``) to rescaling each sample.
     """
 
     def __init__(

@@ -29,7 +29,8 @@ class SPLoss(PairLoss):
     torchdistill 1.1.5's ``SPKDLoss`` calls ``normalize(G, 1)``, whose second positional
     argument is ``p``: it divides each row by its *L1* norm, a different quantity that no factor
     converts to this one (each row is rescaled by ``‖g‖₂ / ‖g‖₁``); the tests check that it
-    equals this formula with L1 rows instead. Its ``batchmean`` reduction is this ``1 / B²``. The paper's ``γ`` (3000 on CIFAR-10) is the loss weight.
+    equals this formula with L1 rows instead. Its ``batchmean`` reduction is this ``1 / B²``.
+    The paper's weight ``γ`` is the loss weight in the recipe.
 
     Student and teacher widths may differ; the loss is invariant to any rotation of either
     side's features and to scaling them.
