@@ -486,7 +486,7 @@ def test_distiller_loss_needing_targets_without_targets() -> None:
 def test_distiller_trainable_excludes_the_teacher() -> None:
     student, teacher = Student(nn.Linear(4, 3)), Teacher(nn.Linear(4, 3))
     distiller = Distiller(
-        student, [Term("kd", build_loss("kd"))], teacher=teacher, adapters={"emb": nn.Linear(3, 3)}
+        student, [Term("kd", build_loss("kd"), adapter=nn.Linear(3, 3))], teacher=teacher
     )
     trainable = distiller.trainable()
     ids = {id(p) for p in trainable.parameters()}
@@ -496,11 +496,25 @@ def test_distiller_trainable_excludes_the_teacher() -> None:
     assert distiller.extra_parameters() == 3 * 3 + 3  # the adapter
 
 
-def test_distiller_adapters_add_adapted_knowledge() -> None:
-    """An adapter maps a student tensor into the teacher's space as ``adapted/<key>``."""
+def test_distiller_adapter_maps_what_its_loss_reads() -> None:
+    """A term's adapter changes the student tensor its own loss sees, and nothing else."""
     adapter = nn.Linear(3, 5)
+    teacher = Teacher(nn.Linear(4, 5))
+    seen = {}
+
+    class Spy(Loss):
+        needs_student, needs_teacher = ("logits",), ("logits",)
+
+        def forward(self, student, teacher, target):
+            seen[id(self)] = student["logits"]
+            return student["logits"].sum() * 0
+
+    adapted, plain = Spy(), Spy()
     distiller = Distiller(
-        Student(nn.Linear(4, 3)), [Term("ce", build_loss("ce"))], adapters={"logits": adapter}
+        Student(nn.Linear(4, 3)),
+        [Term("a", adapted, adapter=adapter), Term("b", plain)],
+        teacher=teacher,
     )
-    student, _ = distiller(_batch(_x(2), torch.tensor([0, 1])))
-    assert torch.equal(student["adapted/logits"], adapter(student["logits"]))
+    student, _ = distiller(_batch(_x(2)))
+    assert torch.equal(seen[id(adapted)], adapter(student["logits"]))
+    assert torch.equal(seen[id(plain)], student["logits"])

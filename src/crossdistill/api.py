@@ -16,14 +16,22 @@ from torch.utils.data import DataLoader, Dataset
 
 from crossdistill.config import EvalSpec, LossSpec, TrainSpec, format_validation_error
 from crossdistill.data import as_distill_dataset, example_loader
+from crossdistill.data.dataset import preview_batch
 from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import ConfigError
-from crossdistill.losses import Loss, build_loss
+from crossdistill.experiment import build_term
+from crossdistill.losses import Loss
 from crossdistill.models.wrappers import Student, Teacher
-from crossdistill.train.runtime import seed_everything
+from crossdistill.train.runtime import seed_everything, select_device, to_device
 from crossdistill.train.trainer import Trainer
 
-LossArg = str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], float] | LossSpec
+LossArg = (
+    str
+    | tuple[str, Mapping[str, Any]]
+    | tuple[str, Mapping[str, Any], float]
+    | Mapping[str, Any]
+    | LossSpec
+)
 
 
 def _terms(losses: Sequence[LossArg | Loss]) -> list[Term]:
@@ -38,11 +46,17 @@ def _terms(losses: Sequence[LossArg | Loss]) -> list[Term]:
             spec = LossSpec(
                 name=item[0], params=dict(item[1]), weight=item[2] if len(item) > 2 else 1.0
             )
+        elif isinstance(item, Mapping):
+            try:
+                spec = LossSpec(**item)
+            except pydantic.ValidationError as exc:
+                raise ConfigError(
+                    f"bad loss losses[{i}]:\n"
+                    + format_validation_error(exc, f"losses[{i}]", LossSpec),
+                ) from None
         else:
             spec = item
-        terms.append(
-            Term(spec.term, build_loss(spec.name, spec.params, f"losses[{i}]"), spec.weight)
-        )
+        terms.append(build_term(spec, f"losses[{i}]"))
     # A loss given twice (e.g. two feature losses at different taps) is logged as name, name_2
     seen: dict[str, int] = {}
     for term in terms:
@@ -91,13 +105,20 @@ def distill(
         teacher = Teacher(teacher)
     wrapped = student if isinstance(student, Student) else Student(student)
     distiller = Distiller(wrapped, _terms(losses), teacher=teacher)
+    train_loader = _loader(train_data, batch_size, True, seed)
+    # adapters are built, and mistakes found, on a real batch before any training
+    device = select_device(spec.device)
+    preview = (
+        preview_batch(train_loader.dataset)
+        if isinstance(train_data, Dataset)
+        else next(iter(train_loader))
+    )
+    distiller.to(device).check(to_device(preview, device))
     trainer = Trainer(
         distiller,
         spec,
         run_dir=Path(run_dir) if run_dir else None,
         eval_spec=EvalSpec(every_epochs=0),
     )
-    trainer.fit(
-        _loader(train_data, batch_size, True, seed), _loader(eval_data, 4 * batch_size, False, seed)
-    )
+    trainer.fit(train_loader, _loader(eval_data, 4 * batch_size, False, seed))
     return wrapped.model

@@ -66,13 +66,25 @@ class TeacherSpec(_Strict):
         return ModelSpec(**self.model_dump(exclude={"members", "member_weights"}))
 
 
+class AdapterSpec(_Strict):
+    """A registered adapter and its hyper-parameters (its shapes come from the tensors)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class LossSpec(_Strict):
-    """A registered loss, its weight in the total, and its hyper-parameters."""
+    """A registered loss, its weight in the total, and its hyper-parameters.
+
+    ``adapter`` maps the student tensor the loss reads to the teacher's shape first: ``auto``
+    (chosen from the two shapes), an adapter's name, or ``{name, params}``.
+    """
 
     name: str
     weight: float = Field(1.0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None  # the name logged for this term; needed when a loss appears twice
+    adapter: str | AdapterSpec | None = None
 
     @property
     def term(self) -> str:

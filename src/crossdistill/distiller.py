@@ -14,46 +14,70 @@ from typing import Any
 import torch
 from torch import nn
 
-from crossdistill.errors import ConfigError
+from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.registry import Loss
+from crossdistill.models.adapters import build_adapter
 from crossdistill.models.wrappers import Student, Teacher
+
+AdapterArg = str | Mapping[str, Any] | nn.Module | None
 
 
 @dataclass
 class Term:
-    """One weighted loss term, logged under ``name``."""
+    """One weighted loss term, logged under ``name``.
+
+    ``adapter`` maps the student tensor the loss reads to the teacher's shape before the loss
+    sees it: a module, or a recipe's ``"auto"`` / adapter name / ``{name, params}``, built from
+    the tensors' shapes by :meth:`Distiller.check`.
+    """
 
     name: str
     loss: Loss
     weight: float = 1.0
+    adapter: AdapterArg = None
 
 
 class Distiller(nn.Module):
     """Runs both sides on a batch and returns the student's Knowledge and the weighted terms.
 
     The total loss is ``sum(terms.values())``. The teacher runs only when some loss reads it.
-    ``adapters`` maps a student Knowledge key to a trainable module whose output is added as
-    ``adapted/<key>`` (e.g. a projector into the teacher's feature space); adapters are trained
-    and checkpointed with the student but are not part of the exported student.
+    A term's adapter maps the one student tensor its loss reads into the teacher's shape or
+    space (the loss sees the adapted tensor under the same key); adapters are trained and
+    checkpointed with the student but are not part of the exported student. Adapters given by
+    name are built from real shapes by :meth:`check`, which must run before the optimizer is
+    made (``ready`` says whether it has).
     """
 
     def __init__(
-        self,
-        student: Student,
-        terms: Sequence[Term],
-        teacher: Teacher | None = None,
-        adapters: Mapping[str, nn.Module] | None = None,
+        self, student: Student, terms: Sequence[Term], teacher: Teacher | None = None
     ) -> None:
         super().__init__()
         if not terms:
             raise ConfigError("a Distiller needs at least one loss")
         self.student = student
         self.teacher = teacher
-        self.adapters = nn.ModuleDict(dict(adapters or {}))
         self.losses = nn.ModuleDict({t.name: t.loss for t in terms})
         self.weights = {t.name: float(t.weight) for t in terms}
         self.needs = {t.name: t.loss.needs() for t in terms}
+        for t in terms:
+            if t.adapter is not None and (
+                len(self.needs[t.name].student) != 1 or len(self.needs[t.name].teacher) != 1
+            ):
+                raise ConfigError(
+                    f"loss {t.name!r} reads {list(self.needs[t.name].student)} from the student "
+                    f"and {list(self.needs[t.name].teacher)} from the teacher; an adapter maps "
+                    "one student tensor to one teacher tensor",
+                    hint=f"remove the adapter of {t.name!r}",
+                )
+        self.adapters = nn.ModuleDict(
+            {t.name: t.adapter for t in terms if isinstance(t.adapter, nn.Module)}
+        )
+        self._pending = {
+            t.name: t.adapter
+            for t in terms
+            if t.adapter is not None and not isinstance(t.adapter, nn.Module)
+        }
         self.uses_teacher = any(n.teacher for n in self.needs.values())
         if self.uses_teacher and teacher is None:
             users = [name for name, n in self.needs.items() if n.teacher]
@@ -78,8 +102,6 @@ class Distiller(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[Knowledge, dict[str, torch.Tensor]]:
         student = self.student(batch["views"]["student"])
-        for key, adapter in self.adapters.items():
-            student[f"adapted/{key}"] = adapter(student[key])
         teacher = self.teacher_knowledge(batch)
         target = batch.get("target")
         terms: dict[str, torch.Tensor] = {}
@@ -89,20 +111,56 @@ class Distiller(nn.Module):
             teacher.require(needs.teacher, f"loss {name!r}")
             if needs.target and target is None:
                 raise ConfigError(f"loss {name!r} needs targets, but the data has none")
-            terms[name] = self.weights[name] * loss(student, teacher, target)
+            seen = student
+            if name in self.adapters:  # the loss reads the adapted tensor under the same key
+                key = needs.student[0]
+                seen = Knowledge(student, source=student.source)
+                seen[key] = self.adapters[name](student[key])
+            terms[name] = self.weights[name] * loss(seen, teacher, target)
         return student, terms
+
+    @property
+    def ready(self) -> bool:
+        """Whether every adapter and lazy loss parameter exists (after :meth:`check`)."""
+        return not self._pending and not any(
+            nn.parameter.is_lazy(p) for p in self.trainable().parameters()
+        )
 
     @torch.no_grad()
     def check(self, batch: Mapping[str, Any]) -> None:
         """One forward on a small batch, before training, so that a loss that needs what a
         model does not produce, or tensors of the wrong shape, fail before any output is
-        written. Runs in eval mode: no BatchNorm statistics or RNG state change."""
+        written. Builds the adapters named in the recipe from the shapes it sees (and lazy
+        loss modules materialize). Runs in eval mode: no BatchNorm statistics change."""
         was_training = self.training
         self.eval()
         try:
+            if self._pending:
+                self._build_adapters(batch)
             self(batch)
         finally:
             self.train(was_training)
+
+    def _build_adapters(self, batch: Mapping[str, Any]) -> None:
+        student = self.student(batch["views"]["student"])
+        teacher = self.teacher_knowledge(batch)
+        for name, spec in self._pending.items():
+            (s_key,), (t_key,) = self.needs[name].student, self.needs[name].teacher
+            student.require((s_key,), f"loss {name!r}")
+            teacher.require((t_key,), f"loss {name!r}")
+            s, t = student[s_key], teacher[t_key]
+            try:
+                adapter = build_adapter(spec, s.shape[1:], t.shape[1:], f"loss {name!r}")
+            except ShapeError as exc:
+                assert self.teacher is not None  # needs.teacher is not empty
+                raise ShapeError(
+                    f"loss {name!r}: {exc.message}: student {self.student.describe(s_key)} "
+                    f"{tuple(s.shape)}, teacher {self.teacher.describe(t_key)} "
+                    f"{tuple(t.shape)}",
+                    hint=exc.hint,
+                ) from None
+            self.adapters[name] = adapter.to(s.device)
+        self._pending = {}
 
     def extra_parameters(self) -> int:
         """Trainable parameters beyond the student (adapters, loss modules)."""

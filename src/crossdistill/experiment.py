@@ -18,7 +18,15 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Subset
 
-from crossdistill.config import ModelSpec, Recipe, TeacherSpec, dump_recipe, load_recipe
+from crossdistill.config import (
+    AdapterSpec,
+    LossSpec,
+    ModelSpec,
+    Recipe,
+    TeacherSpec,
+    dump_recipe,
+    load_recipe,
+)
 from crossdistill.data import DistillDataset, build_augmentation, example_loader, load_source
 from crossdistill.data.dataset import preview_batch
 from crossdistill.data.views import build_pipeline
@@ -29,7 +37,7 @@ from crossdistill.models.registry import build_model, load_weights
 from crossdistill.models.taps import Tap
 from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.train.checkpoint import list_checkpoints
-from crossdistill.train.runtime import seed_everything, to_device
+from crossdistill.train.runtime import seed_everything, select_device, to_device
 from crossdistill.train.trainer import History, Trainer
 
 
@@ -51,11 +59,14 @@ def build_teacher(spec: TeacherSpec) -> Teacher:
     return build_wrapper(Teacher, spec.as_model_spec(), "teacher")  # type: ignore[return-value]
 
 
+def build_term(spec: LossSpec, where: str) -> Term:
+    """A Distiller term from a recipe's loss entry (the adapter is built later, from shapes)."""
+    adapter = spec.adapter.model_dump() if isinstance(spec.adapter, AdapterSpec) else spec.adapter
+    return Term(spec.term, build_loss(spec.name, spec.params, where=where), spec.weight, adapter)
+
+
 def build_distiller(recipe: Recipe) -> Distiller:
-    terms = [
-        Term(spec.term, build_loss(spec.name, spec.params, where=f"losses[{i}]"), spec.weight)
-        for i, spec in enumerate(recipe.losses)
-    ]
+    terms = [build_term(spec, f"losses[{i}]") for i, spec in enumerate(recipe.losses)]
     student = build_wrapper(Student, recipe.student, "student")
     teacher = build_teacher(recipe.teacher) if recipe.teacher else None
     return Distiller(student, terms, teacher=teacher)  # type: ignore[arg-type]
@@ -133,6 +144,9 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     # Everything that can be wrong is found before the run directory is touched: models,
     # weights, losses, device, data files, and what each loss needs from a real batch.
     distiller = build_distiller(recipe)
+    device = select_device(recipe.train.device)
+    train_loader, eval_loader = build_loaders(recipe, device)
+    distiller.to(device).check(to_device(preview_batch(train_loader.dataset), device))
     trainer = Trainer(
         distiller,
         recipe.train,
@@ -140,8 +154,6 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
         eval_spec=recipe.eval,
         fingerprint=recipe.fingerprint(),
     )
-    train_loader, eval_loader = build_loaders(recipe, trainer.device)
-    distiller.check(to_device(preview_batch(train_loader.dataset), trainer.device))
     run_dir = prepare_run_dir(recipe, resume)
     history = trainer.fit(train_loader, eval_loader, resume=resume)
     metrics = history.eval[-1] if history.eval else {}

@@ -3,12 +3,17 @@ name in the file that defines them, never listed in an if/elif chain."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import pkgutil
-from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
-from crossdistill.errors import UnknownNameError, did_you_mean
+import pydantic
+
+from crossdistill.errors import ConfigError, UnknownNameError, did_you_mean
 
 T = TypeVar("T")
 
@@ -59,3 +64,48 @@ def import_submodules(package: str, path: Iterable[str]) -> None:
     for info in pkgutil.iter_modules(list(path)):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
+
+
+@functools.cache
+def params_model(cls: type) -> type[pydantic.BaseModel]:
+    """A pydantic model of ``cls.__init__``'s keyword arguments (its hyper-parameters)."""
+    fields: dict[str, Any] = {}
+    # resolved in the defining module, where names such as `Shape` mean something
+    hints = typing.get_type_hints(cls.__init__)
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, Any)
+        default = p.default if p.default is not inspect.Parameter.empty else ...
+        fields[name] = (annotation, default)
+    return pydantic.create_model(
+        f"{cls.__name__}Params",
+        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+
+
+def build_validated(
+    registry: Registry[Any],
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    where: str = "",
+    **fixed: Any,
+) -> Any:
+    """Instantiate the class registered as ``name``, its ``params`` validated against the type
+    hints of its ``__init__`` (errors name ``<where>.params.<field>``). ``fixed`` are arguments
+    supplied by the caller rather than the recipe (e.g. an adapter's tensor shapes)."""
+    cls = registry.get(name)
+    model = params_model(cls)
+    try:
+        validated = model.model_validate({**fixed, **dict(params or {})})
+    except pydantic.ValidationError as exc:
+        from crossdistill.config import format_validation_error
+
+        accepted = [f for f in model.model_fields if f not in fixed]
+        raise ConfigError(
+            f"bad hyper-parameters for {registry.kind} {name!r}:\n"
+            + format_validation_error(exc, prefix=f"{where or registry.kind}.params"),
+            hint=f"{name} accepts: {', '.join(accepted) or 'nothing'}",
+        ) from None
+    return cls(**{**dict(validated), **fixed})

@@ -16,19 +16,15 @@ recipe builds the loss, so ``temperature: "hot"`` is refused with the YAML path 
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import pydantic
 import torch
 from torch import nn
 
-from crossdistill.errors import ConfigError
 from crossdistill.knowledge import Knowledge
-from crossdistill.registry import Registry
+from crossdistill.registry import Registry, build_validated
 
 
 @dataclass(frozen=True)
@@ -63,34 +59,6 @@ class Loss(nn.Module):
 LOSSES: Registry[type[Loss]] = Registry("loss")
 
 
-@functools.cache
-def params_model(cls: type[Loss]) -> type[pydantic.BaseModel]:
-    """A pydantic model of ``cls.__init__``'s keyword arguments (its hyper-parameters)."""
-    fields: dict[str, Any] = {}
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
-        default = p.default if p.default is not inspect.Parameter.empty else ...
-        fields[name] = (annotation, default)
-    return pydantic.create_model(
-        f"{cls.__name__}Params",
-        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-        **fields,
-    )
-
-
 def build_loss(name: str, params: Mapping[str, Any] | None = None, where: str = "loss") -> Loss:
     """Instantiate the loss registered as ``name`` with validated ``params``."""
-    cls = LOSSES.get(name)
-    try:
-        validated = params_model(cls).model_validate(dict(params or {}))
-    except pydantic.ValidationError as exc:
-        from crossdistill.config import format_validation_error
-
-        raise ConfigError(
-            f"bad hyper-parameters for loss {name!r}:\n"
-            + format_validation_error(exc, prefix=f"{where}.params"),
-            hint=f"{name} accepts: {', '.join(params_model(cls).model_fields) or 'nothing'}",
-        ) from None
-    return cls(**dict(validated))
+    return build_validated(LOSSES, name, params, where)

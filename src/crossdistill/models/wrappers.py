@@ -46,6 +46,13 @@ class ModelWrapper(nn.Module):
         self.taps = tuple(taps)
         self._recorder = TapRecorder(model, self.taps) if self.taps else None
 
+    def describe(self, key: str) -> str:
+        """``key`` and the module it is tapped from, for error messages."""
+        for tap in self.taps:
+            if tap.key == key:
+                return f"{key!r} (the {tap.on} of module {tap.path!r})"
+        return repr(key)
+
     def forward(self, inputs: Any) -> Knowledge:
         out = self.model(self.pipeline(inputs))
         knowledge = Knowledge(self._name_outputs(out), source=self.role)
@@ -122,6 +129,13 @@ class EnsembleTeacher(Teacher):
         self.weights = [w / total for w in weights]
         self.requires_grad_(False)
         nn.Module.train(self, False)
+
+    def describe(self, key: str) -> str:
+        head, _, rest = key.partition("/")
+        index = head.removeprefix("member")
+        if head.startswith("member") and index.isdigit() and int(index) < len(self.members):
+            return f"{key!r} (member {index}: {self.members[int(index)].describe(rest)})"
+        return repr(key)
 
     def forward(self, inputs: Any) -> Knowledge:
         with torch.no_grad():

@@ -20,7 +20,7 @@ from torch import nn
 
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.distiller import Distiller
-from crossdistill.errors import CheckpointError, NonFiniteLossError
+from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate.suites import evaluate_classification
 from crossdistill.train import checkpoint as ckpt
 from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
@@ -81,6 +81,12 @@ class Trainer:
         self.eval_spec = eval_spec or EvalSpec()
         self.run_dir = run_dir
         self.fingerprint = fingerprint
+        if not distiller.ready:
+            raise ConfigError(
+                "the distiller has adapters or loss modules not built yet",
+                hint="call distiller.check(batch) with one real batch before making the Trainer: "
+                "their shapes come from the tensors the models produce",
+            )
         self.device = select_device(self.spec.device)
         self.amp = amp_dtype(self.spec.amp, self.device)
         self.distiller = distiller.to(self.device)

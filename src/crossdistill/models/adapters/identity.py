@@ -1,0 +1,24 @@
+"""``identity``: the student tensor already has the teacher's shape."""
+
+from __future__ import annotations
+
+import torch
+
+from crossdistill.models.adapters.base import ADAPTERS, Adapter, Shape
+
+
+@ADAPTERS.register("identity")
+class Identity(Adapter):
+    """No parameters: chosen by ``auto`` when both shapes are equal."""
+
+    priority = 0
+
+    def __init__(self, student_shape: Shape, teacher_shape: Shape) -> None:
+        super().__init__()
+
+    @classmethod
+    def bridges(cls, student: Shape, teacher: Shape) -> bool:
+        return student == teacher
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
