@@ -90,6 +90,11 @@ class AffinityLoss(PairLoss):
     def forward(
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
     ) -> torch.Tensor:
+        device = student[self.student_key].device.type if self.student_key in student else "cpu"
+        with torch.autocast(device, enabled=False):  # cosines / τ in full precision
+            return self._affinity(student, teacher)
+
+    def _affinity(self, student: Knowledge, teacher: Knowledge) -> torch.Tensor:
         s, t = self.pair(student, teacher)
         s, t = F.normalize(s.flatten(1), dim=1), F.normalize(t.flatten(1), dim=1)
         if not self.cross:

@@ -139,6 +139,17 @@ class CRDLoss(PairLoss):
         offset: int,
     ) -> torch.Tensor:
         """InfoNCE of ``anchor`` rows against their positives among the candidates."""
+        with torch.autocast(anchor.device.type, enabled=False):  # cosines / τ in full precision
+            return self._info_nce(anchor, positive, batch, queue, offset)
+
+    def _info_nce(
+        self,
+        anchor: torch.Tensor,
+        positive: torch.Tensor,
+        batch: torch.Tensor,
+        queue: torch.Tensor,
+        offset: int,
+    ) -> torch.Tensor:
         if self.batch_negatives:
             logits = anchor @ torch.cat([batch, queue]).T
             labels = torch.arange(anchor.shape[0], device=anchor.device) + offset
