@@ -174,4 +174,6 @@ class OFALoss(LazyModuleMixin, Loss):
             )
         y = class_indices(target, z_t, "ofa")
         z_s = F.linear(self.projector(x), self.head_weight, self.head_bias)
-        return ofa_criterion(z_s, z_t.to(z_s.dtype), y, self.eps, self.temperature)
+        dtype = self.head_weight.dtype  # the criterion in full precision, whatever autocast says
+        with torch.autocast(z_s.device.type, enabled=False):
+            return ofa_criterion(z_s.to(dtype), z_t.to(dtype), y, self.eps, self.temperature)
