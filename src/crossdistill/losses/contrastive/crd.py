@@ -73,10 +73,13 @@ class CRDLoss(PairLoss):
     wrap-around. Eval mode never writes.
 
     DDP: negatives from other ranks are gathered without gradient (the local ones keep theirs),
-    as in open_clip's default ``gather_with_grad=False``: the loss value equals the single-process
-    value on the concatenated batch, but the gradient through *other ranks' anchors* scoring this
-    rank's samples as negatives is dropped. Computed in the dtype of the heads (``.double()`` the
-    loss for float64).
+    as in open_clip's default ``gather_with_grad=False``. With equal per-rank batches the mean of
+    the ranks' values (what DDP's gradient averaging optimizes) equals the single-process value on
+    the concatenated batch, and the queues are identical on every rank; but the gradient through
+    *other ranks' anchors* scoring this rank's samples as in-batch negatives is dropped (with
+    ``batch_negatives: false`` there is no such term and DDP's gradients are exact).
+
+    Computed in the dtype of the heads (``.double()`` the loss for float64).
     """
 
     ranks = (2, 3, 4)
