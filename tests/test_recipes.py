@@ -32,16 +32,20 @@ def test_recipe_family_runs(family: str, tmp_path: Path) -> None:
     folder = RECIPES / family
     if family == "fashion_mnist" and not FASHION.exists():
         pytest.skip("Fashion-MNIST is missing: sudo apt-get install -y dataset-fashion-mnist")
-    teacher = run_recipe(_tiny(folder / "teacher.yaml", tmp_path))
-    weights = teacher.run_dir / "student.safetensors"
-    for path in sorted(folder.glob("*.yaml")):
-        if path.name == "teacher.yaml":
-            continue
-        recipe = load_recipe(path)
+    recipes = {path: load_recipe(path) for path in sorted(folder.glob("*.yaml"))}
+    # Recipes without a teacher first (they make the teachers); a teacher's weights path names
+    # the run that made it (runs/<name>/student.safetensors).
+    runs: dict[str, Path] = {}
+    for path, recipe in sorted(recipes.items(), key=lambda item: item[1].teacher is not None):
         assert recipe.data.source in DATA_SOURCES
-        extra = [f"teacher.weights={weights}"] if recipe.teacher else []
+        extra = []
+        if recipe.teacher:
+            assert recipe.teacher.weights is not None, f"{path.name}: teacher without weights"
+            made_by = recipe.teacher.weights.parent.name
+            assert made_by in runs, f"{path.name}: no recipe here makes {recipe.teacher.weights}"
+            extra = [f"teacher.weights={runs[made_by] / 'student.safetensors'}"]
         result = run_recipe(_tiny(path, tmp_path, extra))
-        assert result.run_dir is not None
+        runs[recipe.name] = result.run_dir
         assert 0.0 <= result.metrics["accuracy"] <= 1.0
         if recipe.teacher:
             assert "agreement" in result.metrics

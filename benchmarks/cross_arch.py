@@ -1,0 +1,172 @@
+"""Cross-architecture distillation on Fashion-MNIST: CNN teacher → ViT student and ViT teacher →
+CNN student, each trained from scratch, with logit KD, and with logit KD + a feature loss through
+a learned adapter.
+
+Every number comes from recipes in recipes/fashion_mnist/: the teachers are trained on all 60k
+training images with teacher.yaml (ResNet) and vit_teacher.yaml (ViT); the students use
+cnn_to_vit.yaml and vit_to_cnn.yaml as they are (logit + feature), with the feature loss removed
+(logit KD), or with only cross-entropy and no teacher (scratch) — same student, data, epochs,
+optimizer and seed. Students see the first ``--limit`` training images (default 10k: the regime
+where distillation matters, a teacher trained on more data than the student has), and are
+scored on the 10k test images after the LAST epoch.
+
+    python benchmarks/cross_arch.py            # seeds 0 1 2, 15 epochs, 10k images
+    python benchmarks/cross_arch.py --quick    # 1 seed, 3 epochs, 2k images; teachers 3 epochs
+
+Writes benchmarks/results/cross_arch[.quick].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import command_line, machine, markdown_table, write_results  # noqa: E402
+from crossdistill import load_recipe  # noqa: E402
+from crossdistill.config import Recipe  # noqa: E402
+from crossdistill.data.dataset import preview_batch  # noqa: E402
+from crossdistill.experiment import build_distiller, build_loaders, run_or_reuse  # noqa: E402
+from crossdistill.train.runtime import select_device  # noqa: E402
+
+RECIPES = HERE.parent / "recipes" / "fashion_mnist"
+PAIRS = {  # pair name: (student recipe, teacher recipe)
+    "cnn_to_vit": ("cnn_to_vit.yaml", "teacher.yaml"),
+    "vit_to_cnn": ("vit_to_cnn.yaml", "vit_teacher.yaml"),
+}
+VARIANTS = ("scratch", "kd", "kd_feature")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def variant_overrides(recipe: Recipe, variant: str) -> list[str]:
+    """Turn the pair's recipe (logit + feature losses) into the other two variants."""
+    logit = [
+        loss.model_dump(exclude_none=True) for loss in recipe.losses if loss.name in {"ce", "kd"}
+    ]
+    if variant == "kd_feature":
+        return []
+    if variant == "kd":
+        return [f"losses={json.dumps(logit)}"]
+    return ["teacher=null", 'losses=[{"name": "ce"}]']
+
+
+def adapter_parameters(recipe: Recipe) -> dict[str, Any]:
+    """The adapters ``auto`` builds for this recipe, and their trainable parameters."""
+    distiller = build_distiller(recipe)
+    device = select_device("cpu")
+    train, _ = build_loaders(recipe, device)
+    distiller.check(preview_batch(train.dataset))
+    return {
+        "adapters": {name: type(a).__name__ for name, a in distiller.adapters.items()},
+        "adapter_params": sum(p.numel() for p in distiller.adapters.parameters()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, 2k images")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="student epochs (15)")
+    parser.add_argument("--limit", type=int, default=None, help="student training images (10k)")
+    parser.add_argument("--out", default=None, help="run directories (runs/bench[-quick])")
+    args = parser.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    epochs = args.epochs or (3 if args.quick else 15)
+    limit = args.limit or (2000 if args.quick else 10000)
+    out = args.out or ("runs/bench-quick" if args.quick else "runs/bench")
+    common = [f"output.dir={out}", "train.progress=false"]
+    teacher_common = [*common, "train.epochs=3"] if args.quick else common
+    student_common = [
+        *common,
+        f"train.epochs={epochs}",
+        f"data.limit_train={limit}",
+        "eval.every_epochs=0",  # evaluate once, after the last epoch
+    ]
+
+    result: dict[str, Any] = {"pairs": {}}
+    rows = []
+    for pair, (student_recipe, teacher_recipe) in PAIRS.items():
+        teacher_run = run_or_reuse(load_recipe(RECIPES / teacher_recipe, teacher_common))
+        weights = teacher_run / "student.safetensors"
+        base = [*student_common, f"teacher.weights={weights}"]
+        recipe = load_recipe(RECIPES / student_recipe, base)
+        accs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for seed in seeds:
+            for variant in VARIANTS:
+                run = load_recipe(
+                    RECIPES / student_recipe,
+                    [
+                        *base,
+                        *variant_overrides(recipe, variant),
+                        f"seed={seed}",
+                        f"name=fashion_mnist_{pair}_{variant}_seed{seed}",
+                    ],
+                )
+                run_dir = run_or_reuse(run)
+                accs[variant].append(float(_json(run_dir / "eval.json")["accuracy"]))
+                print(f"{pair} seed {seed} {variant}: {accs[variant][-1]:.4f}", flush=True)
+        mean = {v: statistics.mean(a) for v, a in accs.items()}
+        std = {v: statistics.stdev(a) if len(a) > 1 else 0.0 for v, a in accs.items()}
+        entry = {
+            "teacher_acc": float(_json(teacher_run / "eval.json")["accuracy"]),
+            "teacher_params": int(_json(teacher_run / "student.json")["parameters"]),
+            "student_params": int(_json(run_dir / "student.json")["parameters"]),
+            **{f"{v}_acc": accs[v] for v in VARIANTS},
+            **{f"{v}_mean": mean[v] for v in VARIANTS},
+            **{f"{v}_std": std[v] for v in VARIANTS},
+            "feature_losses": [
+                {"name": loss.name, "weight": loss.weight, **loss.params, "adapter": loss.adapter}
+                for loss in recipe.losses
+                if loss.name not in {"ce", "kd"}
+            ],
+            **adapter_parameters(recipe),
+            "target_kd_feature>kd>scratch": mean["kd_feature"] > mean["kd"] > mean["scratch"],
+        }
+        result["pairs"][pair] = entry
+        for v in VARIANTS:
+            rows.append(
+                (
+                    pair,
+                    v,
+                    f"{mean[v]:.4f} ± {std[v]:.4f}",
+                    f"{entry['student_params']:,}",
+                    f"{entry['adapter_params']:,}" if v == "kd_feature" else "",
+                )
+            )
+        rows.append(
+            (pair, "teacher", f"{entry['teacher_acc']:.4f}", f"{entry['teacher_params']:,}", "")
+        )
+    result.update(
+        seeds=seeds,
+        student_epochs=epochs,
+        student_train_images=limit,
+        epoch_selection="last",
+        quick=args.quick,
+        command=command_line(),
+        machine=machine(),
+    )
+    table = markdown_table(
+        ["pair", "student", "test accuracy (last epoch)", "parameters", "adapter parameters"], rows
+    )
+    notes = (
+        f"Seeds {seeds} (mean ± std); students: {epochs} epochs on the first {limit} training "
+        "images; teachers: all 60k. The adapters are trained with the student and not exported."
+    )
+    write_results("cross_arch" + (".quick" if args.quick else ""), result, table, notes)
+
+
+if __name__ == "__main__":
+    main()
