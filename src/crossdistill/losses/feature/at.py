@@ -17,8 +17,8 @@ from crossdistill.losses.registry import LOSSES
 def energy(x: torch.Tensor, p: float) -> torch.Tensor:
     """``mean_c |x_c|^p`` over channels: ``(B, C, H, W) → (B, H, W)``, ``(B, N, D) → (B, N)``."""
     channel_dim = 1 if x.dim() == 4 else 2
-    # x·x is exact and cheaper than |x|^2 for the usual p = 2.
-    powered = x * x if p == 2 else x.abs().pow(p)
+    # x² needs no abs; pow's backward is one fused kernel (x * x would need two).
+    powered = x.pow(2) if p == 2 else x.abs().pow(p)
     return powered.mean(dim=channel_dim)
 
 
@@ -83,7 +83,7 @@ class ATLoss(PairLoss):
         ):
             a_s, a_t = self._match_positions(s, t, a_s, a_t)
         q_s, q_t = attention_map(a_s), attention_map(a_t)
-        return self.beta / 2 * (q_s - q_t).pow(2).mean()
+        return self.beta / 2 * F.mse_loss(q_s, q_t)
 
     def _match_positions(
         self, s: torch.Tensor, t: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor

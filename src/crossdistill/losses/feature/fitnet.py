@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.pair import PairLoss
@@ -32,4 +33,4 @@ class FitNetLoss(PairLoss):
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         s, t = self.pair(student, teacher)
-        return (s - t).pow(2).mean()
+        return F.mse_loss(s, t)  # one fused kernel each way, vs three for (s - t)².mean()

@@ -14,8 +14,9 @@ def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tenso
     """``T² · mean_i KL(softmax(t_i/T) || softmax(s_i/T))`` for ``(B, C)`` logits."""
     log_p_s = F.log_softmax(s / temperature, dim=1)
     log_p_t = F.log_softmax(t / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    return temperature**2 * kl.mean()
+    # kl_div(input=log q, target=log p) = Σ p (log p − log q), summed, / B by "batchmean"
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return temperature**2 * kl
 
 
 @LOSSES.register("kd")
