@@ -70,8 +70,7 @@ class PairLoss(Loss):
             raise ShapeError(f"{self.who}: batch sizes differ: {where}")
         if self.same_shape and s.shape != t.shape:
             raise ShapeError(
-                f"{self.who} compares tensors element by element, but their shapes differ: "
-                f"{where}",
+                f"{self.who} compares tensors element by element, but their shapes differ: {where}",
                 hint="add `adapter: auto` to this loss in the recipe to learn a map from the "
                 "student's shape to the teacher's",
             )

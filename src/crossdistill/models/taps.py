@@ -67,6 +67,13 @@ def select_output(value: Any, select: str | int | None, where: str) -> torch.Ten
                     f"tap {where}: cannot select {part!r} from a {type(value).__name__}",
                     hint=_describe(value),
                 ) from None
+    if value is None:
+        raise TapError(
+            f"tap {where} captured None",
+            hint="attention modules under SDPA/flash attention (the Hugging Face default) "
+            "compute no probabilities: use eager attention, e.g. "
+            "crossdistill.models.hf.expose_attention(model)",
+        )
     if not isinstance(value, torch.Tensor):
         raise TapError(
             f"tap {where} captured a {type(value).__name__}, not a tensor",

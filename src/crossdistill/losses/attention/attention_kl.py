@@ -8,7 +8,7 @@ import torch
 
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import HyperParameterError
+from crossdistill.losses.checks import HyperParameterError
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.attention.attention_kl import kl_log_rows
-from crossdistill.losses.logit._common import HyperParameterError
+from crossdistill.losses.checks import HyperParameterError
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import check_range
+from crossdistill.losses.checks import check_range
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES, Needs
 

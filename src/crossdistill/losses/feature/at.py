@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import HyperParameterError, check_range
+from crossdistill.losses.checks import HyperParameterError, check_range
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES
 

@@ -9,7 +9,7 @@ from torch.nn.parameter import UninitializedBuffer
 
 from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import HyperParameterError
+from crossdistill.losses.checks import HyperParameterError
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES
 

@@ -6,12 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import (
-    HyperParameterError,
-    check_range,
-    class_indices,
-    logits_of,
-)
+from crossdistill.losses.checks import HyperParameterError, check_range
+from crossdistill.losses.logit._common import class_indices, logits_of
 from crossdistill.losses.registry import LOSSES, Loss
 
 

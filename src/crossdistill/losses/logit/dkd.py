@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import check_range, class_indices, logit_pair
+from crossdistill.losses.checks import check_range
+from crossdistill.losses.logit._common import class_indices, logit_pair
 from crossdistill.losses.registry import LOSSES, Loss
 
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import check_range, logit_pair
+from crossdistill.losses.checks import check_range
+from crossdistill.losses.logit._common import logit_pair
 from crossdistill.losses.registry import LOSSES, Loss
 
 

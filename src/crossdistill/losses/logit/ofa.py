@@ -13,12 +13,8 @@ from torch.nn.parameter import UninitializedParameter
 
 from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.knowledge import LOGITS, Knowledge
-from crossdistill.losses.logit._common import (
-    HyperParameterError,
-    check_range,
-    class_indices,
-    logits_of,
-)
+from crossdistill.losses.checks import HyperParameterError, check_range
+from crossdistill.losses.logit._common import class_indices, logits_of
 from crossdistill.losses.pair import shape_str
 from crossdistill.losses.registry import LOSSES, Loss, Needs
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.logit._common import HyperParameterError, check_range
+from crossdistill.losses.checks import HyperParameterError, check_range
 from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES
 
