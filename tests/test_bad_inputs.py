@@ -169,6 +169,42 @@ CASES: dict[str, Case] = {
     "eval-not-a-run": Case(
         lambda ws: ["eval", str(ws.runs)],
         ("is not a run directory",)),
+    # Cross-architecture features: shapes, ranks and attention, all found on the preflight batch.
+    "no-adapter-bridges": Case(
+        _run({"student.taps": [{"name": "vec", "path": "pool"}],
+              "teacher.taps": [{"name": "map", "path": "block3"}],
+              "losses.1": {"name": "fitnet", "adapter": "auto",
+                           "params": {"student": "features/vec", "teacher": "features/map"}}},
+             "kd.yaml"),
+        ("no adapter maps a student vector (16,) to a teacher map (64, 2, 2)",
+         "'features/vec' (the output of module 'pool')",
+         "'features/map' (the output of module 'block3')")),
+    "feature-shapes-differ": Case(
+        _run({"student.taps": [{"name": "map", "path": "block3"}],
+              "teacher.taps": [{"name": "map", "path": "block3"}],
+              "losses.1": {"name": "fitnet",
+                           "params": {"student": "features/map", "teacher": "features/map"}}},
+             "kd.yaml"),
+        ("shapes differ", "student 'features/map' (2, 16, 2, 2)",
+         "teacher 'features/map' (2, 64, 2, 2)", "adapter: auto")),
+    "loss-wrong-rank": Case(
+        _run({"losses.1": {"name": "attention_kl",
+                           "params": {"student": "logits", "teacher": "logits"}}}, "kd.yaml"),
+        ("attention_kl", "'logits' (2, 10)")),
+    "adapter-unknown": Case(
+        _run({"student.taps": [{"name": "map", "path": "block3"}],
+              "teacher.taps": [{"name": "map", "path": "block3"}],
+              "losses.1": {"name": "fitnet", "adapter": "conv11",
+                           "params": {"student": "features/map", "teacher": "features/map"}}},
+             "kd.yaml"),
+        ("unknown adapter 'conv11'", "did you mean 'conv1x1'")),
+    "attention-from-a-map": Case(
+        _run({"student.taps": [{"name": "a", "path": "block3", "kind": "attention"}],
+              "teacher.taps": [{"name": "a", "path": "block3", "kind": "attention"}],
+              "losses.1": {"name": "attention_kl",
+                           "params": {"student": "attention/a", "teacher": "attention/a"}}},
+             "kd.yaml"),
+        ("attention_kl",)),
     # Found during training: a run directory is expected, with its last good checkpoint.
     "non-finite": Case(  # the learning rate jumps by 1e30 at the start of epoch 2
         _run({"name": "diverges",

@@ -116,7 +116,10 @@ class Distiller(nn.Module):
                 key = needs.student[0]
                 seen = Knowledge(student, source=student.source)
                 seen[key] = self.adapters[name](student[key])
-            terms[name] = self.weights[name] * loss(seen, teacher, target)
+            try:
+                terms[name] = self.weights[name] * loss(seen, teacher, target)
+            except ShapeError as exc:  # name the recipe's term: a loss may appear twice
+                raise ShapeError(f"loss {name!r}: {exc.message}", hint=exc.hint) from None
         return student, terms
 
     @property

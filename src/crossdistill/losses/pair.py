@@ -15,13 +15,14 @@ key's name; :meth:`PairLoss.pair` checks ranks and shapes with messages that nam
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
 
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
-from crossdistill.losses.registry import Loss, Needs
+from crossdistill.losses.registry import LOSSES, Loss, Needs
 
 
 def shape_str(x: torch.Tensor) -> str:
@@ -46,9 +47,10 @@ class PairLoss(Loss):
         self.student_key = student
         self.teacher_key = teacher
 
-    @property
+    @functools.cached_property
     def who(self) -> str:
-        return type(self).__name__
+        """The registered name, for messages (computed once)."""
+        return next((n for n in LOSSES.names() if LOSSES.get(n) is type(self)), type(self).__name__)
 
     def needs(self) -> Needs:
         return Needs((self.student_key,), (self.teacher_key,), self.needs_target)
