@@ -1,0 +1,133 @@
+"""What every export format provides: a registered :class:`Exporter` per format file.
+
+An exporter writes the student's graph into a folder and can load it back as a plain
+``numpy -> numpy`` runner (used by the parity check and by ``crossdistill bench``), without
+crossdistill's model wrappers in the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.registry import Registry
+
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+
+class ExportError(CrossDistillError):
+    """A student that cannot be exported, or an export that does not match the student."""
+
+
+@dataclass
+class ExportInputs:
+    """Everything an exporter needs besides the output folder.
+
+    ``graph`` is the student's model with its input pipeline in front (eval mode, CPU) returning
+    one tensor per name in ``output_names``; ``model`` is the bare model and ``pipeline`` the
+    recipe's pipeline steps, for formats that store them separately. ``example`` is a small batch
+    of real inputs (for tracing), ``calibration`` real training inputs (for static int8).
+    """
+
+    graph: nn.Module
+    model: nn.Module
+    meta: dict[str, Any]  # student.json of the run: model, params, outputs, pipeline
+    output_names: list[str]
+    example: torch.Tensor
+    calibration: torch.Tensor
+    int8: bool
+    info: dict[str, Any] = field(default_factory=dict)  # filled by the exporter
+
+
+class Exporter:
+    """One export format. Subclasses set ``name``/``filename`` and implement both methods."""
+
+    name: str = ""
+    filename: str = ""
+    description: str = ""
+
+    def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
+        """Write the model file(s) into ``folder``; return what preprocessing.json should add
+        (how the pipeline is handled, the quantization applied, the exporter used)."""
+        raise NotImplementedError
+
+    def load(self, folder: Path, threads: int = 1) -> Runner:
+        """A callable running the exported model on a float32 batch (``N, ...``)."""
+        raise NotImplementedError
+
+
+EXPORTERS: Registry[Exporter] = Registry("export format")
+
+
+def register(cls: type[Exporter]) -> type[Exporter]:
+    """Class decorator: register one instance of an exporter under its ``name``."""
+    EXPORTERS.register(cls.name)(cls())
+    return cls
+
+
+def torch_runner(module: Callable[[torch.Tensor], Any], threads: int) -> Runner:
+    """A numpy runner around a torch callable returning a tensor or a tuple of tensors."""
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = module(torch.from_numpy(np.ascontiguousarray(x)))
+        finally:
+            torch.set_num_threads(previous)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().float().numpy() for o in outs]
+
+    return run
+
+
+def linear_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of the Linear layers of ``model`` (a copy), per output channel.
+
+    torch's dynamic quantization covers Linear (and RNN) layers only: there is no dynamic
+    quantized Conv2d, so convolutions stay float32 in the torch-based int8 formats. Per-channel
+    weight scales keep top-1 agreement higher than the per-tensor default (measured on the
+    Fashion-MNIST KD student: 99.6% vs 99.3%).
+    """
+    import copy
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch.ao eager quantization is deprecated in favour of torchao, which is not a
+        # dependency here; it still works in torch 2.13.
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(
+            copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
+
+
+class StudentGraph(nn.Module):
+    """The student as a plain graph: its input pipeline, its model, and the outputs the recipe
+    names (``outputs: [logits]`` or ``{embedding: key}``) as one tensor or a tuple of tensors."""
+
+    def __init__(self, pipeline: nn.Module, model: nn.Module, outputs: Any) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        self.model = model
+        self.keys = list(outputs.values()) if isinstance(outputs, dict) else None
+        self.count = len(outputs)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.model(self.pipeline(x))
+        if self.keys is not None:
+            picked = tuple(out[k] for k in self.keys)
+        elif isinstance(out, (tuple, list)):
+            picked = tuple(out[: self.count])
+        else:
+            return out
+        return picked[0] if len(picked) == 1 else picked

@@ -1,0 +1,278 @@
+"""Export a finished run's student alone — no teacher, adapters or loss modules — as safetensors,
+TorchScript or ONNX (optionally int8), with ``preprocessing.json`` and a parity check.
+
+``RUN_DIR/export/<format>[-int8]/`` holds the model file, ``preprocessing.json`` (input shape,
+dtype, value range, pipeline steps, output names, classes) and ``parity.json`` (the exported
+model, run by its own runtime, against the trained student in crossdistill on real validation
+examples). The folder is written under a temporary name and renamed at the end: a failure
+leaves no export behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossdistill.errors import CheckpointError, CrossDistillError
+from crossdistill.export.base import EXPORTERS, ExportError, ExportInputs, StudentGraph
+
+PREPROCESSING = "preprocessing.json"
+PARITY = "parity.json"
+
+
+def export_dir(run_dir: Path, fmt: str, int8: bool) -> Path:
+    """Where an export lands by default: ``RUN_DIR/export/<format>[-int8]``."""
+    return Path(run_dir) / "export" / (f"{fmt}-int8" if int8 else fmt)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def check_run(run_dir: Path) -> None:
+    """A finished run: config.yaml, student.safetensors and student.json present."""
+    from crossdistill.train.checkpoint import list_checkpoints
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ExportError(
+            f"{run_dir} is not a run directory (no config.yaml)",
+            hint="pass the folder that `crossdistill run` printed",
+        )
+    missing = [n for n in ("student.safetensors", "student.json") if not (run_dir / n).is_file()]
+    if not missing:
+        return
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        raise CheckpointError(
+            f"{run_dir} has no {' / '.join(missing)}: the run has not finished "
+            f"(its last checkpoint is {checkpoints[-1].name})",
+            hint=f"finish it with `crossdistill run {run_dir / 'config.yaml'} --resume`",
+        )
+    raise CheckpointError(
+        f"{run_dir} has neither {' / '.join(missing)} nor a checkpoint: nothing to export",
+        hint=f"train it with `crossdistill run {run_dir / 'config.yaml'}`",
+    )
+
+
+def verify_student(run_dir: Path, model: torch.nn.Module) -> str:
+    """Compare the student's weights with the run's newest checkpoint of the same epoch.
+
+    student.safetensors has no checksum of its own, but the checkpoints do (SHA-256 per file):
+    a flipped byte in the student's tensors that safetensors still reads is caught here.
+    Returns how the weights were verified, for parity.json.
+    """
+    from crossdistill.train.checkpoint import list_checkpoints, load_checkpoint
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return "unverified: the run keeps no checkpoint"
+    eval_path = run_dir / "eval.json"
+    epoch = json.loads(eval_path.read_text()).get("epoch") if eval_path.is_file() else None
+    state = load_checkpoint(checkpoints[-1])  # raises CheckpointError on a SHA-256 mismatch
+    if epoch is not None and int(state["epoch"]) != int(epoch):
+        return f"unverified: newest checkpoint is epoch {state['epoch']}, the student epoch {epoch}"
+    prefix = "student.model."
+    saved = {k[len(prefix) :]: v for k, v in state["trainable"].items() if k.startswith(prefix)}
+    own = model.state_dict()
+    differ = [k for k in own if k not in saved or not torch.equal(own[k].cpu(), saved[k])]
+    if differ:
+        raise CheckpointError(
+            f"{run_dir / 'student.safetensors'} is corrupted: {len(differ)} tensor(s) differ "
+            f"from the checksummed checkpoint {checkpoints[-1]} (e.g. {differ[0]!r})",
+            hint=f"delete it and rewrite it from the checkpoint with `crossdistill run "
+            f"{run_dir / 'config.yaml'} --resume`",
+        )
+    return f"weights equal to checkpoint {checkpoints[-1].name} (SHA-256 verified)"
+
+
+def _batches(recipe: Any, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``limit`` unaugmented student inputs and targets of ``split``, in order."""
+    from crossdistill.experiment import build_eval_loader
+
+    data = recipe.data.model_copy(update={"eval_split": split, "limit_eval": limit})
+    loader = build_eval_loader(recipe.model_copy(update={"data": data}), torch.device("cpu"))
+    xs, ys = [], []
+    for batch in loader:
+        xs.append(batch["views"]["student"])
+        ys.append(batch["target"])
+    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def _value_range(recipe: Any, x: torch.Tensor) -> list[float]:
+    """[0, 1] for image sources (uint8 scaled by the dataset), else the observed range."""
+    from crossdistill.data import load_source
+
+    split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
+    if split.inputs.dtype == torch.uint8:
+        return [0.0, 1.0]
+    return [float(x.min()), float(x.max())]
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+def parity(
+    reference: list[np.ndarray], exported: list[np.ndarray], names: list[str]
+) -> dict[str, Any]:
+    """Max abs diff per output and top-1 agreement of the first 2-D output."""
+    out: dict[str, Any] = {
+        "max_abs_diff": {
+            n: float(np.abs(r - e).max())
+            for n, r, e in zip(names, reference, exported, strict=True)
+        }
+    }
+    out["max_abs_diff_all"] = max(out["max_abs_diff"].values())
+    if reference[0].ndim == 2:
+        agree = reference[0].argmax(1) == exported[0].argmax(1)
+        out["top1_agreement"] = float(agree.mean())
+        out["disagreements"] = int((~agree).sum())
+    return out
+
+
+def _run_batched(runner: Any, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+    parts = [runner(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    int8: bool = False,
+    out: str | Path | None = None,
+    parity_examples: int = 1000,
+    calibration_examples: int = 1024,
+) -> Path:
+    """Export the student of a finished run; returns the export folder.
+
+    Raises :class:`ExportError` / :class:`CheckpointError` with a hint on any problem, leaving
+    nothing under the target name.
+    """
+    from crossdistill.config import load_recipe
+    from crossdistill.experiment import load_student
+
+    exporter = EXPORTERS.get(fmt)
+    run_dir = Path(run_dir)
+    check_run(run_dir)
+    target = Path(out) if out is not None else export_dir(run_dir, fmt, int8)
+    recipe = load_recipe(run_dir / "config.yaml")
+    student = load_student(run_dir).cpu().eval()
+    integrity = verify_student(run_dir, student.model)
+    meta = json.loads((run_dir / "student.json").read_text())
+    names = list(student.outputs)
+    graph = StudentGraph(student.pipeline, student.model, student.outputs).eval()
+
+    x, _ = _batches(recipe, recipe.data.eval_split, parity_examples)
+    calibration = (
+        _batches(recipe, recipe.data.train_split, calibration_examples)[0] if int8 else x[:0]
+    )
+    with torch.no_grad():
+        ref = graph(x)
+    reference = [t.float().numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+
+    inputs = ExportInputs(
+        graph=graph,
+        model=student.model,
+        meta=meta,
+        output_names=names,
+        example=x[:2].clone(),
+        calibration=calibration,
+        int8=int8,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        info = exporter.export(inputs, tmp)
+        seconds = time.perf_counter() - start
+        try:
+            runner = exporter.load(tmp)
+            exported = _run_batched(runner, x.numpy())
+        except CrossDistillError:
+            raise
+        except Exception as exc:
+            raise ExportError(
+                f"the {fmt} export of {run_dir} was written but cannot be run: {exc}",
+                hint="report this with `crossdistill --debug export ...`",
+            ) from exc
+        result = {
+            "format": fmt,
+            "int8": int8,
+            "examples": len(x),
+            "split": recipe.data.eval_split,
+            "reference": "the trained student in crossdistill (float32, CPU)",
+            "student_weights": integrity,
+            **parity(reference, exported, names),
+            "export_seconds": round(seconds, 3),
+        }
+        (tmp / PARITY).write_text(json.dumps(result, indent=1))
+        pre = preprocessing(recipe, meta, x, reference, names, exporter, info, int8)
+        (tmp / PREPROCESSING).write_text(json.dumps(pre, indent=1))
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target``; an older export there is removed only after the rename."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def preprocessing(
+    recipe: Any,
+    meta: dict[str, Any],
+    x: torch.Tensor,
+    reference: list[np.ndarray],
+    names: list[str],
+    exporter: Any,
+    info: dict[str, Any],
+    int8: bool,
+) -> dict[str, Any]:
+    """The contents of preprocessing.json: what goes in, what comes out, how it was made."""
+    from crossdistill.data import load_source
+
+    split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
+    return {
+        "format": exporter.name,
+        "file": exporter.filename,
+        "int8": int8,
+        "input": {
+            "name": "input",
+            "shape": [None, *x.shape[1:]],
+            "dtype": "float32",
+            "value_range": _value_range(recipe, x),
+            "layout": "NCHW" if x.dim() == 4 else None,
+            "note": "raw inputs as crossdistill's data source yields them (images: uint8 / 255); "
+            "the pipeline below runs " + ("inside the graph" if info.get("pipeline_in_graph")
+            else "before the model: apply it yourself"),
+        },
+        "pipeline": meta["pipeline"],
+        "pipeline_in_graph": bool(info.get("pipeline_in_graph")),
+        "outputs": [
+            {"name": n, "shape": [None, *r.shape[1:]]}
+            for n, r in zip(names, reference, strict=True)
+        ],
+        "num_classes": split.num_classes,
+        "class_names": split.class_names,
+        "student": {k: meta[k] for k in ("model", "params", "parameters") if k in meta},
+        "data_source": recipe.data.source,
+        **{k: v for k, v in info.items() if k != "pipeline_in_graph"},
+    }

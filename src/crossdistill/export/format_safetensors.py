@@ -1,0 +1,137 @@
+"""safetensors: the student's weights alone plus ``model.json`` saying how to rebuild it.
+
+The architecture is code, so rebuilding needs the factory named in ``model.json`` (``model``: a
+zoo name or ``module:callable``, called with ``params``; ``class`` is the class it returned) —
+crossdistill's zoo or the user's own module; reading the weights needs only ``safetensors``.
+The input pipeline is not in the weights: ``preprocessing.json`` lists its steps with their
+parameters. For a model that runs without any Python class, use torchscript or onnx.
+
+int8: the Linear layers are quantized dynamically (per output channel); their weights are stored
+as ``<layer>.weight.int8`` + ``.weight.scale`` + ``.weight.zero_point`` (axis 0) and the float
+bias, everything else stays float32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from crossdistill.export.base import (
+    Exporter,
+    ExportInputs,
+    Runner,
+    StudentGraph,
+    linear_int8,
+    register,
+    torch_runner,
+)
+
+META = "model.json"
+
+
+def _factory(model: nn.Module) -> str:
+    cls = type(model)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _quantized_linears(model: nn.Module) -> dict[str, nn.Module]:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, DynamicLinear)}
+
+
+def int8_state(qmodel: nn.Module) -> dict[str, torch.Tensor]:
+    """A safetensors-storable state of a dynamically quantized model."""
+    qlinears = _quantized_linears(qmodel)
+    state = {
+        k: v
+        for k, v in qmodel.state_dict().items()
+        if isinstance(v, torch.Tensor) and not any(k.startswith(f"{n}.") for n in qlinears)
+    }
+    for name, module in qlinears.items():
+        weight, bias = module._weight_bias()
+        state[f"{name}.weight.int8"] = weight.int_repr()
+        state[f"{name}.weight.scale"] = weight.q_per_channel_scales().float()
+        state[f"{name}.weight.zero_point"] = weight.q_per_channel_zero_points().to(torch.int64)
+        if bias is not None:
+            state[f"{name}.bias"] = bias
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Inverse of :func:`int8_state`: a float ``model`` loaded and quantized like the export."""
+    # quantized modules cannot take a partial state dict, so load the float parts first
+    float_keys = set(model.state_dict())
+    model.load_state_dict({k: v for k, v in state.items() if k in float_keys}, strict=False)
+    qmodel = linear_int8(model)
+    for name, module in _quantized_linears(qmodel).items():
+        weight = torch._make_per_channel_quantized_tensor(
+            state[f"{name}.weight.int8"],
+            state[f"{name}.weight.scale"].double(),
+            state[f"{name}.weight.zero_point"],
+            0,
+        )
+        module.set_weight_bias(weight, state.get(f"{name}.bias"))
+    return qmodel
+
+
+@register
+class SafetensorsExporter(Exporter):
+    name = "safetensors"
+    filename = "model.safetensors"
+    description = "weights + model.json (model, params); pipeline listed in preprocessing.json"
+
+    def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
+        model = inputs.model
+        if inputs.int8:
+            state = int8_state(linear_int8(model))
+        else:
+            state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / self.filename))
+        meta = {
+            "model": inputs.meta["model"],  # a zoo name or "module:callable", called with params
+            "class": _factory(model),
+            "params": inputs.meta["params"],
+            "outputs": inputs.meta["outputs"],
+            "pipeline": inputs.meta["pipeline"],
+            "int8": inputs.int8,
+        }
+        (folder / META).write_text(json.dumps(meta, indent=1))
+        info: dict[str, Any] = {
+            "exporter": "safetensors.torch.save_file of the student's state_dict",
+            "pipeline_in_graph": False,
+            "load": "model = <model>(**params); model.load_state_dict(safetensors.torch."
+            "load_file('model.safetensors')); apply the pipeline steps first",
+        }
+        if inputs.int8:
+            info["quantization"] = {
+                "method": "torch.ao.quantization.quantize_dynamic (per-channel qint8), stored "
+                "as int8 + scale + zero_point per Linear weight",
+                "layers": "nn.Linear",
+                "float_layers": "convolutions and everything else",
+            }
+        return info
+
+    def load(self, folder: Path, threads: int = 1) -> Runner:
+        return torch_runner(rebuild(folder), threads)
+
+
+def rebuild(folder: str | Path) -> nn.Module:
+    """The model of a safetensors export (pipeline in front), rebuilt only from its files."""
+    from crossdistill.data.views import build_pipeline
+    from crossdistill.models.registry import resolve_model
+
+    folder = Path(folder)
+    meta = json.loads((folder / META).read_text())
+    model = resolve_model(meta["model"])(**meta["params"])
+    state = load_file(str(folder / SafetensorsExporter.filename))
+    if meta.get("int8"):
+        model = load_int8_state(model, state)
+    else:
+        model.load_state_dict(state, strict=True)
+    return StudentGraph(build_pipeline(meta["pipeline"]), model, meta["outputs"]).eval()

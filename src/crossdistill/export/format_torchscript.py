@@ -1,0 +1,59 @@
+"""TorchScript: ``model.pt`` from ``torch.jit.trace``, the input pipeline baked into the graph.
+
+Loading needs only torch: ``torch.jit.load("model.pt")(x)`` with ``x`` as preprocessing.json says
+(raw float32 inputs in the value range; normalization/resize happen inside the graph).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossdistill.export.base import (
+    Exporter,
+    ExportInputs,
+    Runner,
+    linear_int8,
+    register,
+    torch_runner,
+)
+
+
+@register
+class TorchScriptExporter(Exporter):
+    name = "torchscript"
+    filename = "model.pt"
+    description = "torch.jit.trace of pipeline + student; int8: dynamic int8 Linear layers"
+
+    def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
+        graph = linear_int8(inputs.graph) if inputs.int8 else inputs.graph
+        with torch.no_grad(), warnings.catch_warnings():
+            # tracer warnings about Python branches (e.g. resize's same-size shortcut) are
+            # expected: the traced input size is the one preprocessing.json declares
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(graph, (inputs.example,), check_trace=False)
+        traced = torch.jit.freeze(traced) if not inputs.int8 else traced
+        traced.save(str(folder / self.filename))
+        info: dict[str, Any] = {
+            "exporter": f"torch.jit.trace (torch {torch.__version__})",
+            "pipeline_in_graph": True,
+            "load": "torch.jit.load('model.pt')(x)",
+        }
+        if inputs.int8:
+            info["quantization"] = {
+                "method": "torch.ao.quantization.quantize_dynamic",
+                "dtype": "qint8",
+                "layers": "nn.Linear (weights per output channel; activations quantized per "
+                "batch at run time)",
+                "float_layers": "convolutions and everything else: torch has no dynamic int8 "
+                "Conv2d",
+            }
+        return info
+
+    def load(self, folder: Path, threads: int = 1) -> Runner:
+        module = torch.jit.load(str(folder / self.filename), map_location="cpu")
+        module.eval()
+        return torch_runner(module, threads)
