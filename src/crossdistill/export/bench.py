@@ -1,0 +1,269 @@
+"""Benchmark a run's teacher, its student and every export side by side, in one process.
+
+For each candidate: p50/p95 latency at batch 1 (ms), throughput at batch 64 (examples/s),
+parameters, size on disk (MB), peak memory, and on real evaluation examples its accuracy, its
+top-1 agreement with the trained student and its max abs diff from the student's outputs.
+
+All candidates run with the same intra-op thread count (torch and onnxruntime alike). Peak
+memory is the increase of the process's peak resident set size (Linux ``VmHWM``, reset through
+``/proc/self/clear_refs`` before each candidate) over its RSS just before the candidate is
+loaded, while loading it and running batch 64; torch and onnxruntime are imported beforehand, so
+library code is not counted; memory the allocator keeps from earlier candidates can be reused,
+so the figure is a lower bound. ``None`` where /proc is not available.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossdistill.errors import CheckpointError
+from crossdistill.export.base import EXPORTERS, Runner, torch_runner
+from crossdistill.export.export import PARITY, PREPROCESSING
+
+BENCH = "bench.json"
+
+
+@dataclass
+class Candidate:
+    """One model to benchmark: how to load it (a runner), its files and parameter count."""
+
+    name: str
+    kind: str  # teacher | student | export
+    load: Callable[[], Runner]
+    files: list[Path]
+    params: int | None
+    view: str = "student"  # which input view it reads
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (VmHWM)
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def measure(
+    runner: Runner, x1: np.ndarray, x64: np.ndarray, repeats: int, batches: int, warmup: int = 5
+) -> dict[str, float]:
+    """p50/p95 ms at batch 1 over ``repeats`` calls; examples/s over ``batches`` batches."""
+    for _ in range(warmup):
+        runner(x1)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner(x1)
+        times.append(time.perf_counter() - start)
+    runner(x64)
+    start = time.perf_counter()
+    for _ in range(batches):
+        runner(x64)
+    elapsed = time.perf_counter() - start
+    ms = [1000 * t for t in times]
+    return {
+        "p50_ms_b1": round(statistics.median(ms), 4),
+        "p95_ms_b1": round(float(np.percentile(ms, 95)), 4),
+        "throughput_b64": round(batches * len(x64) / elapsed, 1),
+    }
+
+
+def _outputs(runner: Runner, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([runner(x[i : i + 256])[0] for i in range(0, len(x), 256)])
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def _wrapper_runner(wrapper: torch.nn.Module, threads: int) -> Runner:
+    """A crossdistill Student/Teacher (pipeline inside) as a runner of its first output."""
+    wrapper.eval()
+    first = (
+        wrapper.outputs[0] if not isinstance(wrapper.outputs, dict) else next(iter(wrapper.outputs))
+    )
+    return torch_runner(lambda x: wrapper(x)[first], threads)
+
+
+def _export_candidate(folder: Path, threads: int, params: int | None) -> Candidate:
+    pre = json.loads((folder / PREPROCESSING).read_text())
+    exporter = EXPORTERS.get(pre["format"])
+    files = [p for p in folder.iterdir() if p.name not in (PREPROCESSING, PARITY)]
+    params = params if params is not None else pre.get("student", {}).get("parameters")
+    return Candidate(folder.name, "export", lambda: exporter.load(folder, threads), files, params)
+
+
+def run_candidates(run_dir: Path, threads: int) -> tuple[list[Candidate], Any]:
+    """Teacher (if any), student and every export of a run, plus the recipe."""
+    from crossdistill.config import load_recipe
+    from crossdistill.experiment import build_teacher, load_student
+
+    recipe = load_recipe(run_dir / "config.yaml")
+    meta = json.loads((run_dir / "student.json").read_text())
+    out: list[Candidate] = []
+    if recipe.teacher is not None:
+        specs = recipe.teacher.members or [recipe.teacher]
+        weights = [Path(s.weights) for s in specs if s.weights is not None]
+        teacher = build_teacher(recipe.teacher)
+        out.append(
+            Candidate(
+                "teacher",
+                "teacher",
+                lambda: _wrapper_runner(teacher, threads),
+                weights,
+                sum(p.numel() for p in teacher.parameters()),
+                view="teacher",
+            )
+        )
+    out.append(
+        Candidate(
+            "student",
+            "student",
+            lambda: _wrapper_runner(load_student(run_dir), threads),
+            [run_dir / "student.safetensors"],
+            meta.get("parameters"),
+        )
+    )
+    root = run_dir / "export"
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir() and (folder / PREPROCESSING).is_file():
+                out.append(_export_candidate(folder, threads, meta.get("parameters")))
+    return out, recipe
+
+
+def _eval_views(recipe: Any, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    from crossdistill.experiment import build_eval_loader
+
+    data = recipe.data.model_copy(update={"limit_eval": limit})
+    loader = build_eval_loader(recipe.model_copy(update={"data": data}), torch.device("cpu"))
+    views: dict[str, list[torch.Tensor]] = {}
+    targets = []
+    for batch in loader:
+        for name, x in batch["views"].items():
+            views.setdefault(name, []).append(x)
+        targets.append(batch["target"])
+    return (
+        {k: torch.cat(v)[:limit].numpy() for k, v in views.items()},
+        torch.cat(targets)[:limit].numpy(),
+    )
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def bench(
+    path: str | Path,
+    threads: int = 1,
+    repeats: int = 200,
+    batches: int = 20,
+    examples: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Benchmark a run directory (teacher, student, exports) or one export folder.
+
+    A run directory's results are also written to ``RUN_DIR/bench.json``.
+    """
+    import onnxruntime  # noqa: F401  (imported before any memory is measured)
+    from rich.progress import Progress
+
+    path = Path(path)
+    is_run = (path / "config.yaml").is_file()
+    if is_run:
+        if not (path / "student.json").is_file():
+            raise CheckpointError(
+                f"{path} has no student.json: the run has not finished",
+                hint=f"finish it with `crossdistill run {path / 'config.yaml'} --resume`",
+            )
+        candidates, recipe = run_candidates(path, threads)
+        views, targets = _eval_views(recipe, examples)
+    elif (path / PREPROCESSING).is_file():
+        candidates = [_export_candidate(path, threads, None)]
+        shape = json.loads((path / PREPROCESSING).read_text())["input"]["shape"][1:]
+        rng = np.random.default_rng(0)  # no labelled data here: inputs in [0, 1]
+        views = {"student": rng.random((64, *shape), dtype=np.float32)}
+        targets = None
+    else:
+        raise CheckpointError(
+            f"{path} is neither a run directory (config.yaml) nor an export folder "
+            f"({PREPROCESSING})",
+            hint="pass RUN_DIR or RUN_DIR/export/<format>",
+        )
+
+    results: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, np.ndarray] = {}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("benchmarking", total=len(candidates))
+            for cand in candidates:
+                bar.update(task, description=f"benchmarking {cand.name}")
+                x = views.get(cand.view, views["student"])
+                gc.collect()
+                rss0 = _status_kb("VmRSS")
+                reset = _reset_peak()
+                runner = cand.load()
+                row = measure(runner, x[:1], x[:64], repeats, batches)
+                peak = _status_kb("VmHWM")
+                row["peak_mem_mb"] = (
+                    round(max(peak - rss0, 0) / 1024, 2) if reset and peak and rss0 else None
+                )
+                row["params"] = cand.params
+                row["size_mb"] = round(sum(f.stat().st_size for f in cand.files) / 2**20, 4)
+                outputs[cand.name] = _outputs(runner, x)
+                if targets is not None:
+                    row["accuracy"] = round(
+                        float((outputs[cand.name].argmax(1) == targets).mean()), 4
+                    )
+                results[cand.name] = row
+                del runner
+                bar.advance(task)
+    finally:
+        torch.set_num_threads(previous)
+    student = next((c.name for c in candidates if c.kind == "student"), None)
+    for cand in candidates if student is not None else []:
+        out, ref = outputs[cand.name], outputs[student]
+        results[cand.name]["top1_agreement"] = round(
+            float((out.argmax(1) == ref.argmax(1)).mean()), 4
+        )
+        results[cand.name]["max_abs_diff"] = (
+            None if cand.kind == "teacher" else float(np.abs(out - ref).max())
+        )
+    report = {
+        "path": str(path),
+        "threads": threads,
+        "repeats_b1": repeats,
+        "batches_b64": batches,
+        "examples": len(next(iter(views.values()))),
+        "memory": "peak RSS increase (VmHWM) while loading + running batch 64, MB",
+        "agreement_with": "the trained student (crossdistill, float32) on the same examples",
+        "results": results,
+    }
+    if is_run:
+        (path / BENCH).write_text(json.dumps(report, indent=1))
+    return report
