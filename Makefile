@@ -36,13 +36,13 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
+BENCHMARKS := fashion_mnist overhead losses cross_arch loss_zoo
+
 bench: setup
-	$(BIN)/python benchmarks/fashion_mnist.py
-	$(BIN)/python benchmarks/overhead.py
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 bench-quick: setup
-	$(BIN)/python benchmarks/fashion_mnist.py --quick
-	$(BIN)/python benchmarks/overhead.py --quick
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
