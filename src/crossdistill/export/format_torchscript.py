@@ -34,8 +34,11 @@ class TorchScriptExporter(Exporter):
             # tracer warnings about Python branches (e.g. resize's same-size shortcut) are
             # expected: the traced input size is the one preprocessing.json declares
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # torch 2.13 marks TorchScript deprecated (for torch.export) but it is the format
+            # that runs with torch alone, from C++ too
+            warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(graph, (inputs.example,), check_trace=False)
-        traced = torch.jit.freeze(traced) if not inputs.int8 else traced
+            traced = torch.jit.freeze(traced) if not inputs.int8 else traced
         traced.save(str(folder / self.filename))
         info: dict[str, Any] = {
             "exporter": f"torch.jit.trace (torch {torch.__version__})",
@@ -54,6 +57,8 @@ class TorchScriptExporter(Exporter):
         return info
 
     def load(self, folder: Path, threads: int = 1) -> Runner:
-        module = torch.jit.load(str(folder / self.filename), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(folder / self.filename), map_location="cpu")
         module.eval()
         return torch_runner(module, threads)
