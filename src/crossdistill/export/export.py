@@ -261,8 +261,12 @@ def preprocessing(
             "value_range": _value_range(recipe, x),
             "layout": "NCHW" if x.dim() == 4 else None,
             "note": "raw inputs as crossdistill's data source yields them (images: uint8 / 255); "
-            "the pipeline below runs " + ("inside the graph" if info.get("pipeline_in_graph")
-            else "before the model: apply it yourself"),
+            "the pipeline below runs "
+            + (
+                "inside the graph"
+                if info.get("pipeline_in_graph")
+                else "before the model: apply it yourself"
+            ),
         },
         "pipeline": meta["pipeline"],
         "pipeline_in_graph": bool(info.get("pipeline_in_graph")),

@@ -128,9 +128,7 @@ class OnnxExporter(Exporter):
             work = folder / "_work"
             work.mkdir()
             export_float(inputs.graph, inputs.example, work / "float.onnx", inputs.output_names)
-            quantize_static_int8(
-                work / "float.onnx", target, inputs.calibration.numpy(), work
-            )
+            quantize_static_int8(work / "float.onnx", target, inputs.calibration.numpy(), work)
             for path in work.iterdir():
                 path.unlink()
             work.rmdir()
