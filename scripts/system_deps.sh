@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages crossdistill's demo and tests read: Fashion-MNIST's IDX files.
+# Debian packages crossdistill's demo and tests read: Fashion-MNIST's IDX files, and Chromium,
+# which tests/test_report.py drives headless to check that a report's figures all render.
 # Installs them with apt-get when run as root; otherwise prints the exact command and carries on
-# (the tests that need the data then skip with the same hint).
+# (the tests that need them then skip with the same hint).
+# chromium is large: about 350 MB on disk (/usr/lib/chromium), plus its libraries; the report
+# itself never needs it.
 set -euo pipefail
-packages=(dataset-fashion-mnist)
+packages=(dataset-fashion-mnist chromium)
 marker=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 missing=()
 for p in "${packages[@]}"; do

@@ -66,6 +66,22 @@ def eval_(
 
 
 @app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="one or more run directories")],
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file (default: RUN_DIR/report.html for one run)")
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(help="at most this many eval examples for the confusion matrix")
+    ] = 2000,
+) -> None:
+    """Write one self-contained HTML page of plots and tables for one or more runs."""
+    from crossdistill.report import write_report
+
+    typer.echo(str(write_report(run_dirs, out=out, max_examples=examples)))
+
+
+@app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     format_: Annotated[
