@@ -849,7 +849,13 @@ def render_report(
 
     ``notes`` (HTML) go in the warning box at the top, ``footnotes`` (text) in the footer.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError(
+            "crossdistill report draws its figures with matplotlib, which is not installed",
+            hint="pip install matplotlib",
+        ) from None
 
     from crossdistill import __version__
 
