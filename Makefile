@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx,text]'
+	$(BIN)/pip install -q -e '.[dev,onnx,text,report]'
 	$(BIN)/pip install -q --no-deps torchdistill==1.1.5
 	touch $(STAMP)
 
