@@ -3,6 +3,7 @@ crossdistill; bad inputs through the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -77,7 +78,7 @@ def test_onnx_matches_student_on_validation_set(kd_run: Path, onnx_export: Path)
     parity = json.loads((onnx_export / "parity.json").read_text())
     assert parity["examples"] == len(x) and parity["top1_agreement"] == 1.0
     assert parity["max_abs_diff_all"] <= 1e-4
-    assert parity["student_weights"].startswith("weights equal to checkpoint")
+    assert parity["student_weights"] == "SHA-256 verified against student.json"
     pre = json.loads((onnx_export / "preprocessing.json").read_text())
     assert pre["input"]["shape"] == [None, 1, 8, 8] and pre["input"]["value_range"] == [0.0, 1.0]
     assert pre["pipeline"] == [{"name": "normalize", "mean": [0.3053], "std": [0.3759]}]
@@ -220,10 +221,13 @@ def _unsupported_op(run: Path) -> str:
     finally:
         sys.path.remove(str(run.parent))
         sys.modules.pop("bad_op_model", None)
-    shutil.rmtree(run / "checkpoints")  # they hold the CNN student, not this model
     save_file(Unexportable().state_dict(), str(run / "student.safetensors"))
     meta = json.loads((run / "student.json").read_text())
-    meta.update(model="bad_op_model:Unexportable", params={})
+    meta.update(
+        model="bad_op_model:Unexportable",
+        params={},
+        sha256=hashlib.sha256((run / "student.safetensors").read_bytes()).hexdigest(),
+    )
     (run / "student.json").write_text(json.dumps(meta))
     return "ONNX export of the student failed: operator aten.kthvalue"
 
@@ -246,7 +250,7 @@ def test_no_checkpoint_no_student_and_bad_header(kd_run: Path, tmp_path: Path) -
     run = _copy_run(kd_run, tmp_path)
     header = run / "student.safetensors"
     header.write_bytes(b"\xff" + header.read_bytes()[1:])  # the header length is now absurd
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="student.safetensors is corrupted: its SHA-256 differs"):
         export_run(run, "torchscript")
     header.unlink()
     shutil.rmtree(run / "checkpoints")

@@ -36,7 +36,7 @@ from crossdistill.losses import build_loss
 from crossdistill.models.registry import build_model, load_weights
 from crossdistill.models.taps import Tap
 from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
-from crossdistill.train.checkpoint import list_checkpoints
+from crossdistill.train.checkpoint import list_checkpoints, sha256
 from crossdistill.train.runtime import seed_everything, select_device, to_device
 from crossdistill.train.trainer import History, Trainer
 
@@ -176,6 +176,8 @@ def finish_run(
                 "outputs": spec.outputs,
                 "pipeline": spec.pipeline,
                 "parameters": sum(p.numel() for p in model.parameters()),
+                # load_student checks it: a flipped byte inside a tensor still parses
+                "sha256": sha256(run_dir / "student.safetensors"),
             },
             indent=1,
         )
@@ -193,6 +195,13 @@ def load_student(run_dir: str | Path) -> Student:
             hint="resume it with `crossdistill run RECIPE --resume`",
         )
     meta = json.loads(meta_path.read_text())
+    weights = run_dir / "student.safetensors"
+    if "sha256" in meta and weights.is_file() and sha256(weights) != meta["sha256"]:
+        raise CheckpointError(
+            f"{weights} is corrupted: its SHA-256 differs from the one in student.json",
+            hint=f"rewrite it from the last checkpoint: delete student.safetensors, then "
+            f"`crossdistill run {run_dir / 'config.yaml'} --resume`",
+        )
     spec = ModelSpec(
         model=meta["model"],
         params=meta["params"],
