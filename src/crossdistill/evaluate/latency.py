@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
+
+
+def call_times(fn: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 @torch.no_grad()
@@ -28,13 +42,7 @@ def latency_ms(
     was_training = model.training
     model.eval()
     try:
-        for _ in range(warmup):
-            model(example)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(example)
-            times.append(time.perf_counter() - start)
+        times = call_times(lambda: model(example), repeats, warmup)
     finally:
         torch.set_num_threads(previous)
         model.train(was_training)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from crossdistill.errors import CheckpointError
+from crossdistill.evaluate.latency import call_times
 from crossdistill.export.base import EXPORTERS, Runner, torch_runner
 from crossdistill.export.export import PARITY, PREPROCESSING
 
@@ -73,13 +74,7 @@ def measure(
     runner: Runner, x1: np.ndarray, x64: np.ndarray, repeats: int, batches: int, warmup: int = 5
 ) -> dict[str, float]:
     """p50/p95 ms at batch 1 over ``repeats`` calls; examples/s over ``batches`` batches."""
-    for _ in range(warmup):
-        runner(x1)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        runner(x1)
-        times.append(time.perf_counter() - start)
+    times = call_times(lambda: runner(x1), repeats, warmup)
     runner(x64)
     start = time.perf_counter()
     for _ in range(batches):

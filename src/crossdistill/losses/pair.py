@@ -55,12 +55,18 @@ class PairLoss(Loss):
     def needs(self) -> Needs:
         return Needs((self.student_key,), (self.teacher_key,), self.needs_target)
 
+    def where(self, s: torch.Tensor, t: torch.Tensor) -> str:
+        """Both keys and shapes, for error messages."""
+        return (
+            f"student {self.student_key!r} {shape_str(s)} and teacher {self.teacher_key!r} "
+            f"{shape_str(t)}"
+        )
+
     def pair(self, student: Knowledge, teacher: Knowledge) -> tuple[torch.Tensor, torch.Tensor]:
         """The two tensors, as float32 (float64 kept), with ranks and shapes checked."""
         s = _get(student, self.student_key, self.who)
         t = _get(teacher, self.teacher_key, self.who)
-        where = f"student {self.student_key!r} {shape_str(s)} and teacher {self.teacher_key!r} "
-        where += shape_str(t)
+        where = self.where(s, t)
         for name, x in (("student", s), ("teacher", t)):
             if x.dim() not in self.ranks:
                 raise ShapeError(

@@ -114,10 +114,7 @@ class AttentionKLLoss(PairLoss):
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         s, t = self.pair(student, teacher)
-        where = (
-            f"student {self.student_key!r} {shape_str(s)} and teacher {self.teacher_key!r} "
-            f"{shape_str(t)}"
-        )
+        where = self.where(s, t)
         if s.shape[-1] != s.shape[-2] or t.shape[-1] != t.shape[-2]:
             raise ShapeError(
                 f"attention_kl needs self-attention probabilities (B, heads, N, N); got {where}"

@@ -11,7 +11,7 @@ from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.attention.attention_kl import kl_log_rows
 from crossdistill.losses.checks import HyperParameterError
-from crossdistill.losses.pair import PairLoss, shape_str
+from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES
 
 
@@ -70,10 +70,7 @@ class ValueRelationLoss(PairLoss):
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
     ) -> torch.Tensor:
         s, t = self.pair(student, teacher)
-        where = (
-            f"student {self.student_key!r} {shape_str(s)} and teacher {self.teacher_key!r} "
-            f"{shape_str(t)}"
-        )
+        where = self.where(s, t)
         if s.shape[1] != t.shape[1]:
             raise ShapeError(
                 f"value_relation: sequence lengths differ: {where}",

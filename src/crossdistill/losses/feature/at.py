@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError, check_range
-from crossdistill.losses.pair import PairLoss, shape_str
+from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES
 
 
@@ -88,10 +88,7 @@ class ATLoss(PairLoss):
     def _match_positions(
         self, s: torch.Tensor, t: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        where = (
-            f"student {self.student_key!r} {shape_str(s)} and teacher {self.teacher_key!r} "
-            f"{shape_str(t)}"
-        )
+        where = self.where(s, t)
         if not self.resample:
             raise ShapeError(
                 f"at compares attention maps position by position, but the spatial sizes "

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from crossdistill.errors import ShapeError
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError, check_range
-from crossdistill.losses.pair import PairLoss, shape_str
+from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES
 
 # Squared distances are clamped here before the square root, as in the authors' code: a
@@ -100,9 +100,8 @@ class RKDLoss(PairLoss):
         s, t = self.pair(student, teacher)
         if s.shape[0] < 2:
             raise ShapeError(
-                f"rkd compares distances between samples and needs a batch of at least 2; got "
-                f"student {self.student_key!r} {shape_str(s)} and teacher "
-                f"{self.teacher_key!r} {shape_str(t)}",
+                "rkd compares distances between samples and needs a batch of at least 2; got "
+                + self.where(s, t),
                 hint="use a batch size of 2 or more (drop_last avoids a last batch of 1)",
             )
         g_s, g_t = centered_gram(s), centered_gram(t)
