@@ -195,3 +195,38 @@ def test_a_loss_given_twice_is_logged_under_two_names(tmp_path) -> None:
 def test_distill_is_exported() -> None:
     assert crossdistill.distill is distill
     assert set(crossdistill.__all__) >= {"distill", "run_recipe", "load_recipe", "Trainer"}
+
+
+def test_distill_with_a_feature_loss_through_an_auto_adapter(tmp_path: Path) -> None:
+    """The README's cross-architecture call: taps on both sides, a dict loss with
+    ``adapter: auto``; the adapter is built from the real shapes, trained, and not returned."""
+    teacher, data, _, _ = _task()
+    model = _student()
+    losses = [
+        ("ce", {}, 0.5),
+        ("kd", {"temperature": 2.0}, 0.5),
+        {
+            "name": "fitnet",
+            "weight": 0.1,
+            "adapter": "auto",
+            "params": {"student": "features/flat", "teacher": "features/logits"},
+        },
+    ]
+    out = distill(
+        Teacher(teacher, taps=[crossdistill.Tap("logits", "1")]),  # (B, 3)
+        Student(model, taps=[crossdistill.Tap("flat", "0")]),  # (B, 4): linear 4 → 3
+        data,
+        losses=losses,
+        epochs=2,
+        run_dir=tmp_path,
+        **QUIET,
+    )
+    assert out is model
+    step = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert step["fitnet"] > 0
+    checkpoint = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(checkpoint / "trainable.safetensors"))
+    assert saved["adapters.fitnet.proj.weight"].shape == (3, 4)
+    assert not any("adapter" in k for k in out.state_dict())
