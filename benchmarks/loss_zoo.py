@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import command_line, machine, markdown_table, write_results  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
+from crossdistill.errors import NonFiniteLossError  # noqa: E402
 from crossdistill.experiment import run_or_reuse  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
@@ -104,7 +105,7 @@ def main() -> None:
     for row, (paper, losses) in ROWS.items():
         if args.rows and row not in args.rows:
             continue
-        accs = []
+        accs, diverged = [], []
         for seed in seeds:
             recipe = load_recipe(
                 RECIPES / "kd.yaml",
@@ -115,19 +116,26 @@ def main() -> None:
                     f"name=fashion_mnist_zoo_{row}_seed{seed}",
                 ],
             )
-            run_dir = run_or_reuse(recipe)
+            try:
+                run_dir = run_or_reuse(recipe)
+            except NonFiniteLossError as exc:  # a result too: this loss, untuned, diverged
+                diverged.append({"seed": seed, "error": exc.message})
+                print(f"{row} seed {seed}: diverged ({exc.message})", flush=True)
+                continue
             accs.append(float(json.loads((run_dir / "eval.json").read_text())["accuracy"]))
             print(f"{row} seed {seed}: {accs[-1]:.4f}", flush=True)
         results[row] = {
             "paper": paper,
             "losses": losses,
-            "acc": accs,
-            "mean": statistics.mean(accs),
+            "acc": accs,  # seeds that finished
+            "diverged": diverged,
+            "mean": statistics.mean(accs) if accs else None,
             "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         }
     scratch = results.get("scratch", {}).get("mean")
     for entry in results.values():
-        entry["gain_vs_scratch_pt"] = 100 * (entry["mean"] - scratch) if scratch else None
+        ok = scratch is not None and entry["mean"] is not None
+        entry["gain_vs_scratch_pt"] = 100 * (entry["mean"] - scratch) if ok else None
     result = {
         "rows": results,
         "teacher_acc": float(json.loads((teacher / "eval.json").read_text())["accuracy"]),
@@ -145,7 +153,12 @@ def main() -> None:
             (
                 row,
                 e["paper"],
-                f"{e['mean']:.4f} ± {e['std']:.4f}",
+                (f"{e['mean']:.4f} ± {e['std']:.4f}" if e["mean"] is not None else "—")
+                + (
+                    f" ({len(e['diverged'])} of {len(seeds)} seeds diverged)"
+                    if e["diverged"]
+                    else ""
+                ),
                 f"{e['gain_vs_scratch_pt']:+.2f}" if e["gain_vs_scratch_pt"] is not None else "",
             )
             for row, e in results.items()
@@ -154,7 +167,8 @@ def main() -> None:
     notes = (
         f"Seeds {seeds} (mean ± std); width-8 CNN student (6,274 parameters), {epochs} epochs on "
         f"the first {limit} training images; ResNet teacher ({result['teacher_acc']:.4f}) "
-        "trained on all 60k. Weights: the papers' defaults, untuned."
+        "trained on all 60k. Weights: the papers' defaults, untuned. A run whose loss became "
+        "NaN/Inf is reported as diverged; mean ± std are over the seeds that finished."
     )
     write_results("loss_zoo" + (".quick" if args.quick else ""), result, table, notes)
 
