@@ -138,3 +138,25 @@ def test_messages_keep_square_brackets(cli: Cli, tmp_path: Path) -> None:
     result = cli(["run", "runs/[draft]/kd.yaml"], cwd=tmp_path)
     assert result.returncode == 2
     assert "runs/[draft]/kd.yaml" in result.stderr, result.stderr
+
+
+def test_readme_deploy_commands(
+    runs: dict[str, subprocess.CompletedProcess], workdir: Path, cli: Cli
+) -> None:
+    """The README's "from recipe to deployed student": export (ONNX int8), bench, report."""
+    assert runs["kd"].returncode == 0, runs["kd"].stderr
+    exported = cli(["export", "runs/kd_cli", "--format", "onnx", "--int8"], cwd=workdir)
+    assert exported.returncode == 0, exported.stderr
+    folder = workdir / "runs" / "kd_cli" / "export" / "onnx-int8"
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["top1_agreement"] >= 0.99
+    bench = cli(["bench", "runs/kd_cli"], cwd=workdir)
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads((workdir / "runs" / "kd_cli" / "bench.json").read_text())
+    assert {"teacher", "student", "onnx-int8"} <= set(rows["results"])
+    report = cli(
+        ["report", "runs/kd_cli", "runs/digits_teacher", "--out", "report.html"], cwd=workdir
+    )
+    assert report.returncode == 0, report.stderr
+    page = (workdir / "report.html").read_text()
+    assert "kd_cli" in page and "digits_teacher" in page and page.count("<img") >= 5
