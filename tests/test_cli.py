@@ -99,15 +99,17 @@ def test_list_losses(cli: Cli, tmp_path: Path) -> None:
     result = cli(["list", "losses"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     names = result.stdout.split()
-    assert {"ce", "kd", "dkd"} <= set(names)
-    assert names == sorted(names)
-    assert set(names) <= set(LOSSES.names())
+    assert names == sorted(names) == LOSSES.names()
+    assert {"ce", "kd", "fitnet", "crd", "attention_kl"} <= set(names)
+    adapters = cli(["list", "adapters"], cwd=tmp_path)
+    assert adapters.returncode == 0, adapters.stderr
+    assert {"linear", "map_to_tokens", "tokens_to_map", "pool"} <= set(adapters.stdout.split())
 
 
 def test_help(cli: Cli, tmp_path: Path) -> None:
     result = cli(["--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for word in ("run", "eval", "list", "--debug"):
+    for word in ("run", "eval", "list", "export", "bench", "report", "--debug"):
         assert word in result.stdout
     result = cli(["run", "--help"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr

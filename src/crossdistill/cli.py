@@ -127,19 +127,23 @@ def bench(
 
 
 @app.command("list")
-def list_(kind: Annotated[str, typer.Argument(help="losses | models | data | pipeline")]) -> None:
+def list_(
+    kind: Annotated[str, typer.Argument(help="losses | models | adapters | data | pipeline")],
+) -> None:
     """List registered names."""
     from crossdistill.data.sources import DATA_SOURCES
     from crossdistill.data.views import PIPELINE_STEPS
     from crossdistill.errors import UnknownNameError
     from crossdistill.losses import LOSSES
     from crossdistill.models import zoo  # noqa: F401  (registers the zoo models)
+    from crossdistill.models.adapters import ADAPTERS
     from crossdistill.models.registry import MODELS
     from crossdistill.registry import Registry
 
     registries: dict[str, Registry] = {
         "losses": LOSSES,
         "models": MODELS,
+        "adapters": ADAPTERS,
         "data": DATA_SOURCES,
         "pipeline": PIPELINE_STEPS,
     }
