@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -170,9 +171,23 @@ def doctor() -> None:
     table.add_row("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)")
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available"
     table.add_row("cuda", cuda)
-    for extra in ("sentence_transformers", "onnxruntime", "torchdistill", "sklearn"):
+    extras = (
+        "transformers",
+        "sentence_transformers",
+        "onnxruntime",
+        "matplotlib",
+        "tensorboard",
+        "torchdistill",
+        "sklearn",
+    )
+    for extra in extras:
         found = importlib.util.find_spec(extra) is not None
         table.add_row(extra, "installed" if found else "[yellow]not installed[/]")
+    chromium = shutil.which("chromium")
+    table.add_row(
+        "chromium (report screenshots)",
+        chromium or "[yellow]missing: sudo apt-get install -y chromium[/]",
+    )
     fashion = Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz"
     table.add_row(
         "Fashion-MNIST",
