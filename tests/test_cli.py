@@ -162,3 +162,10 @@ def test_readme_deploy_commands(
     assert report.returncode == 0, report.stderr
     page = (workdir / "report.html").read_text()
     assert "kd_cli" in page and "digits_teacher" in page and page.count("<img") >= 5
+
+
+def test_doctor_reports_the_environment(cli: Cli, tmp_path: Path) -> None:
+    result = cli(["doctor"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for check in ("torch", "cuda", "onnxruntime", "matplotlib", "chromium", "Fashion-MNIST"):
+        assert check in result.stdout, check
