@@ -102,8 +102,12 @@ class Distiller(nn.Module):
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[Knowledge, dict[str, torch.Tensor]]:
         student = self.student(batch["views"]["student"])
-        teacher = self.teacher_knowledge(batch)
-        target = batch.get("target")
+        return student, self._terms(student, self.teacher_knowledge(batch), batch.get("target"))
+
+    def _terms(
+        self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Every weighted loss term (through its adapter, if it has one)."""
         terms: dict[str, torch.Tensor] = {}
         for name, loss in self.losses.items():
             needs = self.needs[name]
@@ -120,7 +124,7 @@ class Distiller(nn.Module):
                 terms[name] = self.weights[name] * loss(seen, teacher, target)
             except ShapeError as exc:  # name the recipe's term: a loss may appear twice
                 raise ShapeError(f"loss {name!r}: {exc.message}", hint=exc.hint) from None
-        return student, terms
+        return terms
 
     @property
     def ready(self) -> bool:
@@ -138,15 +142,16 @@ class Distiller(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            # one forward of both models serves both: the adapters' shapes, then the losses
+            student = self.student(batch["views"]["student"])
+            teacher = self.teacher_knowledge(batch)
             if self._pending:
-                self._build_adapters(batch)
-            self(batch)
+                self._build_adapters(student, teacher)
+            self._terms(student, teacher, batch.get("target"))
         finally:
             self.train(was_training)
 
-    def _build_adapters(self, batch: Mapping[str, Any]) -> None:
-        student = self.student(batch["views"]["student"])
-        teacher = self.teacher_knowledge(batch)
+    def _build_adapters(self, student: Knowledge, teacher: Knowledge) -> None:
         for name, spec in self._pending.items():
             (s_key,), (t_key,) = self.needs[name].student, self.needs[name].teacher
             student.require((s_key,), f"loss {name!r}")

@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -129,9 +130,7 @@ class OnnxExporter(Exporter):
             work.mkdir()
             export_float(inputs.graph, inputs.example, work / "float.onnx", inputs.output_names)
             quantize_static_int8(work / "float.onnx", target, inputs.calibration.numpy(), work)
-            for path in work.iterdir():
-                path.unlink()
-            work.rmdir()
+            shutil.rmtree(work)
         info: dict[str, Any] = {
             "exporter": f"torch.onnx.export(dynamo=True, opset {OPSET}), torch {torch.__version__}",
             "pipeline_in_graph": True,

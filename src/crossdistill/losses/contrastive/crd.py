@@ -143,24 +143,14 @@ class CRDLoss(PairLoss):
     ) -> torch.Tensor:
         """InfoNCE of ``anchor`` rows against their positives among the candidates."""
         with torch.autocast(anchor.device.type, enabled=False):  # cosines / τ in full precision
-            return self._info_nce(anchor, positive, batch, queue, offset)
-
-    def _info_nce(
-        self,
-        anchor: torch.Tensor,
-        positive: torch.Tensor,
-        batch: torch.Tensor,
-        queue: torch.Tensor,
-        offset: int,
-    ) -> torch.Tensor:
-        if self.batch_negatives:
-            logits = anchor @ torch.cat([batch, queue]).T
-            labels = torch.arange(anchor.shape[0], device=anchor.device) + offset
-        else:
-            pos = (anchor * positive).sum(dim=1, keepdim=True)
-            logits = torch.cat([pos, anchor @ queue.T], dim=1)
-            labels = torch.zeros(anchor.shape[0], dtype=torch.long, device=anchor.device)
-        return F.cross_entropy(logits / self.temperature, labels)
+            if self.batch_negatives:
+                logits = anchor @ torch.cat([batch, queue]).T
+                labels = torch.arange(anchor.shape[0], device=anchor.device) + offset
+            else:
+                pos = (anchor * positive).sum(dim=1, keepdim=True)
+                logits = torch.cat([pos, anchor @ queue.T], dim=1)
+                labels = torch.zeros(anchor.shape[0], dtype=torch.long, device=anchor.device)
+            return F.cross_entropy(logits / self.temperature, labels)
 
     @torch.no_grad()
     def _enqueue(self, u: torch.Tensor, v: torch.Tensor) -> None:
