@@ -1,4 +1,4 @@
-"""The ``crossdistill`` command: run | eval | list.
+"""The ``crossdistill`` command: run | cache | eval | export | bench | report | list | doctor.
 
 Errors a user can fix are printed as one message with a hint and exit code 2; ``--debug`` adds the
 traceback.
@@ -51,6 +51,29 @@ def run(
     result = run_recipe(load_recipe(recipe, overrides), resume=resume)
     _print_metrics(result.metrics, f"run {result.run_dir}")
     typer.echo(str(result.run_dir))
+
+
+@app.command()
+def cache(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML with a `store:` section")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE")] = None,
+) -> None:
+    """Write the knowledge store a recipe names: the teacher's outputs on every training
+    example and recorded augmentation. Rerun after a crash: it continues where it stopped."""
+    from crossdistill.config import load_recipe
+    from crossdistill.experiment import cache_recipe
+    from crossdistill.store import KnowledgeStore
+
+    path = cache_recipe(load_recipe(recipe, set_))
+    if (path / "manifest.json").is_file():
+        store = KnowledgeStore(path, verify=False)
+        per_example = store.nbytes() / store.num_examples
+        console.print(
+            f"knowledge store {path}: {store.num_examples:,} examples x {store.slots} "
+            f"slots, keys {', '.join(store.keys)}, {store.nbytes() / 1e6:.1f} MB "
+            f"({per_example:,.0f} bytes per example)"
+        )
+        typer.echo(str(path))
 
 
 @app.command("eval")

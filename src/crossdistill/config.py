@@ -97,11 +97,41 @@ class DataSpec(_Strict):
     train_split: str = "train"
     eval_split: str = "test"
     augment: dict[str, Any] | None = None
+    # K recorded augmentations per example (one picked per epoch); what a knowledge store holds
+    augment_slots: PositiveInt | None = None
     batch_size: PositiveInt = 128
     eval_batch_size: PositiveInt = 512
     num_workers: NonNegativeInt = 0
     limit_train: PositiveInt | None = None  # use only the first N training examples
     limit_eval: PositiveInt | None = None
+
+
+class StoreKeySpec(_Strict):
+    """How one teacher Knowledge key is stored: dense, or top-k logits (``k`` required)."""
+
+    format: Literal["dense", "topk"] = "dense"
+    k: PositiveInt | None = None
+    dtype: Literal["float16", "float32"] | None = None  # default: the store's dtype
+
+    @pydantic.model_validator(mode="after")
+    def _k_for_topk(self) -> StoreKeySpec:
+        if self.format == "topk" and self.k is None:
+            raise ValueError("format: topk needs `k:` (how many logits to keep per example)")
+        return self
+
+
+class StoreSpec(_Strict):
+    """A knowledge store of the teacher's outputs on the training data (``crossdistill cache``).
+
+    It holds every teacher key the losses read; ``keys`` sets the format of some of them.
+    """
+
+    path: Path
+    dtype: Literal["float16", "float32"] = "float16"
+    keys: dict[str, StoreKeySpec] = Field(default_factory=dict)
+    shard_size: PositiveInt = 4096
+    batch_size: PositiveInt = 256  # teacher batch size while writing
+    verify: bool = True  # check each shard's SHA-256 when it is first read
 
 
 class OptimizerSpec(_Strict):
@@ -155,6 +185,13 @@ class Recipe(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    store: StoreSpec | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _store_needs_teacher(self) -> Recipe:
+        if self.store is not None and self.teacher is None:
+            raise ValueError("`store:` caches a teacher's outputs, but there is no `teacher:`")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _unique_terms(self) -> Recipe:
@@ -182,6 +219,7 @@ class Recipe(_Strict):
 
 _NOT_FINGERPRINTED: dict[str, Any] = {
     "name": True,
+    "store": {"path", "shard_size", "batch_size", "verify"},
     "output": True,
     "eval": True,
     "train": {"device", "progress", "log_every", "keep_checkpoints"},

@@ -94,7 +94,7 @@ class Distiller(nn.Module):
 
     def teacher_knowledge(self, batch: Mapping[str, Any]) -> Knowledge:
         if "knowledge" in batch:  # precomputed (knowledge store)
-            return batch["knowledge"]
+            return Knowledge(batch["knowledge"], source="knowledge store")
         if not self.uses_teacher:
             return Knowledge(source="teacher")
         assert self.teacher is not None

@@ -50,6 +50,10 @@ class DataError(CrossDistillError):
     """A data file that is missing, truncated or malformed."""
 
 
+class StoreError(DataError):
+    """A knowledge store that is missing, incomplete, corrupted or made for another recipe."""
+
+
 class CheckpointError(CrossDistillError):
     """A checkpoint or weights file that is missing, corrupted or does not fit the model."""
 

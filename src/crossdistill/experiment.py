@@ -27,8 +27,8 @@ from crossdistill.config import (
     dump_recipe,
     load_recipe,
 )
-from crossdistill.data import DistillDataset, build_augmentation, example_loader, load_source
-from crossdistill.data.dataset import preview_batch
+from crossdistill.data import build_augmentation, example_loader, load_source
+from crossdistill.data.dataset import make_dataset, preview_batch
 from crossdistill.data.views import build_pipeline
 from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import CheckpointError, ConfigError
@@ -36,8 +36,15 @@ from crossdistill.losses import build_loss
 from crossdistill.models.registry import build_model, load_weights
 from crossdistill.models.taps import Tap
 from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
+from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
+from crossdistill.store.manifest import data_digest, digest, weights_digest
 from crossdistill.train.checkpoint import list_checkpoints, sha256
-from crossdistill.train.runtime import seed_everything, select_device, to_device
+from crossdistill.train.runtime import (
+    distributed_rank,
+    seed_everything,
+    select_device,
+    to_device,
+)
 from crossdistill.train.trainer import History, Trainer
 
 
@@ -73,25 +80,37 @@ def build_distiller(recipe: Recipe) -> Distiller:
 
 
 class Head(Subset):
-    """The first ``n`` examples of a dataset, still following ``set_epoch``."""
+    """The first ``n`` examples of a dataset; everything else (``set_epoch``, ``slot``,
+    ``example``, ...) is the dataset's."""
 
     def __init__(self, dataset: Any, n: int) -> None:
         super().__init__(dataset, range(min(n, len(dataset))))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
-def _loader(recipe: Recipe, split: str, train: bool, device: torch.device) -> Any:
+def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
+    """The examples of ``split``: augmented (with the recipe's slots) when ``train``."""
     spec = recipe.data
-    dataset: Any = DistillDataset(
+    dataset: Any = make_dataset(
         load_source(spec.source, split, **spec.params),
         augmentation=build_augmentation(spec.augment) if train else None,
         seed=recipe.seed,
+        slots=spec.augment_slots if train else None,
     )
     limit = spec.limit_train if train else spec.limit_eval
-    if limit:
-        dataset = Head(dataset, limit)
+    return Head(dataset, limit) if limit else dataset
+
+
+def _loader(
+    recipe: Recipe, split: str, train: bool, device: torch.device, dataset: Any = None
+) -> Any:
+    spec = recipe.data
+    if dataset is None:
+        dataset = build_dataset(recipe, split, train)
     return example_loader(
         dataset,
         spec.batch_size if train else spec.eval_batch_size,
@@ -107,10 +126,98 @@ def build_eval_loader(recipe: Recipe, device: torch.device) -> Any:
     return _loader(recipe, recipe.data.eval_split, False, device)
 
 
-def build_loaders(recipe: Recipe, device: torch.device) -> tuple[Any, Any]:
-    """Training (augmented, shuffled per epoch) and evaluation loaders of a recipe."""
-    train = _loader(recipe, recipe.data.train_split, True, device)
+def build_loaders(
+    recipe: Recipe, device: torch.device, teacher: Teacher | None = None
+) -> tuple[Any, Any]:
+    """Training (augmented, shuffled per epoch) and evaluation loaders of a recipe.
+
+    With a ``store:`` the training examples carry the teacher's Knowledge from the store,
+    which must have been written for this teacher (``teacher``) and data.
+    """
+    dataset = build_dataset(recipe, recipe.data.train_split, True)
+    if recipe.store is not None:
+        assert teacher is not None  # a recipe with a store has a teacher
+        store = KnowledgeStore(recipe.store.path, verify=recipe.store.verify)
+        store.check(store_fingerprint(recipe, teacher, dataset))
+        dataset = StoreDataset(dataset, store)
+    train = _loader(recipe, recipe.data.train_split, True, device, dataset)
     return train, build_eval_loader(recipe, device)
+
+
+def store_fingerprint(recipe: Recipe, teacher: Teacher, dataset: Any) -> dict[str, str]:
+    """What a store's contents depend on, part by part (see ``store.manifest``)."""
+    assert recipe.teacher is not None
+    data = recipe.data
+    return {
+        "teacher_weights": weights_digest(teacher),
+        "teacher": digest(recipe.teacher.model_dump(mode="json", exclude={"weights"})),
+        "data": digest(
+            data.source,
+            data.params,
+            data.train_split,
+            data.limit_train,
+            data_digest(dataset.split),
+            len(dataset),
+        ),
+        "augmentation": digest(data.augment, data.augment_slots, recipe.seed),
+    }
+
+
+def store_codecs(recipe: Recipe, distiller: Distiller) -> dict[str, KeyCodec]:
+    """How each teacher key the losses read is stored (the recipe's ``store.keys`` or dense)."""
+    assert recipe.store is not None
+    spec = recipe.store
+    needed = sorted({key for needs in distiller.needs.values() for key in needs.teacher})
+    unused = sorted(set(spec.keys) - set(needed))
+    if unused:
+        raise ConfigError(
+            f"store.keys names {unused}, which no loss reads from the teacher",
+            hint=f"the losses read {needed or 'nothing'} from the teacher",
+        )
+    if not needed:
+        raise ConfigError("no loss reads the teacher: there is nothing to store")
+    codecs = {}
+    for key in needed:
+        key_spec = spec.keys.get(key)
+        codecs[key] = KeyCodec(
+            format=key_spec.format if key_spec else "dense",
+            k=key_spec.k if key_spec else None,
+            dtype=(key_spec.dtype if key_spec and key_spec.dtype else spec.dtype),
+        )
+    return codecs
+
+
+def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
+    """Write (or finish) the knowledge store a recipe names; returns its path.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each rank writes its share of the shards and rank 0
+    writes the manifest once all are done.
+    """
+    if recipe.store is None:
+        raise ConfigError(
+            "the recipe has no `store:` section",
+            hint="add `store: {path: stores/NAME}` to say where the teacher's outputs go",
+        )
+    seed_everything(recipe.seed, recipe.train.deterministic)
+    distiller = build_distiller(recipe)
+    assert distiller.teacher is not None
+    device = select_device(recipe.train.device)
+    teacher = distiller.teacher.to(device)
+    dataset = build_dataset(recipe, recipe.data.train_split, True)
+    rank, world = distributed_rank()
+    write_store(
+        recipe.store.path,
+        teacher,
+        dataset,
+        store_codecs(recipe, distiller),
+        store_fingerprint(recipe, teacher, dataset),
+        shard_size=recipe.store.shard_size,
+        batch_size=recipe.store.batch_size,
+        rank=rank,
+        world_size=world,
+        progress=progress and recipe.train.progress and rank == 0,
+    )
+    return recipe.store.path
 
 
 @dataclass
@@ -145,7 +252,7 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     # weights, losses, device, data files, and what each loss needs from a real batch.
     distiller = build_distiller(recipe)
     device = select_device(recipe.train.device)
-    train_loader, eval_loader = build_loaders(recipe, device)
+    train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher)
     distiller.to(device).check(to_device(preview_batch(train_loader.dataset), device))
     trainer = Trainer(
         distiller,

@@ -4,6 +4,11 @@ An example is ``{"id": int, "views": {name: x}, "target": int64 scalar, "aug": f
 Augmentation parameters for example ``i`` in epoch ``e`` come from
 ``np.random.default_rng([seed, e, i])``: they do not depend on worker count or request order, so
 a run is reproducible and a knowledge store can key cached teacher outputs by ``(id, aug)``.
+
+With ``slots=K`` an example has only K recorded augmentations (slot ``k`` draws its parameters
+as epoch ``k`` would) and each epoch picks one slot per example with :func:`slot_table`. This is
+what a knowledge store holds teacher outputs for, so training online with ``slots=K`` and
+training from a store of K slots see exactly the same views.
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ def _check_index(i: int, n: int) -> int:
     return i
 
 
+def slot_table(seed: int, epoch: int, n: int, slots: int) -> np.ndarray:
+    """The recorded augmentation (``0..slots-1``) each of ``n`` examples uses in ``epoch``."""
+    if slots == 1:
+        return np.zeros(n, dtype=np.int64)
+    return np.random.default_rng([seed, epoch, n, slots]).integers(0, slots, size=n)
+
+
+def _check_slots(slots: int | None) -> int | None:
+    if slots is not None and (int(slots) != slots or slots < 1):
+        raise ConfigError(f"augment_slots must be a positive integer, got {slots!r}")
+    return None if slots is None else int(slots)
+
+
 def _to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to float32 in [0, 1]; anything else to a float32 copy (never a view)."""
     if x.dtype == torch.uint8:
@@ -51,6 +69,7 @@ class DistillDataset(Dataset):
     ``x`` is float32 ``(C, H, W)`` in [0, 1]; every view gets the same augmented image (each
     model's own pipeline normalises or resizes it). Call :meth:`set_epoch` before iterating an
     epoch; DataLoader workers copy the dataset when the iterator starts, so they see it too.
+    ``slots=K`` limits each example to K recorded augmentations (see the module docstring).
     """
 
     def __init__(
@@ -59,12 +78,15 @@ class DistillDataset(Dataset):
         augmentation: Augmentation | None = None,
         seed: int = 0,
         views: Sequence[str] = DEFAULT_VIEWS,
+        slots: int | None = None,
     ) -> None:
         self.split = split
         self.augmentation: Augmentation = augmentation if augmentation is not None else NoAugment()
         self.seed = int(seed)
         self.views = _check_views(views)
+        self.slots = _check_slots(slots)
         self.epoch = 0
+        self._slots_of_epoch: np.ndarray | None = None
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {seed}")
 
@@ -81,22 +103,45 @@ class DistillDataset(Dataset):
         if epoch < 0:
             raise ValueError(f"epoch must be non-negative, got {epoch}")
         self.epoch = int(epoch)
+        self._slots_of_epoch = None
 
     def aug_params(self, i: int, epoch: int | None = None) -> np.ndarray:
         """The augmentation parameters of example ``i`` in ``epoch`` (default: the current one)."""
         i = _check_index(i, len(self))
         epoch = self.epoch if epoch is None else epoch
+        if self.slots is not None:
+            return self.slot_params(i, self.slot(i, epoch))
+        return self._draw(i, epoch)
+
+    def slot(self, i: int, epoch: int | None = None) -> int:
+        """Which of the ``slots`` recorded augmentations example ``i`` uses in ``epoch``."""
+        if self.slots is None:
+            raise ConfigError("this dataset has no augment_slots; every epoch draws afresh")
+        if epoch is not None and epoch != self.epoch:
+            return int(slot_table(self.seed, epoch, len(self), self.slots)[i])
+        if self._slots_of_epoch is None:  # one vectorised draw per epoch, not one per example
+            self._slots_of_epoch = slot_table(self.seed, self.epoch, len(self), self.slots)
+        return int(self._slots_of_epoch[i])
+
+    def slot_params(self, i: int, k: int) -> np.ndarray:
+        """The parameters of recorded augmentation ``k`` of example ``i`` (drawn as epoch ``k``)."""
+        return self._draw(_check_index(i, len(self)), k)
+
+    def _draw(self, i: int, key: int) -> np.ndarray:
         if self.augmentation.num_params == 0:
             return np.empty(0, dtype=np.float64)
-        rng = np.random.default_rng([self.seed, epoch, i])
+        rng = np.random.default_rng([self.seed, key, i])
         return self.augmentation.sample(rng, tuple(self.split.inputs.shape[1:]))
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.example(i, self.aug_params(i))
+
+    def example(self, i: int, params: np.ndarray) -> dict[str, Any]:
+        """Example ``i`` seen through the augmentation ``params`` (e.g. recorded in a store)."""
         i = _check_index(i, len(self))
-        params = self.aug_params(i)
         x = self.augmentation.apply(_to_float(self.split.inputs[i]), params)
         return {
             "id": i,
@@ -108,7 +153,8 @@ class DistillDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"DistillDataset({self.split.name!r}, n={len(self)},"
-            f" augmentation={self.augmentation!r}, seed={self.seed}, views={list(self.views)})"
+            f" augmentation={self.augmentation!r}, seed={self.seed}, views={list(self.views)},"
+            f" slots={self.slots})"
         )
 
 
@@ -153,6 +199,20 @@ class TensorPairDataset(Dataset):
             "target": target,
             "aug": torch.empty(0, dtype=torch.float32),
         }
+
+
+def make_dataset(
+    split: Any,
+    augmentation: Augmentation | None = None,
+    seed: int = 0,
+    slots: int | None = None,
+    views: Sequence[str] = DEFAULT_VIEWS,
+) -> Dataset:
+    """The dataset class that fits ``split``: images/arrays or texts."""
+    from crossdistill.data.text import TextDataset, TextSplit  # text is optional
+
+    cls = TextDataset if isinstance(split, TextSplit) else DistillDataset
+    return cls(split, augmentation=augmentation, seed=seed, views=views, slots=slots)
 
 
 def as_distill_dataset(

@@ -1,0 +1,125 @@
+"""Reading a knowledge store: memory-mapped shards, checksums verified lazily, per shard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossdistill.errors import StoreError
+from crossdistill.store.manifest import MANIFEST, PLAN, Manifest, read_manifest
+from crossdistill.store.shards import map_shard
+from crossdistill.train.checkpoint import sha256
+
+REWRITE = "run `crossdistill cache RECIPE` again: it rewrites the damaged shards and keeps the rest"
+
+
+class KnowledgeStore:
+    """A complete store, opened for reading.
+
+    Opening reads only the manifest and checks that every shard file exists with its recorded
+    size (a truncated shard fails here). A shard's SHA-256 is checked the first time one of its
+    rows is read (``verify=False`` skips it), so a corrupted byte is found before its rows are
+    used, and the error names the shard.
+    """
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.verify = verify
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            if (self.path / PLAN).is_file():
+                plan = read_manifest(self.path / PLAN, "store plan")
+                done = len(list((self.path / "shards").glob("shard-*.json")))
+                raise StoreError(
+                    f"knowledge store {self.path} is incomplete ({done} of {plan.num_shards} "
+                    "shards written)",
+                    hint="run `crossdistill cache RECIPE` again: it continues where it stopped",
+                )
+            raise StoreError(
+                f"there is no knowledge store at {self.path}",
+                hint="write it first with `crossdistill cache RECIPE`",
+            )
+        self.manifest: Manifest = read_manifest(manifest_path)
+        if len(self.manifest.shards) != self.manifest.num_shards:
+            raise StoreError(
+                f"{manifest_path} lists {len(self.manifest.shards)} shards, but "
+                f"{self.manifest.num_examples} examples need {self.manifest.num_shards}",
+                hint=REWRITE,
+            )
+        for j, info in enumerate(self.manifest.shards):
+            file = self.path / info.file
+            if (info.start, info.stop) != self.manifest.shard_range(j):
+                raise StoreError(f"{manifest_path}: shard {info.file} has the wrong row range")
+            if not file.is_file():
+                raise StoreError(f"knowledge store shard {file} is missing", hint=REWRITE)
+            if file.stat().st_size != info.bytes:
+                raise StoreError(
+                    f"knowledge store shard {file} is truncated or altered: "
+                    f"{file.stat().st_size} bytes, the manifest says {info.bytes}",
+                    hint=REWRITE,
+                )
+        self._maps: dict[int, dict[str, np.ndarray]] = {}
+
+    @property
+    def num_examples(self) -> int:
+        return self.manifest.num_examples
+
+    @property
+    def slots(self) -> int:
+        return self.manifest.slots
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.manifest.keys)
+
+    def nbytes(self) -> int:
+        """Bytes of all shard files."""
+        return sum(info.bytes for info in self.manifest.shards)
+
+    def check(self, fingerprint: dict[str, str]) -> None:
+        """Refuse (StoreError) if the store was written for another teacher, data or
+        preprocessing than ``fingerprint`` describes."""
+        self.manifest.check_fingerprint(fingerprint, self.path)
+
+    def _shard(self, j: int) -> dict[str, np.ndarray]:
+        arrays = self._maps.get(j)
+        if arrays is None:
+            info = self.manifest.shards[j]
+            file = self.path / info.file
+            if self.verify and sha256(file) != info.sha256:
+                raise StoreError(
+                    f"knowledge store shard {file} is corrupted: its SHA-256 differs from "
+                    f"the one in {self.path / MANIFEST}",
+                    hint=REWRITE,
+                )
+            arrays = self._maps[j] = map_shard(file)
+        return arrays
+
+    def _locate(self, i: int, k: int) -> tuple[dict[str, np.ndarray], int]:
+        if not (0 <= i < self.num_examples and 0 <= k < self.slots):
+            raise IndexError(
+                f"example {i}, slot {k} is outside the store ({self.num_examples} examples, "
+                f"{self.slots} slots)"
+            )
+        j = i // self.manifest.shard_size
+        return self._shard(j), i - j * self.manifest.shard_size
+
+    def aug(self, i: int, k: int) -> np.ndarray:
+        """The recorded augmentation parameters of example ``i``, slot ``k`` (float64)."""
+        arrays, row = self._locate(i, k)
+        return np.array(arrays["aug"][row, k])
+
+    def knowledge(self, i: int, k: int) -> dict[str, torch.Tensor]:
+        """The teacher's Knowledge for example ``i`` seen through slot ``k`` (float32)."""
+        arrays, row = self._locate(i, k)
+        return {
+            key: codec.decode(key, {name: arrays[name][row, k] for name in codec.arrays(key)})
+            for key, codec in self.manifest.keys.items()
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get a copy: they map the shards themselves, not pickled arrays
+        return {**self.__dict__, "_maps": {}}

@@ -1,0 +1,250 @@
+"""Writing a knowledge store: the teacher run once over every example and recorded augmentation.
+
+Writing is resumable and deterministic. Shard ``j`` holds examples ``j*S .. (j+1)*S-1`` with all
+K slots, computed in the same batches every time, so a shard rewritten after a crash has the same
+bytes as one written without it. A shard is written atomically and then its SHA-256 is recorded
+next to it; a rerun keeps every shard whose checksum holds and writes the rest. Under torchrun
+rank ``r`` writes shards ``r, r + W, ...``; rank 0 writes ``manifest.json`` after all are done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from crossdistill.errors import ConfigError, StoreError
+from crossdistill.knowledge import Knowledge
+from crossdistill.models.wrappers import Teacher
+from crossdistill.store.codec import KeyCodec
+from crossdistill.store.manifest import (
+    MANIFEST,
+    PLAN,
+    SHARDS,
+    Manifest,
+    ShardInfo,
+    read_manifest,
+)
+from crossdistill.store.shards import write_json, write_shard
+from crossdistill.train.checkpoint import sha256
+from crossdistill.train.runtime import to_device
+
+
+def shard_name(j: int) -> str:
+    return f"shard-{j:05d}.safetensors"
+
+
+def write_store(
+    path: str | Path,
+    teacher: Teacher,
+    dataset: Any,
+    keys: Mapping[str, KeyCodec],
+    fingerprint: Mapping[str, str],
+    *,
+    shard_size: int = 4096,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> Manifest | None:
+    """Write (or finish, or verify) the store at ``path``; returns its manifest once complete.
+
+    ``dataset`` provides ``len``, ``slots`` (K, or None for one), ``slot_params(i, k)`` and
+    ``example(i, params)`` (see :class:`~crossdistill.data.DistillDataset`); the teacher reads
+    each example's ``"teacher"`` view. Returns ``None`` on a rank that does not finalise.
+    """
+    path = Path(path)
+    slots = _slots(dataset)
+    device = next(iter(teacher.parameters()), torch.empty(0)).device
+    manifest_path = path / MANIFEST
+    (path / SHARDS).mkdir(parents=True, exist_ok=True)
+    probe = _teacher_batch(teacher, dataset, range(min(2, len(dataset))), 0, device)
+    plan = Manifest(
+        fingerprint=dict(fingerprint),
+        num_examples=len(dataset),
+        slots=slots,
+        aug_params=len(dataset.slot_params(0, 0)),
+        shard_size=shard_size,
+        keys={k: codec.check(k, tuple(_require(probe, k).shape[1:])) for k, codec in keys.items()},
+    )
+    _claim(path, plan)
+    if manifest_path.exists() and rank == 0:
+        # rewriting or verifying a finished store: it stops looking complete until it is again
+        manifest_path.unlink()
+    mine = [plan.shard_range(j) for j in range(plan.num_shards) if j % world_size == rank]
+    total = sum(stop - start for start, stop in mine) * slots
+    with _Progress(progress, f"teacher -> {path}", total) as bar:
+        for start, stop in mine:
+            j = start // shard_size
+            if _shard_done(path, j) is None:
+                file = path / SHARDS / shard_name(j)
+                write_shard(
+                    file,
+                    _compute_shard(teacher, dataset, plan, start, stop, batch_size, device, bar),
+                )
+                info = ShardInfo(
+                    file=f"{SHARDS}/{shard_name(j)}",
+                    start=start,
+                    stop=stop,
+                    sha256=sha256(file),
+                    bytes=file.stat().st_size,
+                )
+                write_json(file.with_suffix(".json"), info.model_dump())
+            else:
+                bar.advance((stop - start) * slots)
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank != 0:
+        return None
+    return _finalise(path, plan)
+
+
+def _slots(dataset: Any) -> int:
+    slots = getattr(dataset, "slots", None)
+    augmentation = getattr(dataset, "augmentation", None)
+    if slots is None and augmentation is not None and augmentation.num_params > 0:
+        raise ConfigError(
+            "the training data is augmented afresh every epoch, which a store cannot hold",
+            hint="set `data.augment_slots: K` to record K augmentations per example (the "
+            "store keeps the teacher's outputs for each; training picks one per epoch)",
+        )
+    return slots or 1
+
+
+def _require(knowledge: Knowledge, key: str) -> torch.Tensor:
+    knowledge.require((key,), "the knowledge store")
+    return knowledge[key]
+
+
+def _claim(path: Path, plan: Manifest) -> None:
+    """Record the plan, or check that a store already at ``path`` follows the same plan."""
+    existing = path / PLAN
+    if existing.exists():
+        old = read_manifest(existing, "store plan")
+        if old.model_dump() != plan.model_dump():
+            old.check_fingerprint(plan.fingerprint, path)
+            raise StoreError(
+                f"{path} holds a store with other keys, slots or shard size than this recipe's",
+                hint="delete it, or set another `store.path`",
+            )
+        return
+    if any((path / SHARDS).iterdir()):
+        raise StoreError(
+            f"{path} holds shards but no {PLAN}: it is not a store this version wrote",
+            hint="delete it, or set another `store.path`",
+        )
+    write_json(existing, plan.model_dump())
+
+
+def _shard_done(path: Path, j: int) -> ShardInfo | None:
+    """The shard's record when its file is there and matches its checksum, else None."""
+    file = path / SHARDS / shard_name(j)
+    record = file.with_suffix(".json")
+    if not (file.exists() and record.exists()):
+        return None
+    try:
+        info = ShardInfo.model_validate(json.loads(record.read_text()))
+    except ValueError:
+        return None
+    if info.bytes != file.stat().st_size or info.sha256 != sha256(file):
+        return None
+    return info
+
+
+@torch.no_grad()
+def _teacher_batch(
+    teacher: Teacher, dataset: Any, indices: range, slot: int, device: torch.device
+) -> Knowledge:
+    examples = [dataset.example(i, dataset.slot_params(i, slot)) for i in indices]
+    views = default_collate(examples)["views"]["teacher"]
+    return teacher(to_device(views, device))
+
+
+def _compute_shard(
+    teacher: Teacher,
+    dataset: Any,
+    plan: Manifest,
+    start: int,
+    stop: int,
+    batch_size: int,
+    device: torch.device,
+    bar: _Progress,
+) -> dict[str, np.ndarray]:
+    n = stop - start
+    out: dict[str, np.ndarray] = {
+        "aug": np.stack(
+            [[dataset.slot_params(i, k) for k in range(plan.slots)] for i in range(start, stop)]
+        ).reshape(n, plan.slots, plan.aug_params),
+    }
+    for k in range(plan.slots):
+        for b in range(start, stop, batch_size):
+            rows = range(b, min(b + batch_size, stop))
+            knowledge = _teacher_batch(teacher, dataset, rows, k, device)
+            for key, codec in plan.keys.items():
+                for name, value in codec.encode(key, _require(knowledge, key)).items():
+                    if name not in out:
+                        out[name] = np.empty((n, plan.slots, *value.shape[1:]), value.dtype)
+                    out[name][b - start : b - start + len(rows), k] = value
+            bar.advance(len(rows))
+    return out
+
+
+def _finalise(path: Path, plan: Manifest) -> Manifest | None:
+    """Write ``manifest.json`` when every shard is there; otherwise say what is missing."""
+    shards = [_shard_done(path, j) for j in range(plan.num_shards)]
+    missing = [j for j, info in enumerate(shards) if info is None]
+    if missing:
+        print(
+            f"{path}: {plan.num_shards - len(missing)} of {plan.num_shards} shards written; "
+            "the store is complete once every rank has finished"
+        )
+        return None
+    manifest = plan.model_copy(update={"shards": shards})
+    write_json(path / MANIFEST, manifest.model_dump())
+    return manifest
+
+
+class _Progress:
+    """A rich progress bar over examples x slots, with rate and ETA (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, rate="")
+        return self
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+            speed = self._bar.tasks[0].speed
+            self._bar.update(self._task, rate=f"{speed:,.0f} ex/s" if speed else "")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
