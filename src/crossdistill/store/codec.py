@@ -63,23 +63,24 @@ class KeyCodec(BaseModel):
             return {key: x.numpy().astype(dtype)}
         assert self.k is not None and self.shape is not None
         values, indices = x.topk(self.k, dim=-1)
-        top_mass = torch.softmax(x, dim=-1).gather(-1, indices).sum(-1)
+        # the tail's mass summed directly: 1 - (top-k mass) would cancel to a few digits
+        rest = torch.softmax(x, dim=-1).scatter(-1, indices, 0.0).sum(-1)
         index_dtype = np.int16 if self.shape[0] <= np.iinfo(np.int16).max else np.int32
         return {
             f"{key}.values": values.numpy().astype(dtype),
             f"{key}.indices": indices.numpy().astype(index_dtype),
-            f"{key}.rest": (1.0 - top_mass).clamp_min(0.0).numpy(),
+            f"{key}.rest": rest.numpy(),
         }
 
     def decode(self, key: str, arrays: dict[str, np.ndarray]) -> torch.Tensor:
         """The arrays of some rows → a float32 tensor ``(n, *shape)`` (log-probabilities for
         top-k)."""
         if self.format == "dense":
-            return torch.from_numpy(np.asarray(arrays[key], dtype=np.float32))
+            return torch.from_numpy(np.array(arrays[key], dtype=np.float32))
         assert self.shape is not None and self.k is not None
-        values = torch.from_numpy(np.asarray(arrays[f"{key}.values"], dtype=np.float32))
-        indices = torch.from_numpy(np.asarray(arrays[f"{key}.indices"], dtype=np.int64))
-        rest = torch.from_numpy(np.asarray(arrays[f"{key}.rest"], dtype=np.float32))
+        values = torch.from_numpy(np.array(arrays[f"{key}.values"], dtype=np.float32))
+        indices = torch.from_numpy(np.array(arrays[f"{key}.indices"], dtype=np.int64))
+        rest = torch.from_numpy(np.array(arrays[f"{key}.rest"], dtype=np.float32))
         classes = self.shape[0]
         # the top-k hold 1 - rest of the mass: log Z = logsumexp(top-k) - log(1 - rest)
         log_z = values.logsumexp(-1) - torch.log1p(-rest.clamp(max=1 - 1e-7))
