@@ -119,6 +119,19 @@ def test_tap_on_input_captures_the_first_argument() -> None:
     torch.testing.assert_close(k["features/into2"], net.block1(_x()))
 
 
+def test_tap_pool_averages_maps_and_tokens() -> None:
+    maps = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    pooled = Tap("m", "x", pool=2).capture(maps, "m")
+    expected = maps.reshape(2, 3, 2, 2, 2, 2).mean(dim=(3, 5))  # mean of each 2x2 block
+    torch.testing.assert_close(pooled, expected)
+    tokens = torch.randn(2, 6, 5)
+    torch.testing.assert_close(
+        Tap("t", "x", pool=3).capture(tokens, "t"), tokens.reshape(2, 3, 2, 5).mean(2)
+    )
+    with pytest.raises(TapError, match="pool needs"):
+        Tap("v", "x", pool=2).capture(torch.randn(2, 5), "v")
+
+
 def test_tap_select_on_tuple_and_dict_outputs() -> None:
     torch.manual_seed(0)
     net = Net()

@@ -162,6 +162,32 @@ def test_training_from_the_store_equals_training_online(tmp_path: Path) -> None:
     assert c.read_bytes() != a.read_bytes()
 
 
+def test_pooled_feature_store_equals_online(tmp_path: Path) -> None:
+    """A tapped teacher feature, pooled at the tap, stored in float32: still bit-identical."""
+    changes = {
+        "teacher.taps": [{"name": "b2", "path": "block2", "pool": 1}],
+        "student.taps": [{"name": "b2", "path": "block2", "pool": 1}],
+        "losses": [
+            {"name": "ce"},
+            {
+                "name": "fitnet",
+                "weight": 0.1,
+                "params": {"student": "features/b2", "teacher": "features/b2"},
+                "adapter": "auto",
+            },
+        ],
+    }
+    with_store = digits_recipe(tmp_path, name="from_store", **changes)
+    cache_recipe(with_store, progress=False)
+    store = KnowledgeStore(with_store.store.path)
+    assert store.keys == ["features/b2"]
+    assert store.manifest.keys["features/b2"].shape == [32, 1, 1]
+    online = with_store.model_copy(update={"store": None, "name": "online"})
+    a = run_recipe(online).run_dir / "student.safetensors"
+    b = run_recipe(with_store).run_dir / "student.safetensors"
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_store_dataset_serves_the_student_view_and_knowledge(recipe: Recipe) -> None:
     cache_recipe(recipe, progress=False)
     base = build_dataset(recipe, "train", True)

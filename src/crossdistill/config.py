@@ -31,6 +31,7 @@ class TapSpec(_Strict):
     on: Literal["output", "input"] = "output"
     select: str | int | None = None
     kind: Literal["features", "attention"] = "features"
+    pool: PositiveInt | None = None  # average-pool to a pool x pool grid (or pool tokens)
 
 
 class ModelSpec(_Strict):

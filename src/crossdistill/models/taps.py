@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crossdistill.errors import TapError, did_you_mean
@@ -23,7 +24,9 @@ class Tap:
     """Capture ``path``'s output (or input) under ``name``.
 
     The captured tensor appears in the model's Knowledge as ``features/<name>``
-    (``attention/<name>`` when ``kind="attention"``).
+    (``attention/<name>`` when ``kind="attention"``). ``pool`` average-pools it as it is
+    captured, to a ``pool x pool`` grid for a ``(B, C, H, W)`` map or to ``pool`` tokens for
+    ``(B, N, D)`` tokens: a smaller feature to match, and to keep in a knowledge store.
     """
 
     name: str
@@ -31,6 +34,24 @@ class Tap:
     on: Literal["output", "input"] = "output"
     select: str | int | None = None
     kind: Literal["features", "attention"] = "features"
+    pool: int | None = None
+
+    def capture(self, value: Any, where: str) -> torch.Tensor:
+        """The selected tensor, pooled, as a new tensor (never a view of the model's own)."""
+        x = select_output(value, self.select, where)
+        if self.pool is None:
+            # A copy: a later in-place op (ReLU(inplace=True) after BatchNorm, `out += x`) would
+            # otherwise change the captured value and break its autograd graph.
+            return x.clone()
+        if x.dim() == 4:
+            return F.adaptive_avg_pool2d(x, self.pool)
+        if x.dim() == 3:
+            return F.adaptive_avg_pool1d(x.transpose(1, 2), self.pool).transpose(1, 2)
+        raise TapError(
+            f"tap {where}: pool needs a (B, C, H, W) map or (B, N, D) tokens, got shape "
+            f"{tuple(x.shape)}",
+            hint="remove `pool:` from this tap",
+        )
 
     @property
     def key(self) -> str:
@@ -116,16 +137,14 @@ class TapRecorder:
         if tap.on == "input":
 
             def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
-                self._captured[tap.key] = select_output(
-                    args if tap.select is not None else args[0], tap.select, where
-                ).clone()
+                self._captured[tap.key] = tap.capture(
+                    args if tap.select is not None else args[0], where
+                )
 
             return module.register_forward_pre_hook(pre_hook)
 
         def hook(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-            # A copy: a later in-place op (ReLU(inplace=True) after BatchNorm, `out += x`) would
-            # otherwise change the captured value and break its autograd graph.
-            self._captured[tap.key] = select_output(output, tap.select, where).clone()
+            self._captured[tap.key] = tap.capture(output, where)
 
         return module.register_forward_hook(hook)
 
