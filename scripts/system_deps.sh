@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Debian packages crossdistill's demo and tests read: Fashion-MNIST's IDX files, and Chromium,
-# which tests/test_report.py drives headless to check that a report's figures all render.
+# Debian packages crossdistill's demo and tests read: Fashion-MNIST's IDX files, WordNet 3.0 (the
+# `sentences` text source), and Chromium, which tests/test_report.py drives headless to check
+# that a report's figures all render.
 # Installs them with apt-get when run as root; otherwise prints the exact command and carries on
 # (the tests that need them then skip with the same hint).
 # chromium is large: about 350 MB on disk (/usr/lib/chromium), plus its libraries; the report
 # itself never needs it.
 set -euo pipefail
-packages=(dataset-fashion-mnist chromium)
+packages=(dataset-fashion-mnist wordnet-base chromium)
 marker=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+wordnet_marker=/usr/share/wordnet/data.noun
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ] && [ -f "$marker" ]; then
+if [ ${#missing[@]} -eq 0 ] && [ -f "$marker" ] && [ -f "$wordnet_marker" ]; then
   exit 0
 fi
 if [ "$(id -u)" -eq 0 ]; then

@@ -3,17 +3,114 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.evaluate.metrics import MetricAccumulator
+from crossdistill.knowledge import EMBEDDING, LOGITS
 from crossdistill.models.wrappers import Student, Teacher
 from crossdistill.train.runtime import autocast, to_device
 
 
-@torch.no_grad()
+class _Classification:
+    """Accuracy, top-k, calibration; agreement and KL with the teacher's logits."""
+
+    def __init__(self, topk: int) -> None:
+        self.topk = topk
+        self.acc = MetricAccumulator()
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
+        self.acc.update(out["logits"], batch["target"], None if t is None else t.get("logits"))
+
+    def compute(self) -> dict[str, float]:
+        return self.acc.compute(k=self.topk)
+
+
+class _Embeddings:
+    """Mean cosine similarity and mean squared error of student vs teacher embeddings."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.elements = 0
+        self.cosine = 0.0
+        self.squared_error = 0.0
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
+        if t is None:
+            raise ConfigError(
+                "evaluating an embedding student needs the teacher's embeddings",
+                hint="give the run a teacher (or a knowledge store holding its 'embedding')",
+            )
+        for side, knowledge in (("student", out), ("teacher", t)):
+            if EMBEDDING not in knowledge:
+                raise KnowledgeError(
+                    f"the {side} emitted no {EMBEDDING!r} (it has {sorted(knowledge)})",
+                    hint="name the model's output: `outputs: [embedding]` in the recipe",
+                )
+        s = out[EMBEDDING].detach().to("cpu", torch.float64)
+        te = t[EMBEDDING].detach().to("cpu", torch.float64)
+        if s.shape != te.shape:
+            raise ShapeError(
+                f"student embedding {tuple(s.shape)} and teacher embedding {tuple(te.shape)}"
+                " differ in shape",
+                hint="give the student an output size equal to the teacher's (e.g. out_dim)",
+            )
+        s, te = s.flatten(1), te.flatten(1)
+        self.n += len(s)
+        self.elements += s.numel()
+        self.cosine += F.cosine_similarity(s, te, dim=1, eps=1e-12).sum().item()
+        self.squared_error += (s - te).square().sum().item()
+
+    def compute(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ShapeError("no examples to evaluate: the evaluation data is empty")
+        return {"cosine": self.cosine / self.n, "mse": self.squared_error / self.elements}
+
+
+def _teacher_knowledge(batch: Mapping[str, Any], teacher: Teacher | None) -> Mapping | None:
+    """The teacher's Knowledge: from a store when the batch carries it, else run online."""
+    if "knowledge" in batch:
+        return batch["knowledge"]
+    if teacher is not None:
+        return teacher(batch["views"]["teacher"])
+    return None
+
+
+def _evaluate(
+    student: Student,
+    loader: Any,
+    teacher: Teacher | None,
+    device: torch.device | None,
+    amp: torch.dtype | None,
+    pick: Callable[[Mapping[str, Any], Mapping[str, Any]], Any],
+) -> dict[str, float]:
+    """One pass over ``loader``; ``pick(first_output, first_batch)`` chooses the metrics."""
+    device = device or next(student.parameters()).device
+    was_training = student.training
+    student.eval()
+    metrics = None
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                batch = to_device(batch, device)
+                with autocast(device, amp):
+                    out = student(batch["views"]["student"])
+                    t = _teacher_knowledge(batch, teacher)
+                if metrics is None:
+                    metrics = pick(out, batch)
+                metrics.update(out, batch, t)
+    finally:
+        student.train(was_training)
+    if metrics is None:
+        raise ShapeError("no batches to evaluate: the evaluation data is empty")
+    return metrics.compute()
+
+
 def evaluate_classification(
     student: Student,
     loader: Any,
@@ -26,22 +123,42 @@ def evaluate_classification(
 
     The teacher's logits come from ``batch["knowledge"]`` when a store provides them.
     """
-    device = device or next(student.parameters()).device
-    was_training = student.training
-    student.eval()
-    acc = MetricAccumulator()
-    for batch in loader:
-        batch = to_device(batch, device)
-        with autocast(device, amp):
-            logits = student(batch["views"]["student"])["logits"]
-            t_logits = None
-            if "knowledge" in batch:
-                t_logits = batch["knowledge"].get("logits")
-            elif teacher is not None:
-                t_logits = teacher(batch["views"]["teacher"]).get("logits")
-        acc.update(logits, batch["target"], t_logits)
-    student.train(was_training)
-    return acc.compute(k=topk)
+    return _evaluate(student, loader, teacher, device, amp, lambda out, b: _Classification(topk))
+
+
+def evaluate_embeddings(
+    student: Student,
+    loader: Any,
+    teacher: Teacher | None = None,
+    device: torch.device | None = None,
+    amp: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Agreement of the student's ``embedding`` with the teacher's, over all examples.
+
+    ``cosine``: mean over examples of ``cos(s_i, t_i)``; ``mse``: mean over all elements of
+    ``(s - t)**2``. The teacher's embeddings come from ``batch["knowledge"]`` when a store
+    provides them, else from running ``teacher``.
+    """
+    return _evaluate(student, loader, teacher, device, amp, lambda out, b: _Embeddings())
+
+
+def evaluate_student(
+    student: Student,
+    loader: Any,
+    teacher: Teacher | None = None,
+    device: torch.device | None = None,
+    amp: torch.dtype | None = None,
+    topk: int = 5,
+) -> dict[str, float]:
+    """Classification metrics when the student emits ``logits`` and batches have a ``target``,
+    else embedding agreement with the teacher; decided on the first batch, in one pass."""
+
+    def pick(out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
+        if LOGITS in out and "target" in batch:
+            return _Classification(topk)
+        return _Embeddings()
+
+    return _evaluate(student, loader, teacher, device, amp, pick)
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, float]:
@@ -63,7 +180,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, flo
     teacher = build_teacher(recipe.teacher).to(device) if recipe.teacher else None
     loader = build_eval_loader(recipe, device)
     amp = amp_dtype(recipe.train.amp, device)  # the same precision as evaluation in training
-    metrics = evaluate_classification(student, loader, teacher, device, amp, recipe.eval.topk)
+    metrics = evaluate_student(student, loader, teacher, device, amp, recipe.eval.topk)
     out = run_dir / f"eval-{recipe.data.eval_split}.json"
     out.write_text(json.dumps(metrics, indent=1))
     return metrics

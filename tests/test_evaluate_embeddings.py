@@ -1,0 +1,98 @@
+"""Evaluation of students without logits: embedding agreement, and the classification dispatcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from crossdistill.errors import ConfigError, ShapeError
+from crossdistill.evaluate.suites import evaluate_embeddings, evaluate_student
+from crossdistill.models.wrappers import Student, Teacher
+
+
+class Counting(nn.Module):
+    """A linear map that counts its forward calls; ``twice`` returns its output twice."""
+
+    def __init__(self, d_in: int, d_out: int, twice: bool = False) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_in, d_out)
+        self.twice = twice
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        y = self.fc(x)
+        return (y, y) if self.twice else y
+
+
+def _batches(n_batches: int = 3, size: int = 5, d: int = 6, target: bool = False) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(size, d, generator=g)
+        batch: dict[str, Any] = {"views": {"teacher": x, "student": x}}
+        if target:
+            batch["target"] = torch.randint(0, 4, (size,), generator=g)
+        out.append(batch)
+    return out
+
+
+def _numpy_reference(s: np.ndarray, t: np.ndarray) -> dict[str, float]:
+    cos = (s * t).sum(1) / (np.linalg.norm(s, axis=1) * np.linalg.norm(t, axis=1))
+    return {"cosine": float(cos.mean()), "mse": float(((s - t) ** 2).mean())}
+
+
+def test_evaluate_embeddings_matches_numpy() -> None:
+    torch.manual_seed(0)
+    student = Student(Counting(6, 4), outputs=["embedding"])
+    teacher = Teacher(Counting(6, 4), outputs=["embedding"])
+    batches = _batches()
+    metrics = evaluate_embeddings(student, iter(batches), teacher)
+    x = torch.cat([b["views"]["student"] for b in batches])
+    with torch.no_grad():
+        s, t = student.model.fc(x).double().numpy(), teacher.model.fc(x).double().numpy()
+    ref = _numpy_reference(s, t)
+    assert metrics.keys() == ref.keys()
+    for key in ref:
+        assert metrics[key] == pytest.approx(ref[key], rel=1e-6)
+    assert student.training  # restored
+
+
+def test_teacher_embeddings_from_the_store() -> None:
+    student = Student(Counting(6, 4), outputs=["embedding"])
+    batches = _batches(n_batches=2)
+    with torch.no_grad():
+        for b in batches:
+            b["knowledge"] = {"embedding": student.model.fc(b["views"]["student"])}
+    metrics = evaluate_embeddings(student, batches)
+    assert metrics["cosine"] == pytest.approx(1.0) and metrics["mse"] == pytest.approx(0.0)
+
+
+def test_evaluate_student_dispatches_in_one_pass() -> None:
+    emb = Student(Counting(6, 4), outputs=["embedding"])
+    metrics = evaluate_student(
+        emb, iter(_batches()), Teacher(Counting(6, 4), outputs=["embedding"])
+    )
+    assert set(metrics) == {"cosine", "mse"} and emb.model.calls == 3
+    clf = Student(Counting(6, 4))  # emits logits
+    teacher = Teacher(Counting(6, 4))
+    metrics = evaluate_student(clf, iter(_batches(target=True)), teacher, topk=2)
+    assert {"accuracy", "top2_accuracy", "agreement"} <= set(metrics) and clf.model.calls == 3
+    # logits but no targets (an unlabelled text split): embedding agreement needs an embedding
+    both = Student(Counting(6, 4, twice=True), outputs=["logits", "embedding"])
+    metrics = evaluate_student(both, _batches(), Teacher(Counting(6, 4), outputs=["embedding"]))
+    assert set(metrics) == {"cosine", "mse"}
+
+
+def test_embedding_evaluation_errors() -> None:
+    student = Student(Counting(6, 4), outputs=["embedding"])
+    with pytest.raises(ConfigError, match="needs the teacher's embeddings"):
+        evaluate_embeddings(student, _batches())
+    with pytest.raises(ShapeError, match="differ in shape"):
+        evaluate_embeddings(student, _batches(), Teacher(Counting(6, 3), outputs=["embedding"]))
+    with pytest.raises(ShapeError, match="empty"):
+        evaluate_embeddings(student, [])
