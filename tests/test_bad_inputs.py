@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from crossdistill.config import load_recipe
-from crossdistill.experiment import run_recipe
+from crossdistill.experiment import cache_recipe, run_recipe
 from crossdistill.models.zoo.cnn import SmallCNN
 from crossdistill.train.checkpoint import list_checkpoints, load_checkpoint
 
@@ -110,6 +110,34 @@ def _corrupt_run(ws: Workspace) -> list[str]:
     target.write_bytes(bytes(data))
     ws.notes["corrupted"] = target
     return ["run", str(path), "--resume"]
+
+
+STORE = {"path": "runs/store", "shard_size": 64}
+
+
+def _stored(damage: Callable[[Path], None], changes: Mapping[str, Any] | None = None) -> Setup:
+    """``run`` of the KD recipe (with ``changes``) after its store, written in-process
+    (under ``runs/``: it must stay untouched), was damaged by ``damage(store)``."""
+
+    def setup(ws: Workspace) -> list[str]:
+        base = {"store": {**STORE, "path": str(ws.runs / "store")}, "data.limit_train": 200}
+        cache_recipe(load_recipe(ws.recipe("kd.yaml", base, name="cached.yaml")), progress=False)
+        damage(ws.runs / "store")
+        return ["run", str(ws.recipe("kd.yaml", {**base, **(changes or {})}))]
+
+    return setup
+
+
+def _flip_byte(store: Path) -> None:
+    shard = store / "shards" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0x10
+    shard.write_bytes(bytes(data))
+
+
+def _truncate(store: Path) -> None:
+    shard = store / "shards" / "shard-00003.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-7])
 
 
 @dataclass(frozen=True)
@@ -205,6 +233,34 @@ CASES: dict[str, Case] = {
                            "params": {"student": "attention/a", "teacher": "attention/a"}}},
              "kd.yaml"),
         ("attention_kl",)),
+    # Knowledge stores: written for another recipe, damaged, unfinished, or impossible.
+    "store-missing": Case(
+        _run({"store": STORE}, "kd.yaml"),
+        ("there is no knowledge store at runs/store", "crossdistill cache RECIPE")),
+    "store-other-preprocessing": Case(
+        _stored(lambda s: None, {"teacher.pipeline": [{"name": "normalize", "mean": [0.5],
+                                                        "std": [0.5]}]}),
+        ("was written for another recipe", "teacher model, outputs, taps or input pipeline")),
+    "store-other-data": Case(
+        _stored(lambda s: None, {"data.limit_train": 100}),
+        ("was written for another recipe", "training data")),
+    "store-corrupt-shard": Case(
+        _stored(_flip_byte), ("shard-00000.safetensors is corrupted", "crossdistill cache")),
+    "store-truncated-shard": Case(
+        _stored(_truncate), ("shard-00003.safetensors is truncated or altered",)),
+    "store-bad-manifest": Case(
+        _stored(lambda s: (s / "manifest.json").write_text('{"shards": [')),
+        ("manifest.json cannot be read",)),
+    "store-incomplete": Case(
+        _stored(lambda s: (s / "manifest.json").unlink()),
+        ("is incomplete (4 of 4 shards written)", "continues where it stopped")),
+    "cache-without-slots": Case(
+        lambda ws: ["cache", str(ws.recipe("kd.yaml", {
+            "store": STORE, "data.augment": {"name": "crop_flip"}}))],
+        ("augmented afresh every epoch", "augment_slots")),
+    "cache-without-store": Case(
+        lambda ws: ["cache", str(ws.recipe("kd.yaml"))],
+        ("the recipe has no `store:` section",)),
     # Found during training: a run directory is expected, with its last good checkpoint.
     "non-finite": Case(  # the learning rate jumps by 1e30 at the start of epoch 2
         _run({"name": "diverges",
