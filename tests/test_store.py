@@ -458,3 +458,21 @@ def test_rerun_of_a_complete_store_verifies_and_keeps_it(written: Recipe) -> Non
     before = tree_hashes(written.store.path)
     cache_recipe(written, progress=False)
     assert tree_hashes(written.store.path) == before
+
+
+def test_torchrun_writes_the_same_store(recipe: Recipe, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m crossdistill cache``: each rank writes its shards (gloo),
+    rank 0 the manifest; the store equals the one a single process writes."""
+    cache_recipe(recipe, progress=False)
+    raw = recipe.model_dump(mode="json")
+    raw["store"]["path"] = str(tmp_path / "ranks")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "crossdistill", "cache", str(path)],
+        cwd=tmp_path, env=CLI_ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert shard_bytes(tmp_path / "ranks") == shard_bytes(recipe.store.path)
+    assert KnowledgeStore(tmp_path / "ranks").num_examples == 300

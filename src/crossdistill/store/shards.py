@@ -42,7 +42,7 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and rename: ``path`` is either
     absent or complete, never half-written. A full disk is a :class:`StoreError`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writer: ranks never share
     try:
         with tmp.open("wb") as fh:
             fh.write(data)

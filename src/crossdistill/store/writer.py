@@ -72,10 +72,17 @@ def write_store(
         shard_size=shard_size,
         keys={k: codec.check(k, tuple(_require(probe, k).shape[1:])) for k, codec in keys.items()},
     )
-    _claim(path, plan)
-    if manifest_path.exists() and rank == 0:
+    synced = (
+        world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    )
+    if rank == 0:
+        _claim(path, plan)
         # rewriting or verifying a finished store: it stops looking complete until it is again
-        manifest_path.unlink()
+        manifest_path.unlink(missing_ok=True)
+    if synced:
+        torch.distributed.barrier()
+    if rank != 0:
+        _claim(path, plan)  # rank 0 has written the plan: check that this rank agrees
     mine = [plan.shard_range(j) for j in range(plan.num_shards) if j % world_size == rank]
     total = sum(stop - start for start, stop in mine) * slots
     with _Progress(progress, f"teacher -> {path}", total) as bar:
@@ -97,7 +104,7 @@ def write_store(
                 write_json(file.with_suffix(".json"), info.model_dump())
             else:
                 bar.advance((stop - start) * slots)
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if synced:
         torch.distributed.barrier()
     if rank != 0:
         return None
