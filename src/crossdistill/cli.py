@@ -159,7 +159,7 @@ def list_(
     from crossdistill.data.views import PIPELINE_STEPS
     from crossdistill.errors import UnknownNameError
     from crossdistill.losses import LOSSES
-    from crossdistill.models import zoo  # noqa: F401  (registers the zoo models)
+    from crossdistill.models import hub, zoo  # noqa: F401  (registers the models)
     from crossdistill.models.adapters import ADAPTERS
     from crossdistill.models.registry import MODELS
     from crossdistill.registry import Registry

@@ -19,6 +19,7 @@ from crossdistill.data.dataset import (
 )
 from crossdistill.data.idx import read_idx
 from crossdistill.data.sources import DATA_SOURCES, ArraySplit, load_source
+from crossdistill.data.text import TextDataset, TextSplit
 
 __all__ = [
     "AUGMENTATIONS",
@@ -31,6 +32,8 @@ __all__ = [
     "NoAugment",
     "RandomCropFlip",
     "TensorPairDataset",
+    "TextDataset",
+    "TextSplit",
     "as_distill_dataset",
     "build_augmentation",
     "example_loader",

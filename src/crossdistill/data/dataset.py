@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
 from crossdistill.data.sources.base import ArraySplit
+from crossdistill.data.text import TextDataset, TextSplit
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
@@ -209,8 +210,6 @@ def make_dataset(
     views: Sequence[str] = DEFAULT_VIEWS,
 ) -> Dataset:
     """The dataset class that fits ``split``: images/arrays or texts."""
-    from crossdistill.data.text import TextDataset, TextSplit  # text is optional
-
     cls = TextDataset if isinstance(split, TextSplit) else DistillDataset
     return cls(split, augmentation=augmentation, seed=seed, views=views, slots=slots)
 
