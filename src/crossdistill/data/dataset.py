@@ -21,27 +21,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
+from crossdistill.data.checks import check_index, check_views
 from crossdistill.data.sources.base import ArraySplit
 from crossdistill.data.text import TextDataset, TextSplit
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
-
-
-def _check_views(views: Sequence[str]) -> tuple[str, ...]:
-    views = tuple(views)
-    if not views or len(set(views)) != len(views):
-        raise ConfigError(f"views must be a non-empty list of distinct names, got {list(views)}")
-    return views
-
-
-def _check_index(i: int, n: int) -> int:
-    i = int(i)
-    if i < 0:
-        i += n
-    if not 0 <= i < n:
-        raise IndexError(f"example index {i} out of range for {n} examples")
-    return i
 
 
 def slot_table(seed: int, epoch: int, n: int, slots: int) -> np.ndarray:
@@ -84,7 +69,7 @@ class DistillDataset(Dataset):
         self.split = split
         self.augmentation: Augmentation = augmentation if augmentation is not None else NoAugment()
         self.seed = int(seed)
-        self.views = _check_views(views)
+        self.views = check_views(views)
         self.slots = _check_slots(slots)
         self.epoch = 0
         self._slots_of_epoch: np.ndarray | None = None
@@ -108,7 +93,7 @@ class DistillDataset(Dataset):
 
     def aug_params(self, i: int, epoch: int | None = None) -> np.ndarray:
         """The augmentation parameters of example ``i`` in ``epoch`` (default: the current one)."""
-        i = _check_index(i, len(self))
+        i = check_index(i, len(self))
         epoch = self.epoch if epoch is None else epoch
         if self.slots is not None:
             return self.slot_params(i, self.slot(i, epoch))
@@ -126,7 +111,7 @@ class DistillDataset(Dataset):
 
     def slot_params(self, i: int, k: int) -> np.ndarray:
         """The parameters of recorded augmentation ``k`` of example ``i`` (drawn as epoch ``k``)."""
-        return self._draw(_check_index(i, len(self)), k)
+        return self._draw(check_index(i, len(self)), k)
 
     def _draw(self, i: int, key: int) -> np.ndarray:
         if self.augmentation.num_params == 0:
@@ -142,7 +127,7 @@ class DistillDataset(Dataset):
 
     def example(self, i: int, params: np.ndarray) -> dict[str, Any]:
         """Example ``i`` seen through the augmentation ``params`` (e.g. recorded in a store)."""
-        i = _check_index(i, len(self))
+        i = check_index(i, len(self))
         x = self.augmentation.apply(_to_float(self.split.inputs[i]), params)
         return {
             "id": i,
@@ -169,7 +154,7 @@ class TensorPairDataset(Dataset):
                 hint="pass a map-style dataset (with __len__ and __getitem__), e.g. TensorDataset",
             )
         self.data = data
-        self.views = _check_views(views)
+        self.views = check_views(views)
         self.augmentation: Augmentation = NoAugment()
         self.seed = 0
         self.epoch = 0
@@ -182,7 +167,7 @@ class TensorPairDataset(Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = _check_index(i, len(self))
+        i = check_index(i, len(self))
         item = self.data[i]
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise DataError(

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from crossdistill.data.augment import NoAugment
+from crossdistill.data.checks import check_index, check_views
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
@@ -56,22 +57,6 @@ class TextSplit:
         return len(self.class_names)
 
 
-def _check_views(views: Sequence[str]) -> tuple[str, ...]:
-    views = tuple(views)
-    if not views or len(set(views)) != len(views):
-        raise ConfigError(f"views must be a non-empty list of distinct names, got {list(views)}")
-    return views
-
-
-def _check_index(i: int, n: int) -> int:
-    i = int(i)
-    if i < 0:
-        i += n
-    if not 0 <= i < n:
-        raise IndexError(f"example index {i} out of range for {n} examples")
-    return i
-
-
 class TextDataset(Dataset):
     """Examples ``{id, views: {"teacher": str, "student": str}, target?, aug}`` from a TextSplit.
 
@@ -100,7 +85,7 @@ class TextDataset(Dataset):
         self.split = split
         self.augmentation = NoAugment()
         self.seed = int(seed)
-        self.views = _check_views(views)
+        self.views = check_views(views)
         self.slots = None if slots is None else int(slots)
         self.epoch = 0
 
@@ -120,14 +105,14 @@ class TextDataset(Dataset):
 
     def slot_params(self, i: int, k: int) -> np.ndarray:
         """The (empty) augmentation parameters of slot ``k`` of example ``i``."""
-        _check_index(i, len(self))
+        check_index(i, len(self))
         if int(k) < 0 or (self.slots is not None and int(k) >= self.slots):
             raise IndexError(f"slot {k} out of range for {self.slots} slots")
         return np.empty(0, dtype=np.float64)
 
     def example(self, i: int, params: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """Example ``i`` built with augmentation ``params`` (always empty for text)."""
-        i = _check_index(i, len(self))
+        i = check_index(i, len(self))
         if np.asarray(params).size != 0:
             raise DataError(
                 f"text example {i}: got {np.asarray(params).size} augmentation parameters,"
@@ -143,6 +128,10 @@ class TextDataset(Dataset):
         if self.split.targets is not None:
             out["target"] = torch.tensor(int(self.split.targets[i]), dtype=torch.int64)
         return out
+
+    def example_size(self, i: int) -> int:
+        """The length of text ``i``: a store writer batches texts of similar size together."""
+        return len(self.split.texts[i])
 
     def __len__(self) -> int:
         return len(self.split)

@@ -10,7 +10,7 @@ rank ``r`` writes shards ``r, r + W, ...``; rank 0 writes ``manifest.json`` afte
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,7 @@ def _shard_done(path: Path, j: int) -> ShardInfo | None:
 
 @torch.no_grad()
 def _teacher_batch(
-    teacher: Teacher, dataset: Any, indices: range, slot: int, device: torch.device
+    teacher: Teacher, dataset: Any, indices: Sequence[int], slot: int, device: torch.device
 ) -> Knowledge:
     examples = [dataset.example(i, dataset.slot_params(i, slot)) for i in indices]
     views = default_collate(examples)["views"]["teacher"]
@@ -188,15 +188,20 @@ def _compute_shard(
             [[dataset.slot_params(i, k) for k in range(plan.slots)] for i in range(start, stop)]
         ).reshape(n, plan.slots, plan.aug_params),
     }
+    order = list(range(start, stop))
+    size = getattr(dataset, "example_size", None)
+    if size is not None:  # batch texts of similar length together: less padding, same result
+        order.sort(key=size)
     for k in range(plan.slots):
-        for b in range(start, stop, batch_size):
-            rows = range(b, min(b + batch_size, stop))
+        for b in range(0, n, batch_size):
+            rows = order[b : b + batch_size]
             knowledge = _teacher_batch(teacher, dataset, rows, k, device)
+            at = np.asarray(rows) - start
             for key, codec in plan.keys.items():
                 for name, value in codec.encode(key, _require(knowledge, key)).items():
                     if name not in out:
                         out[name] = np.empty((n, plan.slots, *value.shape[1:]), value.dtype)
-                    out[name][b - start : b - start + len(rows), k] = value
+                    out[name][at, k] = value
             bar.advance(len(rows))
     return out
 

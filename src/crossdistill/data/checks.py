@@ -1,0 +1,25 @@
+"""Argument checks shared by the dataset classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from crossdistill.errors import ConfigError
+
+
+def check_views(views: Sequence[str]) -> tuple[str, ...]:
+    """``views`` as a tuple of distinct names (at least one)."""
+    views = tuple(views)
+    if not views or len(set(views)) != len(views):
+        raise ConfigError(f"views must be a non-empty list of distinct names, got {list(views)}")
+    return views
+
+
+def check_index(i: int, n: int) -> int:
+    """``i`` as an index into ``n`` examples (negative counts from the end)."""
+    i = int(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"example index {i} out of range for {n} examples")
+    return i
