@@ -62,7 +62,6 @@ def write_store(
     slots = _slots(dataset)
     device = next(iter(teacher.parameters()), torch.empty(0)).device
     manifest_path = path / MANIFEST
-    (path / SHARDS).mkdir(parents=True, exist_ok=True)
     probe = _teacher_batch(teacher, dataset, range(min(2, len(dataset))), 0, device)
     plan = Manifest(
         fingerprint=dict(fingerprint),
@@ -75,6 +74,7 @@ def write_store(
     synced = (
         world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     )
+    (path / SHARDS).mkdir(parents=True, exist_ok=True)  # nothing is created before this point
     if rank == 0:
         _claim(path, plan)
         # rewriting or verifying a finished store: it stops looking complete until it is again
