@@ -162,6 +162,8 @@ class TrainSpec(_Strict):
     deterministic: bool = True
     log_every: PositiveInt = 50
     keep_checkpoints: NonNegativeInt = 3
+    # also checkpoint every N optimizer steps (mid-epoch), so a crash loses at most N steps
+    checkpoint_every_steps: PositiveInt | None = None
     progress: bool = True
 
 
@@ -223,7 +225,7 @@ _NOT_FINGERPRINTED: dict[str, Any] = {
     "store": {"path", "shard_size", "batch_size", "verify"},
     "output": True,
     "eval": True,
-    "train": {"device", "progress", "log_every", "keep_checkpoints"},
+    "train": {"device", "progress", "log_every", "keep_checkpoints", "checkpoint_every_steps"},
     "data": {"num_workers", "eval_split", "eval_batch_size", "limit_eval"},
 }
 

@@ -40,6 +40,7 @@ from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_sto
 from crossdistill.store.manifest import data_digest, digest, weights_digest
 from crossdistill.train.checkpoint import list_checkpoints, sha256
 from crossdistill.train.runtime import (
+    barrier,
     distributed_rank,
     seed_everything,
     select_device,
@@ -106,18 +107,33 @@ def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
 
 
 def _loader(
-    recipe: Recipe, split: str, train: bool, device: torch.device, dataset: Any = None
+    recipe: Recipe,
+    split: str,
+    train: bool,
+    device: torch.device,
+    dataset: Any = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Any:
     spec = recipe.data
     if dataset is None:
         dataset = build_dataset(recipe, split, train)
+    batch_size = spec.batch_size if train else spec.eval_batch_size
+    if batch_size % world:
+        raise ConfigError(
+            f"data.batch_size {batch_size} does not split evenly over {world} processes",
+            hint=f"use a multiple of {world}: it is the global batch, each process takes "
+            f"batch_size / {world}",
+        )
     return example_loader(
         dataset,
-        spec.batch_size if train else spec.eval_batch_size,
+        batch_size // world,
         train,  # shuffle
         recipe.seed,
         spec.num_workers,
         pin_memory=device.type == "cuda",
+        rank=rank,
+        world=world,
     )
 
 
@@ -127,12 +143,17 @@ def build_eval_loader(recipe: Recipe, device: torch.device) -> Any:
 
 
 def build_loaders(
-    recipe: Recipe, device: torch.device, teacher: Teacher | None = None
+    recipe: Recipe,
+    device: torch.device,
+    teacher: Teacher | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[Any, Any]:
     """Training (augmented, shuffled per epoch) and evaluation loaders of a recipe.
 
     With a ``store:`` the training examples carry the teacher's Knowledge from the store,
-    which must have been written for this teacher (``teacher``) and data.
+    which must have been written for this teacher (``teacher``) and data. Under DDP the
+    training loader gives rank ``rank`` of ``world`` its share of every global batch.
     """
     dataset = build_dataset(recipe, recipe.data.train_split, True)
     if recipe.store is not None:
@@ -140,7 +161,7 @@ def build_loaders(
         store = KnowledgeStore(recipe.store.path, verify=recipe.store.verify)
         store.check(store_fingerprint(recipe, teacher, dataset))
         dataset = StoreDataset(dataset, store)
-    train = _loader(recipe, recipe.data.train_split, True, device, dataset)
+    train = _loader(recipe, recipe.data.train_split, True, device, dataset, rank, world)
     return train, build_eval_loader(recipe, device)
 
 
@@ -247,12 +268,14 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
 
 def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     """Build everything a recipe names, train, evaluate and write the run directory."""
+    # Under torchrun every rank runs this; the process group is set up first (gloo or nccl).
+    rank, world = distributed_rank()
     seed_everything(recipe.seed, recipe.train.deterministic)
     # Everything that can be wrong is found before the run directory is touched: models,
     # weights, losses, device, data files, and what each loss needs from a real batch.
     distiller = build_distiller(recipe)
     device = select_device(recipe.train.device)
-    train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher)
+    train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher, rank, world)
     distiller.to(device).check(to_device(preview_batch(train_loader.dataset), device))
     trainer = Trainer(
         distiller,
@@ -261,10 +284,15 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
         eval_spec=recipe.eval,
         fingerprint=recipe.fingerprint(),
     )
-    run_dir = prepare_run_dir(recipe, resume)
+    run_dir = recipe.run_dir
+    if rank == 0:
+        prepare_run_dir(recipe, resume)
+    barrier()  # the other ranks read checkpoints from the run directory when resuming
     history = trainer.fit(train_loader, eval_loader, resume=resume)
     metrics = history.eval[-1] if history.eval else {}
-    finish_run(run_dir, distiller, recipe.student, metrics, epochs=trainer.epoch)
+    if rank == 0:
+        finish_run(run_dir, distiller, recipe.student, metrics, epochs=trainer.epoch)
+    barrier()  # every rank returns a finished run
     return RunResult(run_dir, history, distiller.student.model, metrics)
 
 

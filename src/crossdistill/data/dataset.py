@@ -213,26 +213,47 @@ def as_distill_dataset(
 
 
 class EpochSampler(Sampler[int]):
-    """Indices in an order fixed by ``(seed, epoch)``: resuming at epoch ``e`` replays it."""
+    """Indices in an order fixed by ``(seed, epoch)``: resuming at epoch ``e`` replays it.
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0) -> None:
+    Under data parallelism (``world > 1``) rank ``r`` takes every ``world``-th index from ``r``
+    (the order padded by wrapping around to a multiple of ``world``): with a per-rank batch of
+    ``B / world`` the ranks' ``i``-th batches together are exactly the ``i``-th batch of ``B``
+    one process would take. ``skip(n)`` starts the next pass ``n`` indices in (a resumed epoch).
+    """
+
+    def __init__(
+        self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         super().__init__()
+        if not 0 <= rank < world:
+            raise ConfigError(f"rank {rank} is outside a world of {world} processes")
         self.n = int(n)
         self.shuffle = shuffle
         self.seed = int(seed)
+        self.rank, self.world = int(rank), int(world)
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def skip(self, n: int) -> None:
+        """Leave out the first ``n`` indices of the next pass only."""
+        self._skip = int(n)
+
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world > 1:
+            order = (order + order[: len(self) * self.world - self.n])[self.rank :: self.world]
+        skip, self._skip = self._skip, 0
+        return iter(order[skip:])
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world)
 
 
 class EpochLoader(DataLoader):
@@ -253,13 +274,17 @@ def example_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> EpochLoader:
     """A loader over ``dataset`` whose order depends only on ``(seed, epoch)``.
 
     Call ``loader.set_epoch(e)`` before each epoch. Batches are dicts collated by the default
     collate: ``{"id": (B,), "views": {name: (B, C, H, W)}, "target": (B,), "aug": (B, P)}``.
+    With ``world > 1`` this rank sees its share of each epoch (see :class:`EpochSampler`);
+    ``batch_size`` is then the per-rank batch.
     """
-    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world)  # type: ignore[arg-type]
     return EpochLoader(
         dataset,
         batch_size=batch_size,

@@ -92,8 +92,10 @@ def save_checkpoint(
     trainable: dict[str, torch.Tensor],
     optimizer: dict[str, Any],
     state: dict[str, Any],
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write one checkpoint atomically into ``directory`` (which must not exist yet)."""
+    """Write one checkpoint atomically into ``directory``; ``rng`` defaults to this process's
+    RNG states (under DDP the Trainer passes every rank's)."""
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -102,7 +104,7 @@ def save_checkpoint(
     contents = {
         "trainable.safetensors": {k: v.detach().contiguous().cpu() for k, v in trainable.items()},
         "optimizer.safetensors": opt_tensors,
-        "rng.safetensors": rng_state(),
+        "rng.safetensors": rng if rng is not None else rng_state(),
     }
     for name, tensors in contents.items():
         save_file(tensors, str(tmp / name))

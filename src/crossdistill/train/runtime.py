@@ -28,9 +28,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an unavailable device is a clear error."""
+    """``auto`` picks CUDA when present, else CPU; an unavailable device is a clear error.
+
+    Under torchrun a plain ``cuda`` (or ``auto`` on a CUDA machine) is this process's GPU,
+    ``cuda:$LOCAL_RANK``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
@@ -83,3 +89,11 @@ def distributed_rank() -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

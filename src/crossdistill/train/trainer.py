@@ -1,8 +1,14 @@
-"""The Trainer: optimizer, schedule, seeds, AMP, progress, metrics.jsonl, checkpoints, resume.
+"""The Trainer: optimizer, schedule, seeds, AMP, DDP, progress, metrics.jsonl, checkpoints, resume.
 
 It drives a :class:`~crossdistill.distiller.Distiller` and knows nothing about which losses exist.
-Data order and augmentation are functions of (seed, epoch), so a run resumed from the checkpoint
-of epoch e continues exactly as the uninterrupted run would.
+Data order and augmentation are functions of (seed, epoch), so a run resumed from a checkpoint
+(at the end of an epoch, or mid-epoch with ``checkpoint_every_steps``) continues exactly as the
+uninterrupted run would.
+
+Under torchrun (a process group is initialised) the Distiller is wrapped in
+DistributedDataParallel with the teacher's parameters and buffers left out: the student,
+adapters and loss modules are synchronised, the frozen teacher is replicated as it is. Rank 0
+alone logs, evaluates and writes checkpoints; checkpoints hold every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.distiller import Distiller
@@ -90,6 +98,11 @@ class Trainer:
         self.device = select_device(self.spec.device)
         self.amp = amp_dtype(self.spec.amp, self.device)
         self.distiller = distiller.to(self.device)
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.main = self.rank == 0
+        self._model: nn.Module = self._data_parallel(distiller) if self.distributed else distiller
         self._params = [p for p in distiller.trainable().parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self._params, self.spec.optimizer)
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
@@ -97,9 +110,27 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of the current epoch done (resumed mid-epoch)
+        self._epoch_loss = (0.0, 0)  # loss sum and steps of the current epoch, for resuming
         self._metrics_file: Any = None
         self._finite: torch.Tensor | None = None  # CUDA: all losses finite since the last check
         self._checked_step = 0
+
+    def _data_parallel(self, distiller: Distiller) -> nn.Module:
+        """DDP over the student, adapters and loss modules; the frozen teacher left out."""
+        teacher = distiller.teacher
+        ignored = (
+            [f"teacher.{n}" for n, _ in [*teacher.named_parameters(), *teacher.named_buffers()]]
+            if teacher is not None
+            else []
+        )
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, ignored)
+        return DistributedDataParallel(
+            distiller,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # a loss may leave a trainable module unused in a step (e.g. a head no loss reads)
+            find_unused_parameters=True,
+        )
 
     # ------------------------------------------------------------------ one step
 
@@ -107,7 +138,7 @@ class Trainer:
         """Forward, backward, clip, optimizer step; returns the detached loss terms."""
         batch = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
         with autocast(self.device, self.amp):
-            _, terms = self.distiller(batch)
+            _, terms = self._model(batch)
             total = sum(terms.values())
         finite = torch.isfinite(total.detach())
         if self.device.type == "cuda":
@@ -159,14 +190,20 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, train_loader: Any, eval_loader: Any = None, resume: bool = False) -> History:
-        """Train for ``spec.epochs`` epochs (continuing from the last checkpoint if ``resume``)."""
+        """Train for ``spec.epochs`` epochs (continuing from the last checkpoint if ``resume``).
+
+        Under DDP every rank calls it with its own shard of the training data; only rank 0
+        evaluates (``eval_loader`` is ignored on the others).
+        """
         steps_per_epoch = len(train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s, self.spec.schedule, steps_per_epoch, self.spec.epochs),
         )
         history = History()
-        if self.run_dir is not None:
+        if not self.main:
+            eval_loader = None
+        if self.run_dir is not None and self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._metrics_file = (self.run_dir / "metrics.jsonl").open("a")
         try:
@@ -201,14 +238,27 @@ class Trainer:
         for obj in parts:
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(self.epoch)
+        first = self.batch_in_epoch  # > 0: resumed mid-epoch, those batches are done
+        if first:
+            sampler = getattr(loader, "sampler", None)
+            if not hasattr(sampler, "skip"):
+                raise CheckpointError(
+                    "this checkpoint was taken mid-epoch, and the training loader cannot skip "
+                    "the batches already done",
+                    hint="use crossdistill's example_loader (its EpochSampler can)",
+                )
+            sampler.skip(first * loader.batch_size)
         self.distiller.train()
         start, running, seen = time.perf_counter(), 0.0, 0
         terms: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step sync
+        every = self.spec.checkpoint_every_steps
         with _progress(
-            self.spec.progress, f"epoch {self.epoch + 1}/{self.spec.epochs}", steps_per_epoch
+            self.spec.progress and self.main,
+            f"epoch {self.epoch + 1}/{self.spec.epochs}",
+            steps_per_epoch - first,
         ) as bar:
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(loader, start=first):
                 terms = self.train_step(batch)
                 loss_sum += terms["loss"]
                 seen += 1
@@ -226,9 +276,20 @@ class Trainer:
                         }
                     )
                 bar.advance(loss=running)
+                if every and self.step % every == 0 and i + 1 < steps_per_epoch:
+                    self.check_finite(terms)
+                    prior_sum, prior_seen = self._epoch_loss
+                    self.batch_in_epoch = i + 1
+                    self._epoch_loss = (prior_sum + float(loss_sum), prior_seen + seen)
+                    loss_sum.zero_()
+                    seen = 0
+                    self.save()
         self.check_finite(terms)  # never checkpoint weights a NaN has reached
+        mean_loss = self._mean_over_ranks(
+            self._epoch_loss[0] + float(loss_sum), self._epoch_loss[1] + seen
+        )
+        self.batch_in_epoch, self._epoch_loss = 0, (0.0, 0)
         seconds = time.perf_counter() - start
-        mean_loss = float(loss_sum) / max(seen, 1)
         self._log(
             {
                 "kind": "epoch",
@@ -236,10 +297,17 @@ class Trainer:
                 "step": self.step,
                 "train_loss": mean_loss,
                 "seconds": seconds,
-                "steps_per_s": seen / max(seconds, 1e-9),
+                "steps_per_s": (steps_per_epoch - first) / max(seconds, 1e-9),
             }
         )
         return mean_loss
+
+    def _mean_over_ranks(self, total: float, count: int) -> float:
+        if self.distributed:
+            both = torch.tensor([total, float(count)], dtype=torch.float64)
+            dist.all_reduce(both)
+            total, count = float(both[0]), int(both[1])
+        return total / max(count, 1)
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Accuracy, top-k, calibration, and agreement with the teacher when there is one."""
@@ -255,15 +323,29 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path | None:
-        if self.run_dir is None:
+        """Checkpoint (on rank 0; every rank takes part, giving its RNG state): at the end of
+        an epoch ``epoch-NNNN``, mid-epoch ``epoch-NNNN-step-SSSSSSSS`` (NNNN epochs done)."""
+        rng = ckpt.rng_state()
+        if self.distributed:
+            states: list[Any] = [None] * self.world
+            dist.all_gather_object(states, {k: v.cpu() for k, v in rng.items()})
+            rng = {f"rank{r}.{k}": v for r, state in enumerate(states) for k, v in state.items()}
+        if self.run_dir is None or not self.main:
             return None
+        name = f"epoch-{self.epoch:04d}"
+        if self.batch_in_epoch:
+            name += f"-step-{self.step:08d}"
         path = ckpt.save_checkpoint(
-            self.run_dir / "checkpoints" / f"epoch-{self.epoch:04d}",
+            self.run_dir / "checkpoints" / name,
             trainable=self.distiller.trainable().state_dict(),
             optimizer=self.optimizer.state_dict(),
+            rng=rng,
             state={
                 "epoch": self.epoch,
                 "step": self.step,
+                "batch_in_epoch": self.batch_in_epoch,
+                "epoch_loss": list(self._epoch_loss),
+                "world_size": self.world,
                 "fingerprint": self.fingerprint,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict(),
@@ -285,6 +367,13 @@ class Trainer:
                 hint="resume with the recipe and overrides the run started with, or give the "
                 "new run another name",
             )
+        if state.get("world_size", 1) != self.world:
+            raise CheckpointError(
+                f"{found[-1]} was written by {state.get('world_size', 1)} processes, and this "
+                f"run has {self.world}",
+                hint=f"resume with --nproc {state.get('world_size', 1)}: the data order and "
+                "every rank's random state depend on it",
+            )
         try:
             self.distiller.trainable().load_state_dict(state["trainable"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -294,8 +383,15 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng(state["rng"])
+        rng = state["rng"]
+        if self.distributed:
+            prefix = f"rank{self.rank}."
+            rng = {k.removeprefix(prefix): v for k, v in rng.items() if k.startswith(prefix)}
+        ckpt.restore_rng(rng)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        loss_sum, seen = state.get("epoch_loss", (0.0, 0))
+        self._epoch_loss = (float(loss_sum), int(seen))
         self._log(
             {"kind": "resume", "epoch": self.epoch, "step": self.step, "checkpoint": str(found[-1])}
         )
