@@ -326,6 +326,7 @@ def ddp_losses() -> dict[str, torch.nn.Module]:
             loss.queue_ptr.fill_(3)
         out[name] = loss
     out["nd"] = build_loss("nd", {"num_classes": 3}).double()
+    out["affinity"] = build_loss("affinity", {"temperature": 0.5}).double()
     return out
 
 
@@ -367,7 +368,7 @@ def test_crd_and_nd_under_ddp_match_one_process_on_the_whole_batch(tmp_path: Pat
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     single = ddp_step(ddp_losses(), s, t, y)
-    for name in ("crd_batch", "crd_queue", "nd"):
+    for name in ("crd_batch", "crd_queue", "nd", "affinity"):
         one = single[name]
         # every rank enqueued / averaged the same all-gathered rows, in rank order
         for r in ranks:
@@ -376,7 +377,7 @@ def test_crd_and_nd_under_ddp_match_one_process_on_the_whole_batch(tmp_path: Pat
         # the value: the mean of the ranks' local losses is the loss of the whole batch
         mean = sum(r[name]["value"] for r in ranks) / WORLD
         torch.testing.assert_close(mean, one["value"], rtol=0, atol=1e-12)
-    for name in ("crd_batch", "crd_queue", "nd"):
+    for name in ("crd_batch", "crd_queue", "nd", "affinity"):
         # the gather carries gradients back to the rows' own rank: DDP's averages are exact
         one = single[name]
         grad_s = torch.cat([r[name]["grad_s"] for r in ranks]) / WORLD

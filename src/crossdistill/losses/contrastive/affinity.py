@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
+from crossdistill.losses.gather import gather_rows
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES, Needs
 
@@ -19,11 +20,14 @@ def row_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
 
 
-def drop_diagonal(a: torch.Tensor) -> torch.Tensor:
-    """The ``(B, B)`` matrix ``a`` without its diagonal, as ``(B, B - 1)``."""
-    b = a.shape[0]
-    keep = ~torch.eye(b, dtype=torch.bool, device=a.device)
-    return a[keep].view(b, b - 1)
+def drop_self(a: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """The ``(b, B)`` affinities of ``b`` rows with all ``B`` rows, without each row's own
+    entry (row ``i`` is row ``offset + i`` of all), as ``(b, B - 1)``."""
+    b, n = a.shape
+    keep = torch.ones(b, n, dtype=torch.bool, device=a.device)
+    rows = torch.arange(b, device=a.device)
+    keep[rows, rows + offset] = False
+    return a[keep].view(b, n - 1)
 
 
 @LOSSES.register("affinity")
@@ -46,6 +50,10 @@ class AffinityLoss(PairLoss):
     and ``L = (1/B) Σ_i KL(A^t_i ‖ A^s_i) + (1/B) Σ_i KL(A^t'_i ‖ A^s'_i)`` — the paper's
     ``L_I2T + L_T2I``. Here the diagonal is the matched pair and is kept. ``Ŝ_a``/``Ŝ_b`` must
     share a width (a dot product), as must ``T̂_a``/``T̂_b``.
+
+    Under DDP each rank's rows are compared with the rows of every rank (gathered with their
+    gradients), so the affinities span the global batch and the gradients DDP averages are
+    those of one process on the whole batch.
 
     KL instead of the paper's cross-entropy: the same gradient (they differ by the teacher's
     entropy, a constant), but 0 at a perfect match. ``τ`` is a fixed hyper-parameter (TinyCLIP
@@ -97,17 +105,21 @@ class AffinityLoss(PairLoss):
     def _affinity(self, student: Knowledge, teacher: Knowledge) -> torch.Tensor:
         s, t = self.pair(student, teacher)
         s, t = F.normalize(s.flatten(1), dim=1), F.normalize(t.flatten(1), dim=1)
+        # this rank's rows against the rows of every rank (under DDP: the global batch)
+        (all_s, offset), (all_t, _) = gather_rows(s), gather_rows(t)
         if not self.cross:
-            a_s, a_t = s @ s.T, t @ t.T
+            a_s, a_t = s @ all_s.T, t @ all_t.T
             if not self.self_pairs:
-                if s.shape[0] < 2:
+                if all_s.shape[0] < 2:
                     return (s * 0).sum()
-                a_s, a_t = drop_diagonal(a_s), drop_diagonal(a_t)
+                a_s, a_t = drop_self(a_s, offset), drop_self(a_t, offset)
             return row_kl(a_t / self.temperature, a_s / self.temperature)
         s_b = self._other(student, self.student_other, "student", s)  # type: ignore[arg-type]
         t_b = self._other(teacher, self.teacher_other, "teacher", t)  # type: ignore[arg-type]
-        a_s, a_t = s @ s_b.T / self.temperature, t @ t_b.T / self.temperature
-        return row_kl(a_t, a_s) + row_kl(a_t.T, a_s.T)
+        (all_s_b, _), (all_t_b, _) = gather_rows(s_b), gather_rows(t_b)
+        a_to_b = row_kl(t @ all_t_b.T / self.temperature, s @ all_s_b.T / self.temperature)
+        b_to_a = row_kl(t_b @ all_t.T / self.temperature, s_b @ all_s.T / self.temperature)
+        return a_to_b + b_to_a
 
     def _other(self, side: Knowledge, key: str, name: str, first: torch.Tensor) -> torch.Tensor:
         """The second modality's rows on one side, checked against the first's."""
