@@ -59,6 +59,7 @@ def run(
     CPU, nccl on CUDA. ``torchrun ... -m crossdistill run RECIPE`` works the same.
     """
     from crossdistill.config import load_recipe
+    from crossdistill.errors import ConfigError
     from crossdistill.experiment import run_recipe
 
     # JSON-quoted so that YAML reads the name as a string even when it looks like a number
@@ -66,6 +67,14 @@ def run(
     if (nproc > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
         if node_rank >= nnodes:
             raise typer.BadParameter(f"--node-rank {node_rank} must be below --nnodes {nnodes}")
+        # what can be checked here is, so that a bad recipe gives one message, not one per rank
+        spec = load_recipe(recipe, overrides)
+        if spec.data.batch_size % (nproc * nnodes):
+            raise ConfigError(
+                f"data.batch_size {spec.data.batch_size} does not split evenly over "
+                f"{nproc * nnodes} processes",
+                hint="it is the global batch: use a multiple of the number of processes",
+            )
         launch = (
             ["--standalone"]
             if nnodes == 1
