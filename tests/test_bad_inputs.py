@@ -249,10 +249,6 @@ class Case:
     setup: Setup
     phrases: tuple[str, ...]  # each must appear in stderr (whitespace collapsed)
     before_training: bool = True  # detectable before training: no new run directory
-    # A known library bug (what is wrong and where): the one-clear-message test is a strict
-    # xfail; ``leaves_files`` also makes the no-new-run-directory test one.
-    bug: str = ""
-    leaves_files: bool = False
 
 
 # fmt: off
@@ -299,6 +295,9 @@ CASES: dict[str, Case] = {
     "run-dir-exists": Case(
         _run({"name": "previous"}),
         ("already exists", "--resume")),
+    "nproc-batch-split": Case(
+        _run(None, "teacher.yaml", "--nproc", "3"),
+        ("data.batch_size 64 does not split evenly over 3 processes",)),
     "bad-set": Case(
         _run(None, "teacher.yaml", "--set", "train.epochs"),
         ("'train.epochs' is not KEY=VALUE",)),
@@ -425,37 +424,27 @@ CASES: dict[str, Case] = {
         ("cannot build model 'cnn'", "unexpected keyword argument 'depthh'")),
     "model-factory-raises": Case(
         _factory("tiny_models:broken"),
-        ("cannot build model 'tiny_models:broken'", "the factory failed on purpose"),
-        bug="models/registry.py build_model catches only TypeError: a factory's RuntimeError "
-            "is a traceback, exit code 1"),
+        ("cannot build model 'tiny_models:broken'", "RuntimeError: the factory failed on purpose")),
     "model-module-syntax-error": Case(
         _factory("syntax_error:build"),
-        ("cannot import module 'syntax_error'", "invalid syntax"),
-        bug="models/registry.py resolve_model catches only ImportError: a SyntaxError in the "
-            "user's module is a traceback, exit code 1"),
+        ("cannot import module 'syntax_error'", "SyntaxError: invalid syntax",
+         "python -c 'import syntax_error'")),
     "model-negative-width": Case(
         _run({"student.params.width": -1}),
-        ("cannot build model 'cnn'", "negative dimension -1"),
-        bug="models/registry.py build_model: torch's RuntimeError from SmallCNN(width=-1) is a "
-            "traceback, exit code 1"),
+        ("cannot build model 'cnn'", "negative dimension -1")),
     "fewer-classes-than-data": Case(
         _run({"student.params.num_classes": 5}),
-        ("classes",),
-        bug="a student with 5 classes on 10-class data passes the preflight batch; the ce loss "
-            "finds it in training: IndexError 'Target 9 is out of bounds', exit code 1",
-        leaves_files=True),  # runs/digits_teacher/{config.yaml,metrics.jsonl} are left behind
+        ("the student's logits have 5 classes, the data has 10", "num_classes: 10")),
     # Checkpoints on --resume: a pickle, unreadable state, another recipe.
     "resume-pickled-checkpoint": Case(  # state.json rehashed: the safetensors reader refuses it
         _resumed(_pickled),
-        ("cannot read", "epoch-0003/trainable.safetensors")),
+        ("epoch-0003/trainable.safetensors is not a safetensors file", "never unpickled")),
     "resume-state-not-json": Case(
         _resumed(lambda ws, c: (c / "state.json").write_text('{"epoch": 3,')),
         ("epoch-0003/state.json is not valid JSON", "delete")),
     "resume-other-recipe": Case(
         _resumed(lambda ws, c: None, {"train.optimizer.lr": 0.05}),
-        ("was written by a different recipe", "fingerprint"),
-        bug="experiment.py prepare_run_dir writes the new recipe over runs/resumed/config.yaml "
-            "before Trainer.resume compares fingerprints and refuses"),
+        ("was started by a different recipe", "fingerprint")),
     # Other commands on paths that are not what they expect.
     "export-unfinished-run": Case(
         _unfinished,
@@ -473,16 +462,8 @@ CASES: dict[str, Case] = {
 # fmt: on
 
 
-def _params(names: list[str], bugs: Callable[[Case], bool] = lambda c: False) -> list[Any]:
-    """One param per case; a case with a known ``bug`` where ``bugs(case)`` is a strict xfail."""
-    return [
-        pytest.param(
-            n,
-            id=n,
-            marks=[pytest.mark.xfail(strict=True, reason=CASES[n].bug)] if bugs(CASES[n]) else [],
-        )
-        for n in names
-    ]
+def _params(names: list[str]) -> list[Any]:
+    return [pytest.param(n, id=n) for n in names]
 
 
 # ------------------------------------------------------------------------------- running
@@ -537,7 +518,7 @@ def outcomes(
 # ------------------------------------------------------------------------------- checks
 
 
-@pytest.mark.parametrize("case", _params(list(CASES), lambda c: bool(c.bug)))
+@pytest.mark.parametrize("case", _params(list(CASES)))
 def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str) -> None:
     out = outcomes[case]
     stderr = out.result.stderr
@@ -551,9 +532,7 @@ def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str)
     assert not changed, f"pre-existing files changed: {changed}"
 
 
-@pytest.mark.parametrize(
-    "case", _params([n for n, c in CASES.items() if c.before_training], lambda c: c.leaves_files)
-)
+@pytest.mark.parametrize("case", _params([n for n, c in CASES.items() if c.before_training]))
 def test_no_run_directory_is_left_behind(outcomes: dict[str, Outcome], case: str) -> None:
     out = outcomes[case]
     assert out.result.returncode != 0

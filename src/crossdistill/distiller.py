@@ -134,17 +134,26 @@ class Distiller(nn.Module):
         )
 
     @torch.no_grad()
-    def check(self, batch: Mapping[str, Any]) -> None:
+    def check(self, batch: Mapping[str, Any], num_classes: int | None = None) -> None:
         """One forward on a small batch, before training, so that a loss that needs what a
         model does not produce, or tensors of the wrong shape, fail before any output is
         written. Builds the adapters named in the recipe from the shapes it sees (and lazy
-        loss modules materialize). Runs in eval mode: no BatchNorm statistics change."""
+        loss modules materialize). Runs in eval mode: no BatchNorm statistics change.
+        ``num_classes`` (of the data) is checked against both models' logits."""
         was_training = self.training
         self.eval()
         try:
             # one forward of both models serves both: the adapters' shapes, then the losses
             student = self.student(batch["views"]["student"])
             teacher = self.teacher_knowledge(batch)
+            for side, knowledge in (("student", student), ("teacher", teacher)):
+                width = knowledge["logits"].shape[-1] if "logits" in knowledge else None
+                if num_classes and width is not None and width != num_classes:
+                    raise ShapeError(
+                        f"the {side}'s logits have {width} classes, the data has {num_classes}",
+                        hint=f"set {side}.params.num_classes: {num_classes} (or the model's "
+                        "own name for it)",
+                    )
             if self._pending:
                 self._build_adapters(student, teacher)
             self._terms(student, teacher, batch.get("target"))

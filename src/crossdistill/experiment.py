@@ -261,6 +261,16 @@ def prepare_run_dir(recipe: Recipe, resume: bool) -> Path:
         )
     if resume and (run_dir / "student.safetensors").exists() and not list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} is a finished run with no checkpoint to resume from")
+    previous = run_dir / "config.yaml"
+    before = load_recipe(previous).fingerprint() if resume and previous.is_file() else None
+    if before is not None and before != recipe.fingerprint():
+        # refused before anything is written: its config.yaml must keep describing its weights
+        raise CheckpointError(
+            f"{run_dir} was started by a different recipe (fingerprint {before} vs "
+            f"{recipe.fingerprint()})",
+            hint="resume with the recipe and overrides the run started with, or give the "
+            "new run another name",
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_recipe(recipe, run_dir / "config.yaml")
     return run_dir
@@ -276,7 +286,10 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     distiller = build_distiller(recipe)
     device = select_device(recipe.train.device)
     train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher, rank, world)
-    distiller.to(device).check(to_device(preview_batch(train_loader.dataset), device))
+    distiller.to(device).check(
+        to_device(preview_batch(train_loader.dataset), device),
+        num_classes=getattr(train_loader.dataset, "num_classes", None),
+    )
     trainer = Trainer(
         distiller,
         recipe.train,

@@ -35,6 +35,11 @@ def resolve_model(ref: str) -> Callable[..., nn.Module]:
             hint="the module must be importable from the current environment (pip install it "
             "or add its folder to PYTHONPATH)",
         ) from None
+    except Exception as exc:  # a SyntaxError or an error at the module's import time
+        raise ConfigError(
+            f"cannot import module {module_name!r} for model {ref!r}: {type(exc).__name__}: {exc}",
+            hint=f"fix the module (run `python -c 'import {module_name}'` to see the traceback)",
+        ) from exc
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -50,10 +55,12 @@ def build_model(ref: str, params: Mapping[str, Any] | None = None) -> nn.Module:
     factory = resolve_model(ref)
     try:
         model = factory(**dict(params or {}))
-    except TypeError as exc:
+    except Exception as exc:  # a wrong keyword, a bad value, or the factory's own error
         raise ConfigError(
-            f"cannot build model {ref!r} with params {dict(params or {})}: {exc}"
-        ) from None
+            f"cannot build model {ref!r} with params {dict(params or {})}: "
+            f"{'' if isinstance(exc, TypeError) else type(exc).__name__ + ': '}{exc}",
+            hint="check the model's params in the recipe (--debug shows the traceback)",
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {ref!r} returned a {type(model).__name__}, not a torch Module")
     return model

@@ -30,6 +30,10 @@ class StoreDataset(Dataset):
         self.base = base
         self.store = store
 
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.base, "num_classes", None)
+
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 

@@ -150,7 +150,11 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
         try:
             loaded[name] = load_file(str(path))
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from None
+            raise CheckpointError(
+                f"{path} is not a safetensors file ({exc})",
+                hint="checkpoints are read as safetensors only, never unpickled; delete "
+                f"{directory} to resume from an earlier checkpoint",
+            ) from None
     state["trainable"] = loaded["trainable.safetensors"]
     state["optimizer"] = unflatten_optimizer(loaded["optimizer.safetensors"], state["optimizer"])
     state["rng"] = loaded["rng.safetensors"]
