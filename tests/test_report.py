@@ -4,6 +4,7 @@ Chromium check that every figure of the page decodes and that the page renders t
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from crossdistill.config import load_recipe
 from crossdistill.experiment import run_recipe
 from crossdistill.report import ReportError, load_run, write_report
 from crossdistill.report import report as report_module
+from crossdistill.report.data import read_metrics
 from crossdistill.report.report import pareto_front, write_tensorboard
 
 DIGITS = Path(__file__).resolve().parent.parent / "recipes" / "digits"
@@ -124,6 +126,22 @@ def test_truncated_metrics_line_is_skipped_with_a_note(kd_run: Path, tmp_path: P
     html = write_report([run], max_examples=20).read_text()
     assert "is truncated" in html and "it was skipped" in html
     assert '<section id="training">' in html
+
+
+def test_steps_redone_after_a_resume_are_shown_once(tmp_path: Path) -> None:
+    lines = [
+        {"kind": "step", "step": 1, "loss": 3.0},
+        {"kind": "step", "step": 2, "loss": 2.0},
+        {"kind": "step", "step": 3, "loss": 1.9},  # after the checkpoint of step 2: redone
+        {"kind": "resume", "step": 2},
+        {"kind": "step", "step": 3, "loss": 1.8},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    records, notes = read_metrics(path)
+    steps = [(r["step"], r.get("loss")) for r in records if r["kind"] == "step"]
+    assert steps == [(1, 3.0), (2, 2.0), (3, 1.8)]
+    assert "redone after a resume" in notes[0]
 
 
 def test_unfinished_run_still_gets_curves(kd_run: Path, tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The records of a metrics.jsonl and notes about lines that had to be skipped.
 
     A run killed while writing leaves a partial last line: it is skipped with a note, not fatal.
+    Steps logged after the checkpoint a run later resumed from were done again after the
+    ``resume`` record; the first, abandoned copies are dropped so that no curve goes back.
     """
     lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
@@ -100,6 +102,15 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except json.JSONDecodeError:
             record = None
         if isinstance(record, dict) and isinstance(record.get("kind"), str):
+            if record["kind"] == "resume":
+                redone = int(record.get("step", 0))
+                kept = [r for r in records if int(r.get("step", 0)) <= redone]
+                if len(kept) < len(records):
+                    notes.append(
+                        f"metrics.jsonl: {len(records) - len(kept)} records after step {redone} "
+                        "were redone after a resume; the later ones are shown."
+                    )
+                records = kept
             records.append(record)
         elif i == last:
             notes.append(
