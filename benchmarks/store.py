@@ -492,6 +492,13 @@ def kd_recipes(args: argparse.Namespace, out: Path, seed: int) -> dict[str, Reci
     return recipes
 
 
+def _aug_bytes(recipe: Recipe) -> int:
+    """Bytes per example of a store's recorded augmentation parameters (float64 per slot)."""
+    assert recipe.store is not None
+    manifest = KnowledgeStore(recipe.store.path, verify=False).manifest
+    return manifest.slots * manifest.aug_params * 8
+
+
 def acc_part(args: argparse.Namespace, out: Path, seeds: list[int]) -> dict[str, Any]:
     acc: dict[str, list[float]] = {"dense": [], "topk": []}
     writes: dict[str, list[dict[str, Any]]] = {"dense": [], "topk": []}
@@ -527,6 +534,8 @@ def acc_part(args: argparse.Namespace, out: Path, seeds: list[int]) -> dict[str,
             "epoch_selection": "last",
             "split": recipe.data.eval_split,
             "teacher": str(recipe.teacher.weights) if recipe.teacher else None,
+            "train_examples": writes["dense"][0]["examples"],
+            "aug_bytes_per_example": _aug_bytes(recipe),
             "store_bytes_per_seed": {f: [w["bytes"] for w in ws] for f, ws in writes.items()},
             "store_write_s_per_seed": {f: [w["seconds"] for w in ws] for f, ws in writes.items()},
         },
@@ -640,6 +649,38 @@ def render(result: dict[str, Any]) -> tuple[str, list[str]]:
     for key, ok in met.items():
         if not ok:
             notes.append(f"MISSED target: {labels[key]} (see the table)")
+    if "acc_full_logits" in result:
+        a = result["accuracy"]
+        diffs = [
+            f"{100 * (t - d):+.2f}"
+            for d, t in zip(a["per_seed"]["dense"], a["per_seed"]["topk"], strict=True)
+        ]
+        notes.append(
+            f"top-{a['topk_k']} minus dense, per seed {a['seeds']}: {', '.join(diffs)} pt. "
+            f"Top-k keeps {a['topk_k']} of {a['classes']} logits exactly and gives the other "
+            "classes equal shares of the rest of the probability mass; KD at T = 4 softens the "
+            "target so that much of it lies in those classes, whose order top-k loses"
+        )
+        n = a["train_examples"]
+        notes.append(
+            f"Fashion-MNIST stores ({a['augment_slots']} slots): "
+            f"{statistics.mean(a['store_bytes_per_seed']['dense']) / n:.0f} bytes/example dense, "
+            f"{statistics.mean(a['store_bytes_per_seed']['topk']) / n:.0f} top-{a['topk_k']}; "
+            f"{a['aug_bytes_per_example']} of them are the recorded augmentation parameters "
+            "(float64), more than the 10 float16 logits of each slot"
+        )
+    if "step" in result:
+        v = result["step"]["variants"]
+        notes.append(
+            "where a step's time goes (medians): loading a batch "
+            f"{v['plain_student_step']['load_median_ms']:.1f} ms plain (augmentation parameters "
+            "drawn per example), "
+            f"{v['cached_kd_step']['load_median_ms']:.1f} ms from the dense store (read), "
+            f"{v['cached_kd_topk_step']['load_median_ms']:.1f} ms from the top-k store (rows "
+            "decoded one example at a time); the training step itself "
+            f"{v['plain_student_step']['step_median_ms']:.1f} ms plain vs "
+            f"{v['cached_kd_step']['step_median_ms']:.1f} ms KD through the Trainer"
+        )
     if "step" in result and result["step"]["max_p75_over_p25"] > NOISY_SPREAD:
         notes.append(
             f"noisy machine: step times vary up to p75/p25 = "
@@ -708,23 +749,33 @@ def main() -> None:
             "machine": machine(),
         }
     )
+    markdown = finish(result)
+    if set(args.parts) == {"text", "step", "bytes", "acc"}:
+        save(result, markdown)
+    else:
+        print(json.dumps(result, indent=2))
+    print(markdown)
+
+
+def finish(result: dict[str, Any]) -> str:
+    """Put the notes into ``result``; return the markdown page."""
     table, notes = render(result)
     result["notes"] = notes
-    parts = ["# store" + (" (quick)" if args.quick else ""), table]
+    parts = ["# store" + (" (quick)" if result["quick"] else ""), table]
     if notes:
         parts.append("\n".join(f"- {n}" for n in notes))
     m = result["machine"]
     parts.append("Machine: " + ", ".join(f"{k} {v}" for k, v in m.items() if v is not None))
     parts.append(f"Command: `{result['command']}`")
-    markdown = "\n\n".join(parts) + "\n"
-    if set(args.parts) == {"text", "step", "bytes", "acc"}:
-        name = "store" + (".quick" if args.quick else "")
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
-        write_atomic(RESULTS / f"{name}.md", markdown)
-    else:
-        print(json.dumps(result, indent=2))
-    print(markdown)
+    return "\n\n".join(parts) + "\n"
+
+
+def save(result: dict[str, Any], markdown: str) -> None:
+    """Write results/store[.quick].json and .md, each atomically."""
+    name = "store" + (".quick" if result["quick"] else "")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(RESULTS / f"{name}.md", markdown)
 
 
 if __name__ == "__main__":
