@@ -9,7 +9,6 @@ same top-k probabilities at T = 1) and whose tail spreads the remaining mass eve
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -88,13 +87,3 @@ class KeyCodec(BaseModel):
         fill = torch.log(rest.clamp_min(_MIN_TAIL) / tail)
         out = fill.unsqueeze(-1).expand(*rest.shape, classes).clone()
         return out.scatter_(-1, indices, values - log_z.unsqueeze(-1))
-
-    def bytes_per_row(self) -> int:
-        """Bytes one example-slot of this key takes on disk."""
-        assert self.shape is not None
-        width = np.dtype(DTYPES[self.dtype]).itemsize
-        if self.format == "dense":
-            return width * math.prod(self.shape)
-        assert self.k is not None
-        index_width = 2 if self.shape[0] <= np.iinfo(np.int16).max else 4
-        return self.k * (width + index_width) + 4
