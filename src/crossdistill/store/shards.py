@@ -18,6 +18,7 @@ import numpy as np
 from safetensors.numpy import save
 
 from crossdistill.errors import StoreError
+from crossdistill.train.checkpoint import fsync_path
 
 _NUMPY_DTYPES = {
     "F16": np.float16,
@@ -30,15 +31,6 @@ _NUMPY_DTYPES = {
 }
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a crash after it must not undo it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync and rename: ``path`` is either
     absent or complete, never half-written. A full disk is a :class:`StoreError`."""
@@ -49,7 +41,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)  # the rename survives a crash
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:

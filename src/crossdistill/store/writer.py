@@ -32,6 +32,7 @@ from crossdistill.store.manifest import (
 )
 from crossdistill.store.shards import write_json, write_shard
 from crossdistill.train.checkpoint import sha256
+from crossdistill.train.progress import ProgressBar
 from crossdistill.train.runtime import to_device
 
 
@@ -85,7 +86,7 @@ def write_store(
         _claim(path, plan)  # rank 0 has written the plan: check that this rank agrees
     mine = [plan.shard_range(j) for j in range(plan.num_shards) if j % world_size == rank]
     total = sum(stop - start for start, stop in mine) * slots
-    with _Progress(progress, f"teacher -> {path}", total) as bar:
+    with ProgressBar(progress, f"teacher -> {path}", total, unit="ex") as bar:
         for start, stop in mine:
             j = start // shard_size
             if _shard_done(path, j) is None:
@@ -180,7 +181,7 @@ def _compute_shard(
     stop: int,
     batch_size: int,
     device: torch.device,
-    bar: _Progress,
+    bar: ProgressBar,
 ) -> dict[str, np.ndarray]:
     n = stop - start
     out: dict[str, np.ndarray] = {
@@ -219,44 +220,3 @@ def _finalise(path: Path, plan: Manifest) -> Manifest | None:
     manifest = plan.model_copy(update={"shards": shards})
     write_json(path / MANIFEST, manifest.model_dump())
     return manifest
-
-
-class _Progress:
-    """A rich progress bar over examples x slots, with rate and ETA (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TaskProgressColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total, rate="")
-        return self
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-            speed = self._bar.tasks[0].speed
-            self._bar.update(self._task, rate=f"{speed:,.0f} ex/s" if speed else "")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

@@ -38,7 +38,8 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename inside it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -108,18 +109,18 @@ def save_checkpoint(
     }
     for name, tensors in contents.items():
         save_file(tensors, str(tmp / name))
-        _fsync(tmp / name)
+        fsync_path(tmp / name)
     full_state = {
         **state,
         "optimizer": opt_meta,
         "sha256": {name: sha256(tmp / name) for name in contents},
     }
     (tmp / STATE).write_text(json.dumps(full_state, indent=1))
-    _fsync(tmp / STATE)
+    fsync_path(tmp / STATE)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
-    _fsync(directory.parent)
+    fsync_path(directory.parent)
     return directory
 
 

@@ -31,6 +31,7 @@ from crossdistill.distiller import Distiller
 from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate.suites import evaluate_student
 from crossdistill.train import checkpoint as ckpt
+from crossdistill.train.progress import ProgressBar
 from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
 
 
@@ -253,10 +254,11 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step sync
         every = self.spec.checkpoint_every_steps
-        with _progress(
+        with ProgressBar(
             self.spec.progress and self.main,
             f"epoch {self.epoch + 1}/{self.spec.epochs}",
             steps_per_epoch - first,
+            show_loss=True,
         ) as bar:
             for i, batch in enumerate(loader, start=first):
                 terms = self.train_step(batch)
@@ -401,48 +403,3 @@ class Trainer:
         if self._metrics_file is not None:
             self._metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
             self._metrics_file.flush()
-
-
-class _progress:
-    """A rich progress bar with loss, rate and ETA (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self.enabled, self.description, self.total = enabled, description, total
-        self._bar: Any = None
-
-    def __enter__(self) -> _progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("{task.fields[rate]:.1f} it/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(
-                self.description, total=self.total, loss=float("nan"), rate=0.0
-            )
-            self._start, self._done = time.perf_counter(), 0
-        return self
-
-    def advance(self, loss: float) -> None:
-        if self._bar is not None:
-            self._done += 1
-            rate = self._done / max(time.perf_counter() - self._start, 1e-9)
-            self._bar.update(self._task, advance=1, loss=loss, rate=rate)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
