@@ -86,13 +86,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def write_results(name: str, result: dict[str, Any], table: str, notes: str = "") -> str:
-    """Write ``results/<name>.json`` (``result``) and ``results/<name>.md``; return the markdown.
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    The markdown is the table, the notes, and the machine and command found in ``result``.
-    """
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+def results_markdown(name: str, result: dict[str, Any], table: str, notes: str = "") -> str:
+    """The markdown page of a result: the table, the notes, the machine and the command."""
     parts = [f"# {name}", table]
     if notes:
         parts.append(notes)
@@ -103,6 +105,34 @@ def write_results(name: str, result: dict[str, Any], table: str, notes: str = ""
         parts.append(f"Machine: {m}")
     if "command" in result:
         parts.append(f"Command: `{result['command']}`")
-    markdown = "\n\n".join(parts) + "\n"
-    (RESULTS / f"{name}.md").write_text(markdown)
+    return "\n\n".join(parts) + "\n"
+
+
+def write_results(name: str, result: dict[str, Any], table: str, notes: str = "") -> str:
+    """Write ``results/<name>.json`` (``result``) and ``results/<name>.md``, each atomically;
+    return the markdown."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    markdown = results_markdown(name, result, table, notes)
+    write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(RESULTS / f"{name}.md", markdown)
     return markdown
+
+
+def neighbours() -> list[str]:
+    """Other benchmark and test processes running now (shortened command lines): they share
+    the cores with the running benchmark."""
+    me = Path(sys.argv[0]).name
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in (os.getpid(), os.getppid()):
+            continue
+        try:
+            argv = [
+                a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")
+            ]
+        except OSError:
+            continue
+        line = " ".join(a for a in argv if a)
+        if ("benchmarks/" in line or "pytest" in line) and me not in line:
+            found.add(line[:120])
+    return sorted(found)

@@ -72,7 +72,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine, markdown_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    machine,
+    markdown_table,
+    neighbours,
+    write_results,
+)
 
 DIGITS = ROOT / "recipes" / "digits"
 ENV = {
@@ -100,25 +106,6 @@ class Slow(SmallCNN):
 def slow_cnn(**params):
     return Slow(**params)
 """
-
-
-def neighbours() -> list[str]:
-    """Other benchmark and test processes running now (shortened command lines): they share
-    the cores with this benchmark."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) in (os.getpid(), os.getppid()):
-            continue
-        try:
-            argv = [
-                a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")
-            ]
-        except OSError:
-            continue
-        line = " ".join(a for a in argv if a)
-        if ("benchmarks/" in line or "pytest" in line) and Path(__file__).name not in line:
-            found.add(line[:120])
-    return sorted(found)
 
 
 # ----------------------------------------------------------------------------- processes

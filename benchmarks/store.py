@@ -90,7 +90,14 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import RESULTS, command_line, machine, markdown_table, summarize  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    machine,
+    markdown_table,
+    results_markdown,
+    summarize,
+    write_results,
+)
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill.config import Recipe, validate_recipe  # noqa: E402
 from crossdistill.data import build_augmentation, example_loader, load_source  # noqa: E402
@@ -545,12 +552,6 @@ def acc_part(args: argparse.Namespace, out: Path, seeds: list[int]) -> dict[str,
 # ----------------------------------------------------------------------------- results
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def render(result: dict[str, Any]) -> tuple[str, list[str]]:
     """The markdown tables and the notes (every missed target is a note)."""
     notes: list[str] = []
@@ -749,33 +750,16 @@ def main() -> None:
             "machine": machine(),
         }
     )
-    markdown = finish(result)
-    if set(args.parts) == {"text", "step", "bytes", "acc"}:
-        save(result, markdown)
-    else:
-        print(json.dumps(result, indent=2))
-    print(markdown)
-
-
-def finish(result: dict[str, Any]) -> str:
-    """Put the notes into ``result``; return the markdown page."""
     table, notes = render(result)
     result["notes"] = notes
-    parts = ["# store" + (" (quick)" if result["quick"] else ""), table]
-    if notes:
-        parts.append("\n".join(f"- {n}" for n in notes))
-    m = result["machine"]
-    parts.append("Machine: " + ", ".join(f"{k} {v}" for k, v in m.items() if v is not None))
-    parts.append(f"Command: `{result['command']}`")
-    return "\n\n".join(parts) + "\n"
-
-
-def save(result: dict[str, Any], markdown: str) -> None:
-    """Write results/store[.quick].json and .md, each atomically."""
-    name = "store" + (".quick" if result["quick"] else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(RESULTS / f"{name}.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(RESULTS / f"{name}.md", markdown)
+    name = "store" + (".quick" if args.quick else "")
+    notes_md = "\n".join(f"- {n}" for n in notes)
+    if set(args.parts) == {"text", "step", "bytes", "acc"}:
+        markdown = write_results(name, result, table, notes_md)
+    else:
+        print(json.dumps(result, indent=2))
+        markdown = results_markdown(name, result, table, notes_md)
+    print(markdown)
 
 
 if __name__ == "__main__":
