@@ -23,3 +23,10 @@ def check_index(i: int, n: int) -> int:
     if not 0 <= i < n:
         raise IndexError(f"example index {i} out of range for {n} examples")
     return i
+
+
+def check_slots(slots: int | None) -> int | None:
+    """``slots`` (K recorded augmentations per example) as an int, or None."""
+    if slots is not None and (int(slots) != slots or slots < 1):
+        raise ConfigError(f"augment_slots must be a positive integer, got {slots!r}")
+    return None if slots is None else int(slots)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
-from crossdistill.data.checks import check_index, check_views
+from crossdistill.data.checks import check_index, check_slots, check_views
 from crossdistill.data.sources.base import ArraySplit
 from crossdistill.data.text import TextDataset, TextSplit
 from crossdistill.errors import ConfigError, DataError
@@ -34,12 +34,6 @@ def slot_table(seed: int, epoch: int, n: int, slots: int) -> np.ndarray:
     if slots == 1:
         return np.zeros(n, dtype=np.int64)
     return np.random.default_rng([seed, epoch, n, slots]).integers(0, slots, size=n)
-
-
-def _check_slots(slots: int | None) -> int | None:
-    if slots is not None and (int(slots) != slots or slots < 1):
-        raise ConfigError(f"augment_slots must be a positive integer, got {slots!r}")
-    return None if slots is None else int(slots)
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +64,7 @@ class DistillDataset(Dataset):
         self.augmentation: Augmentation = augmentation if augmentation is not None else NoAugment()
         self.seed = int(seed)
         self.views = check_views(views)
-        self.slots = _check_slots(slots)
+        self.slots = check_slots(slots)
         self.epoch = 0
         self._slots_of_epoch: np.ndarray | None = None
         if self.seed < 0:

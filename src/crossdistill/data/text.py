@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from crossdistill.data.augment import NoAugment
-from crossdistill.data.checks import check_index, check_views
+from crossdistill.data.checks import check_index, check_slots, check_views
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
@@ -86,7 +86,7 @@ class TextDataset(Dataset):
         self.augmentation = NoAugment()
         self.seed = int(seed)
         self.views = check_views(views)
-        self.slots = None if slots is None else int(slots)
+        self.slots = check_slots(slots)
         self.epoch = 0
 
     @property
