@@ -501,3 +501,22 @@ def test_minilm_sentence_store(tmp_path: Path) -> None:
     expected = minilm.load_model("cpu").encode(texts, convert_to_tensor=True, batch_size=48)
     stored = torch.stack([store.knowledge(i, 0)["embedding"] for i in range(48)])
     torch.testing.assert_close(stored, expected, rtol=0, atol=2e-3)  # float16 on disk
+
+
+def test_without_augmentation_one_store_serves_every_seed(recipe: Recipe) -> None:
+    """The seed only picks augmentations; with none, seeds share a store (and with some, not)."""
+
+    def augmentation_part(**change: Any) -> str:
+        raw = recipe.model_dump(mode="json")
+        raw.update(change.pop("top", {}))
+        raw["data"].update(change)
+        r = validate_recipe(raw)
+        torch.manual_seed(0)
+        distiller = build_distiller(r)
+        dataset = build_dataset(r, "train", True)
+        return store_fingerprint(r, distiller.teacher, dataset)["augmentation"]
+
+    plain = [augmentation_part(augment=None, augment_slots=None, top={"seed": s}) for s in (0, 1)]
+    assert plain[0] == plain[1]
+    augmented = [augmentation_part(top={"seed": s}) for s in (0, 1)]
+    assert augmented[0] != augmented[1] and plain[0] not in augmented

@@ -180,7 +180,11 @@ def store_fingerprint(recipe: Recipe, teacher: Teacher, dataset: Any) -> dict[st
             data_digest(dataset.split),
             len(dataset),
         ),
-        "augmentation": digest(data.augment, data.augment_slots, recipe.seed),
+        # without augmentation every slot of every example is the same view, whatever the seed:
+        # one store then serves all seeds of a recipe
+        "augmentation": digest(
+            data.augment, data.augment_slots, recipe.seed if data.augment else None
+        ),
     }
 
 
