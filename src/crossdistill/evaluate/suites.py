@@ -32,13 +32,21 @@ class _Classification:
 
 
 class _Embeddings:
-    """Mean cosine similarity and mean squared error of student vs teacher embeddings."""
+    """Agreement of student and teacher embeddings.
+
+    ``cosine`` (mean of ``cos(s_i, t_i)``) and ``mse`` (mean of ``(s - t)**2`` over elements) need
+    both in one space, so they are reported only when the widths match; ``sim_pearson``, the
+    Pearson correlation of the two models' pairwise cosine similarities within each batch (off
+    the diagonal, pooled over batches), compares the geometry of the spaces whatever the widths.
+    """
 
     def __init__(self) -> None:
         self.n = 0
         self.elements = 0
         self.cosine = 0.0
         self.squared_error = 0.0
+        self.same_space = True
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
         if t is None:
@@ -52,24 +60,34 @@ class _Embeddings:
                     f"the {side} emitted no {EMBEDDING!r} (it has {sorted(knowledge)})",
                     hint="name the model's output: `outputs: [embedding]` in the recipe",
                 )
-        s = out[EMBEDDING].detach().to("cpu", torch.float64)
-        te = t[EMBEDDING].detach().to("cpu", torch.float64)
-        if s.shape != te.shape:
+        s = out[EMBEDDING].detach().to("cpu", torch.float64).flatten(1)
+        te = t[EMBEDDING].detach().to("cpu", torch.float64).flatten(1)
+        if len(s) != len(te):
             raise ShapeError(
-                f"student embedding {tuple(s.shape)} and teacher embedding {tuple(te.shape)}"
-                " differ in shape",
-                hint="give the student an output size equal to the teacher's (e.g. out_dim)",
+                f"{len(s)} student embeddings but {len(te)} teacher embeddings in one batch"
             )
-        s, te = s.flatten(1), te.flatten(1)
         self.n += len(s)
-        self.elements += s.numel()
-        self.cosine += F.cosine_similarity(s, te, dim=1, eps=1e-12).sum().item()
-        self.squared_error += (s - te).square().sum().item()
+        self.same_space = self.same_space and s.shape == te.shape
+        if self.same_space:
+            self.elements += s.numel()
+            self.cosine += F.cosine_similarity(s, te, dim=1, eps=1e-12).sum().item()
+            self.squared_error += (s - te).square().sum().item()
+        off = ~torch.eye(len(s), dtype=torch.bool)
+        sims = [
+            F.normalize(x, dim=1, eps=1e-12) @ F.normalize(x, dim=1, eps=1e-12).T for x in (s, te)
+        ]
+        self.pairs.append((sims[0][off], sims[1][off]))
 
     def compute(self) -> dict[str, float]:
         if self.n == 0:
             raise ShapeError("no examples to evaluate: the evaluation data is empty")
-        return {"cosine": self.cosine / self.n, "mse": self.squared_error / self.elements}
+        out: dict[str, float] = {}
+        if self.same_space:
+            out = {"cosine": self.cosine / self.n, "mse": self.squared_error / self.elements}
+        s, t = (torch.cat(side) for side in zip(*self.pairs, strict=True))
+        if len(s) > 1:
+            out["sim_pearson"] = torch.corrcoef(torch.stack([s, t]))[0, 1].item()
+        return out
 
 
 def _teacher_knowledge(batch: Mapping[str, Any], teacher: Teacher | None) -> Mapping | None:
@@ -136,8 +154,9 @@ def evaluate_embeddings(
     """Agreement of the student's ``embedding`` with the teacher's, over all examples.
 
     ``cosine``: mean over examples of ``cos(s_i, t_i)``; ``mse``: mean over all elements of
-    ``(s - t)**2``. The teacher's embeddings come from ``batch["knowledge"]`` when a store
-    provides them, else from running ``teacher``.
+    ``(s - t)**2`` (both only when the widths match); ``sim_pearson``: correlation of the two
+    models' within-batch pairwise cosine similarities (any widths). The teacher's embeddings
+    come from ``batch["knowledge"]`` when a store provides them, else from running ``teacher``.
     """
     return _evaluate(student, loader, teacher, device, amp, lambda out, b: _Embeddings())
 
