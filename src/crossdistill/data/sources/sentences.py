@@ -184,3 +184,50 @@ def load(
         class_names=list(CLASS_NAMES),
         name=f"sentences/{split}",
     )
+
+
+def heldout_synsets(
+    root: str | Path = DEFAULT_ROOT,
+) -> list[tuple[str, int, str, list[str]]]:
+    """The held-out (``"test"`` split) synsets as ``(id, lexicographer class, gloss, examples)``.
+
+    ``id`` is ``pos + offset`` (``"n00001740"``). The texts are exactly the ``"test"`` sentences
+    of :func:`read_sentences`, grouped by synset: whitespace-normalised, at least 3 characters,
+    and any text that also occurs among the ``"train"`` sentences (or earlier in the held-out
+    set) dropped, so evaluation texts never overlap the training corpus and no two held-out
+    texts are equal. A synset whose gloss was dropped is left out with its examples (an example
+    is only a retrieval query when its synset's gloss is in the corpus). Used by the
+    ``wordnet_lexname`` and ``wordnet_retrieval`` tasks of the text evaluation suite.
+    """
+    root = Path(root)
+    missing = [f"data.{name}" for name, _ in FILES if not (root / f"data.{name}").is_file()]
+    if missing:
+        raise DataError(
+            f"WordNet 3.0 not found: {root} lacks {', '.join(missing)}", hint=INSTALL_HINT
+        )
+    # The same first-occurrence rule as read_sentences: one pass over the files in their order,
+    # every kept text of either split marks its string as seen.
+    seen: set[str] = set()
+    train: set[str] = set()
+    held: list[tuple[str, int, str | None, list[str]]] = []
+    for name, pos in FILES:
+        for offset, lex, gloss in _synsets(root / f"data.{name}", pos):
+            definition, examples = parse_gloss(gloss)
+            kept: list[str | None] = []
+            for text in [definition, *examples]:
+                text = _normalise(text)
+                fresh = len(text) >= MIN_CHARS and text not in seen
+                if fresh:
+                    seen.add(text)
+                kept.append(text if fresh else None)
+            if synset_split(pos, offset) == "train":
+                train.update(t for t in kept if t is not None)
+            else:
+                held.append((f"{pos}{offset}", lex, kept[0], [t for t in kept[1:] if t]))
+    # By the rule above no held-out text is a train sentence; checked again so that a change to
+    # that rule cannot leak training text into evaluation.
+    return [
+        (sid, lex, gloss, [e for e in examples if e not in train])
+        for sid, lex, gloss, examples in held
+        if gloss is not None and gloss not in train
+    ]

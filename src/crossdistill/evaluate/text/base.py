@@ -1,0 +1,121 @@
+"""The text task interface, its registry, and the metrics the tasks share.
+
+A task is one registered class in one file of ``evaluate/text/tasks/``: it reads its data, asks
+the encoder for embeddings and returns ``{metric: value}`` with its ``headline`` metric among
+them. ``quick=True`` uses a small deterministic subset where the full set is slow to encode or
+fit (each task's docstring says which).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from crossdistill.errors import ConfigError
+from crossdistill.evaluate.text.encoders import TextEncoder
+from crossdistill.registry import Registry
+
+FOLDS = 5
+SEED = 0
+
+
+class TextTask:
+    """One evaluation task: ``run(encoder, quick) -> {metric: value}``."""
+
+    name: ClassVar[str] = ""
+    headline: ClassVar[str] = ""
+    # Tasks that compare with a teacher get it as `teacher=` when the suite builds them.
+    needs_teacher: ClassVar[bool] = False
+    # Part of the suite's `avg` (teacher agreement is reported beside it, not in it).
+    in_average: ClassVar[bool] = True
+
+    def run(self, encoder: TextEncoder, quick: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+TEXT_TASKS: Registry[type[TextTask]] = Registry("text task")
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; an all-zero row (e.g. a text with no known token) stays zero,
+    so its cosine with anything is 0 rather than NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of row ``i`` of ``a`` with row ``i`` of ``b``."""
+    return np.sum(unit_rows(a) * unit_rows(b), axis=1)
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """All cosine similarities between the rows of ``a`` and the rows of ``b`` (default ``a``)."""
+    ua = unit_rows(a)
+    return ua @ (ua if b is None else unit_rows(b)).T
+
+
+def correlation(x: np.ndarray, y: np.ndarray, kind: str) -> float:
+    """Spearman or Pearson correlation; 0.0 when one side is constant (no signal at all)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    functions = {"spearman": stats.spearmanr, "pearson": stats.pearsonr}
+    return float(functions[kind](x, y)[0])
+
+
+def cv_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = FOLDS) -> dict[str, float]:
+    """Mean and std of the accuracy of logistic regression over ``folds`` shuffled folds.
+
+    ``KFold(shuffle=True, random_state=0)``; ``LogisticRegression`` (L2, C=1, lbfgs,
+    ``max_iter=2000``, seed 0) on the embeddings as they are: the linear-probe protocol of
+    SentEval (Conneau & Kiela, 2018) without its hyper-parameter search.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    labels = np.asarray(labels)
+    if len(labels) < folds:
+        raise ConfigError(f"{len(labels)} examples cannot be split into {folds} folds")
+    scores = []
+    for train, test in KFold(folds, shuffle=True, random_state=SEED).split(features):
+        classes = np.unique(labels[train])
+        if len(classes) == 1:  # a fold with one class: the constant prediction
+            scores.append(float(np.mean(labels[test] == classes[0])))
+            continue
+        model = LogisticRegression(C=1.0, max_iter=2000, random_state=SEED)
+        model.fit(features[train], labels[train])
+        scores.append(float(np.mean(model.predict(features[test]) == labels[test])))
+    return {"accuracy": float(np.mean(scores)), "accuracy_std": float(np.std(scores))}
+
+
+def retrieval_metrics(scores: np.ndarray, answers: np.ndarray) -> dict[str, float]:
+    """R@1, R@10 and MRR of queries (rows of ``scores``) whose right item is ``answers[i]``.
+
+    A query's rank is the number of corpus items scoring at least as high as its right one, so
+    ties count against the model (an encoder that scores everything equally gets rank N, not 1).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    answers = np.asarray(answers, dtype=np.int64)
+    right = scores[np.arange(len(answers)), answers][:, None]
+    ranks = np.sum(scores >= right, axis=1)
+    return {
+        "r@1": float(np.mean(ranks <= 1)),
+        "r@10": float(np.mean(ranks <= 10)),
+        "mrr": float(np.mean(1.0 / ranks)),
+        "queries": len(answers),
+        "corpus": int(scores.shape[1]),
+    }
+
+
+def every_nth(n: int, keep: int) -> np.ndarray:
+    """At most ``keep`` indices spread evenly over ``range(n)``: a deterministic subset."""
+    if n <= keep:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, keep).round().astype(np.int64))
