@@ -1,9 +1,11 @@
 """A static-embedding text student: the mean of learned token vectors, then a projection.
 
 Like model2vec, it has no attention and no position: a sentence is the mean of the embeddings of
-its (non-special) tokens, which makes encoding a table lookup. It tokenizes raw strings itself
-with a fast ``tokenizers.Tokenizer`` (by default MiniLM's WordPiece tokenizer), so it takes the
-same batches as a sentence-encoder teacher. Its state dict holds only the two weight tensors.
+its tokens, which makes encoding a table lookup. It tokenizes raw strings itself with a fast
+``tokenizers.Tokenizer`` (by default MiniLM's WordPiece tokenizer, or one trained on the corpus
+with :mod:`crossdistill.data.tokenizers`), exactly as sentence-transformers' ``StaticEmbedding``
+does, so an exported student embeds the same. The table can start from a teacher the model2vec
+way (:mod:`crossdistill.models.init_static`). Its state dict holds only the weight tensors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import ConfigError, DataError
+from crossdistill.models.init_static import DEFAULT_SIF, init_from_teacher
 from crossdistill.models.registry import MODELS
 
 
@@ -53,8 +56,18 @@ def load_tokenizer(tokenizer: str) -> Any:
 class StaticEmbedding(nn.Module):
     """``forward(texts: list[str]) -> (B, out_dim)`` (``(B, dim)`` when ``out_dim`` is None).
 
-    Texts are cut to ``max_length`` tokens; special tokens ([CLS], [UNK], ...) are dropped, and a
-    text with no tokens left (e.g. ``""``) embeds as the zero vector before the projection.
+    Tokenization is sentence-transformers 6's ``StaticEmbedding.preprocess``: no special tokens
+    added, none removed (an ``[UNK]`` counts like any token), truncation at ``max_length`` tokens
+    by the tokenizer itself; a text with no tokens (``""``) embeds as the zero vector before the
+    projection.
+
+    With ``init_from`` (a registered text model, e.g. ``"minilm"``) the table starts as in
+    model2vec (Tulkens & van Dongen, 2024): each token's surface string embedded by that model,
+    PCA to ``dim`` (``init_pca``), rows scaled by Zipf/SIF weights (``sif_coefficient``, None
+    for none); ``init_params`` are that model's params. With ``out_dim`` set (it must then be the
+    teacher's width) the projection starts as the PCA's inverse, so the student starts close to
+    the teacher. The result is cached under ``$CROSSDISTILL_CACHE`` (default
+    ``~/.cache/crossdistill``).
     """
 
     def __init__(
@@ -63,6 +76,11 @@ class StaticEmbedding(nn.Module):
         dim: int = 256,
         out_dim: int | None = 384,
         max_length: int = 128,
+        init_from: str | None = None,
+        init_params: dict[str, Any] | None = None,
+        sif_coefficient: float | None = DEFAULT_SIF,
+        init_pca: bool = True,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if dim < 1 or (out_dim is not None and out_dim < 1) or max_length < 1:
@@ -72,19 +90,47 @@ class StaticEmbedding(nn.Module):
             )
         tok = load_tokenizer(tokenizer)
         tok.no_padding()
+        # kept in the tokenizer (and so in an exported tokenizer.json), as sentence-transformers
+        # truncates only through the tokenizer's own setting
         tok.enable_truncation(int(max_length))
         self.tokenizer = tok
         self.tokenizer_name = tokenizer
         self.max_length = int(max_length)
-        special = [i for i, t in tok.get_added_tokens_decoder().items() if t.special]
-        self._special = np.array(sorted(special), dtype=np.int64)
         vocab = tok.get_vocab_size(with_added_tokens=True)
         self.embedding = nn.EmbeddingBag(vocab, dim, mode="mean")
         self.proj: nn.Module = nn.Linear(dim, out_dim) if out_dim is not None else nn.Identity()
         self.out_dim = out_dim if out_dim is not None else dim
+        self.init_from = init_from
+        if init_from is not None:
+            self._init_from_teacher(init_from, init_params, sif_coefficient, init_pca, progress)
+
+    @torch.no_grad()
+    def _init_from_teacher(
+        self,
+        teacher: str,
+        params: dict[str, Any] | None,
+        sif_coefficient: float | None,
+        use_pca: bool,
+        progress: bool,
+    ) -> None:
+        dim = self.embedding.embedding_dim
+        init = init_from_teacher(
+            self.tokenizer, teacher, dim, sif_coefficient, use_pca, params, progress=progress
+        )
+        if isinstance(self.proj, nn.Linear) and self.proj.out_features != init.teacher_dim:
+            raise ConfigError(
+                f"static_embedding: out_dim={self.proj.out_features} but init_from={teacher!r}"
+                f" gives {init.teacher_dim}-d vectors; the projection starts as the map back to"
+                " the teacher's space, so they must match",
+                hint=f"set out_dim: {init.teacher_dim}, or out_dim: null (no projection)",
+            )
+        self.embedding.weight.copy_(init.table)
+        if isinstance(self.proj, nn.Linear):
+            self.proj.weight.copy_(init.components.T)
+            self.proj.bias.copy_(init.mean)
 
     def token_bags(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat non-special token ids of all texts and the offset where each text's bag starts."""
+        """Flat token ids of all texts and the offset where each text's bag starts."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise DataError(
                 f"static_embedding takes a list of strings, got {type(texts).__name__}",
@@ -95,11 +141,8 @@ class StaticEmbedding(nn.Module):
         ids = np.fromiter(
             itertools.chain.from_iterable(e.ids for e in encodings), np.int64, int(lengths.sum())
         )
-        keep = ~np.isin(ids, self._special)
-        bag = np.repeat(np.arange(len(encodings)), lengths)[keep]
-        counts = np.bincount(bag, minlength=len(encodings))
-        offsets = (np.cumsum(counts) - counts).astype(np.int64)
-        return torch.from_numpy(ids[keep]), torch.from_numpy(offsets)
+        offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
+        return torch.from_numpy(ids), torch.from_numpy(offsets)
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         ids, offsets = self.token_bags(texts)
@@ -110,7 +153,8 @@ class StaticEmbedding(nn.Module):
         return self.proj(pooled)
 
     def extra_repr(self) -> str:
-        return f"tokenizer={self.tokenizer_name!r}, max_length={self.max_length}"
+        init = "" if self.init_from is None else f", init_from={self.init_from!r}"
+        return f"tokenizer={self.tokenizer_name!r}, max_length={self.max_length}{init}"
 
 
 MODELS.register("static_embedding")(StaticEmbedding)
