@@ -116,15 +116,91 @@ def cache(
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-    split: Annotated[str | None, typer.Option(help="data split (default: the recipe's)")] = None,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="a finished run directory; with --suite text also a sentence-transformers or "
+            "model2vec directory, or a registered text model name (e.g. minilm)"
+        ),
+    ],
+    suite: Annotated[
+        str, typer.Option(help="task: the recipe's eval split | text: the text suite")
+    ] = "task",
+    split: Annotated[
+        str | None, typer.Option(help="data split (default: the recipe's; --suite task)")
+    ] = None,
+    teacher: Annotated[
+        str, typer.Option(help="--suite text: encoder for the agreement task ('none': skip it)")
+    ] = "minilm",
+    quick: Annotated[
+        bool, typer.Option(help="--suite text: small deterministic subsets, seconds")
+    ] = False,
+    tasks: Annotated[
+        str | None, typer.Option(help="--suite text: comma-separated tasks (default: all)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="--suite text: JSON file (default: MODEL/eval-text.json for a folder)"),
+    ] = None,
 ) -> None:
-    """Evaluate a run's student (and agreement with its teacher) on the recipe's eval split."""
+    """Evaluate a run's student on its recipe's eval split (``--suite task``), or any text
+    encoder on the text suite (``--suite text``: word and document similarity, classification,
+    WordNet retrieval, agreement with ``--teacher``)."""
+    from crossdistill.errors import ConfigError
+
+    suites = {"task": _eval_task, "text": _eval_text}
+    if suite not in suites:
+        raise ConfigError(f"unknown eval suite {suite!r}", hint=f"known: {', '.join(suites)}")
+    text_only = {"--teacher": teacher != "minilm", "--quick": quick, "--tasks": tasks is not None}
+    text_only["--out"] = out is not None
+    misplaced = [name for name, given in text_only.items() if given and suite != "text"]
+    if misplaced or (split is not None and suite != "task"):
+        raise ConfigError(
+            f"{', '.join(misplaced) or '--split'} does not apply to --suite {suite}",
+            hint="--split is for --suite task; --teacher/--quick/--tasks/--out for --suite text",
+        )
+    suites[suite](model, split=split, teacher=teacher, quick=quick, tasks=tasks, out=out)
+
+
+def _eval_task(model: str, split: str | None, **_: object) -> None:
     from crossdistill.evaluate.suites import evaluate_run
 
-    metrics = evaluate_run(run_dir, split=split)
-    _print_metrics(metrics, f"eval {run_dir}")
+    metrics = evaluate_run(Path(model), split=split)
+    _print_metrics(metrics, f"eval {model}")
     typer.echo(json.dumps(metrics))
+
+
+def _eval_text(
+    model: str, teacher: str, quick: bool, tasks: str | None, out: Path | None, **_: object
+) -> None:
+    from crossdistill.evaluate.text import run_text_suite
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    result = run_text_suite(
+        model, tasks=names, quick=quick, teacher=None if teacher == "none" else teacher
+    )
+    table = Table(title=f"text suite {model}{' (quick)' * quick}")
+    for column in ("task", "score", "metrics", "s"):
+        table.add_column(column, justify="left" if column in ("task", "metrics") else "right")
+    for name, score in result["scores"].items():
+        detail = result["details"][name]
+        extra = ", ".join(
+            f"{k} {v:.4f}" for k, v in detail.items() if isinstance(v, float) and k != "seconds"
+        )
+        table.add_row(name, f"{score:.4f}", extra, f"{detail['seconds']:.1f}")
+    if result["avg"] is not None:
+        table.add_row("avg", f"{result['avg']:.4f}", "mean of the task scores but agreement", "")
+    console.print(table)
+    if out is None and Path(model).is_dir():
+        out = Path(model) / "eval-text.json"
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        from crossdistill.store.shards import write_atomic
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, (text + "\n").encode())  # never a half-written result
+        console.print(f"wrote {out}")
+    typer.echo(text)
 
 
 @app.command()
