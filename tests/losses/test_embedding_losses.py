@@ -31,8 +31,10 @@ from torch import nn
 # registers cosine, margin_mse, listwise_kl until losses/__init__ imports the two families
 import crossdistill.losses.embedding
 import crossdistill.losses.ranking  # noqa: F401
+from crossdistill.config import LossSpec
 from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
+from crossdistill.experiment import build_term
 from crossdistill.knowledge import Knowledge
 from crossdistill.losses import LOSSES, build_loss
 from crossdistill.models.wrappers import Student, Teacher
@@ -353,12 +355,13 @@ def test_infonce_with_one_row_is_zero() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_distiller_projects_a_narrower_student_for_the_element_wise_losses() -> None:
+@pytest.mark.parametrize("adapter", ["auto", "linear"])
+def test_distiller_projects_a_narrower_student_for_the_element_wise_losses(adapter: str) -> None:
     torch.manual_seed(0)
     student = Student(nn.Linear(16, 256), outputs=("embedding",))
     teacher = Teacher(nn.Linear(16, 384), outputs=("embedding",))
     terms = [
-        Term("cosine", build_loss("cosine"), adapter="auto"),
+        Term("cosine", build_loss("cosine"), adapter=adapter),
         Term("infonce", build_loss("infonce", {"learnable_temperature": True}), adapter="auto"),
         Term("sim_mse", build_loss("sim_mse")),  # relations: widths may differ
         Term("margin_mse", build_loss("margin_mse")),
@@ -434,6 +437,27 @@ def test_mode_follows_the_scores_key_unless_set() -> None:
     np.testing.assert_allclose(
         got.item(), ref_margin_mse_embeddings(draw((5, 3), 1), draw((5, 6), 2)), rtol=1e-9
     )
+
+
+RECIPE_LOSSES = [
+    {"name": "cosine", "adapter": "linear"},
+    {"name": "sim_mse", "weight": 1.0, "params": {"exclude_diagonal": False}},
+    {"name": "infonce", "adapter": "auto", "params": {"temperature": 0.05, "symmetric": True}},
+    {"name": "margin_mse", "params": {"student": "scores", "teacher": "scores"}},
+    {"name": "listwise_kl", "label": "listwise", "params": {"temperature": 0.1}},
+]
+
+
+def test_recipe_loss_entries_build_and_bad_params_name_their_yaml_path() -> None:
+    terms = [build_term(LossSpec(**e), f"losses[{i}]") for i, e in enumerate(RECIPE_LOSSES)]
+    assert [t.name for t in terms] == ["cosine", "sim_mse", "infonce", "margin_mse", "listwise"]
+    assert terms[0].adapter == "linear" and terms[3].loss.mode == "scores"
+    bad = LossSpec(name="infonce", params={"temperature": "cold", "queue": 3})
+    with pytest.raises(ConfigError) as info:
+        build_term(bad, "losses[2]")
+    message = str(info.value)
+    assert "losses[2].params.temperature" in message and "losses[2].params.queue" in message
+    assert "learnable_temperature" in message  # the hint lists what it accepts
 
 
 @pytest.mark.parametrize(
