@@ -3,8 +3,10 @@
 from crossdistill.losses import (  # noqa: F401  (each family registers its losses)
     attention,
     contrastive,
+    embedding,
     feature,
     logit,
+    ranking,
     relation,
 )
 from crossdistill.losses.pair import PairLoss
