@@ -97,12 +97,14 @@ def test_static_embedding_shapes_empty_and_gradients(word_tokenizer: Path) -> No
     assert isinstance(model, StaticEmbedding)
     out = model(["the cat sat", "", "[CLS] [SEP]", "the " * 500])
     assert out.shape == (4, 384)
-    # no tokens left after dropping special ones: the zero vector, so only the projection's bias
+    # no tokens: the zero vector, so only the projection's bias; special tokens written in the
+    # text are tokens like any other (as in sentence-transformers' StaticEmbedding)
     torch.testing.assert_close(out[1], model.proj.bias)
-    torch.testing.assert_close(out[2], model.proj.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(out[2], model.proj(model.embedding.weight[[2, 3]].mean(0)))
     ids, offsets = model.token_bags(["the cat", "", "[CLS] mat [SEP]", "the " * 500])
-    assert ids.tolist()[:3] == [4, 5, 8] and offsets.tolist() == [0, 2, 2, 3]
-    assert len(ids) == 3 + 128  # max_length truncation
+    assert ids.tolist()[:5] == [4, 5, 2, 8, 3] and offsets.tolist() == [0, 2, 2, 5]
+    assert len(ids) == 5 + 128  # max_length truncation
     # mean of token vectors, then the projection
     expected = model.proj(model.embedding.weight[[4, 5]].mean(0))
     torch.testing.assert_close(model(["the cat"])[0], expected)

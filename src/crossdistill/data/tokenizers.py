@@ -17,6 +17,7 @@ Each has the special tokens ``[PAD]`` (id 0) and ``[UNK]`` (id 1). The output is
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from crossdistill.errors import ConfigError, DataError, did_you_mean
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]")
 UNK = "[UNK]"
 MIN_VOCAB = 10
+BYTE_LEVEL_MIN = 256 + len(SPECIAL_TOKENS)
 
 
 def _tokenizers() -> Any:
@@ -128,9 +130,9 @@ KINDS: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
 def _write_atomic(path: Path, text: str) -> None:
     from crossdistill.train.checkpoint import fsync_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -138,7 +140,8 @@ def _write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
         fsync_path(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. its folder is a file
+            tmp.unlink(missing_ok=True)
         raise DataError(
             f"cannot write the tokenizer to {path}: {exc}",
             hint="choose a writable --out path on a disk with free space",
@@ -170,6 +173,12 @@ def train_tokenizer(
         raise ConfigError(
             f"tokenizer vocab_size must be an integer ≥ {MIN_VOCAB}, got {vocab_size!r}",
             hint="e.g. 16000; the byte-level BPE alphabet alone has 256 tokens",
+        )
+    if kind == "bpe" and vocab_size < BYTE_LEVEL_MIN:
+        raise ConfigError(
+            f"a byte-level BPE tokenizer has at least {BYTE_LEVEL_MIN} tokens (256 bytes and "
+            f"{len(SPECIAL_TOKENS)} special tokens), got vocab_size={vocab_size}",
+            hint=f"set vocab_size ≥ {BYTE_LEVEL_MIN}, or use kind unigram or wordpiece",
         )
     if int(min_frequency) != min_frequency or min_frequency < 1:
         raise ConfigError(

@@ -15,6 +15,7 @@ embeds. The result is cached on disk, since it costs a teacher pass over the who
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossdistill.errors import ConfigError, DataError
+from crossdistill.errors import ConfigError, DataError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +246,9 @@ def _write_cache(path: Path, init: StaticInit, metadata: dict[str, str]) -> None
 
     tensors = {"table": init.table, "components": init.components, "mean": init.mean}
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as fh:
             fh.write(data)
             fh.flush()
@@ -255,7 +256,8 @@ def _write_cache(path: Path, init: StaticInit, metadata: dict[str, str]) -> None
         os.replace(tmp, path)
         fsync_path(path.parent)
     except OSError as exc:  # a read-only or full cache: the init itself is still good
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. its folder is a file
+            tmp.unlink(missing_ok=True)
         log.warning("could not write static_embedding init cache %s: %s", path, exc)
 
 
@@ -283,7 +285,12 @@ def init_from_teacher(
             hint="model2vec uses 1e-4; null turns the weighting off",
         )
     params = dict(teacher_params or {})
-    model = build_model(teacher, params).eval()
+    try:
+        model = build_model(teacher, params).eval()
+    except UnknownNameError as exc:
+        raise ConfigError(
+            f"static_embedding: init_from={teacher!r} is not a registered model", hint=exc.hint
+        ) from None
     surfaces = token_surfaces(tokenizer)
     key = cache_key(
         surfaces, teacher, params, _weights_identity(model), dim, sif_coefficient, use_pca
