@@ -1,8 +1,8 @@
 """What every export format provides: a registered :class:`Exporter` per format file.
 
 An exporter writes the student's graph into a folder and can load it back as a plain
-``numpy -> numpy`` runner (used by the parity check and by ``crossdistill bench``), without
-crossdistill's model wrappers in the loop.
+``numpy -> numpy`` runner (``list[str] -> numpy`` for a text student; used by the parity check
+and by ``crossdistill bench``), without crossdistill's model wrappers in the loop.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 from crossdistill.registry import Registry
 
-Runner = Callable[[np.ndarray], list[np.ndarray]]
+Runner = Callable[[Any], list[np.ndarray]]  # a float32 batch, or a list of str for text
+TENSOR, TEXT = "tensor", "text"  # the kinds of student input an exporter may accept
 
 
 class ExportError(CrossDistillError):
@@ -33,25 +34,31 @@ class ExportInputs:
     ``graph`` is the student's model with its input pipeline in front (eval mode, CPU) returning
     one tensor per name in ``output_names``; ``model`` is the bare model and ``pipeline`` the
     recipe's pipeline steps, for formats that store them separately. ``example`` is a small batch
-    of real inputs (for tracing), ``calibration`` real training inputs (for static int8).
+    of real inputs (for tracing), ``calibration`` real training inputs (for static int8); for a
+    text student both are lists of strings.
     """
 
     graph: nn.Module
     model: nn.Module
     meta: dict[str, Any]  # student.json of the run: model, params, outputs, pipeline
     output_names: list[str]
-    example: torch.Tensor
-    calibration: torch.Tensor
+    example: torch.Tensor | list[str]
+    calibration: torch.Tensor | list[str]
     int8: bool
     info: dict[str, Any] = field(default_factory=dict)  # filled by the exporter
 
 
 class Exporter:
-    """One export format. Subclasses set ``name``/``filename`` and implement both methods."""
+    """One export format. Subclasses set ``name``/``filename`` and implement both methods.
+
+    ``inputs`` names the kinds of student input the format can hold: ``"tensor"`` (a float
+    batch) and/or ``"text"`` (raw strings, tokenized by the student itself).
+    """
 
     name: str = ""
     filename: str = ""
     description: str = ""
+    inputs: tuple[str, ...] = (TENSOR,)
 
     def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
         """Write the model file(s) into ``folder``; return what preprocessing.json should add
@@ -59,7 +66,8 @@ class Exporter:
         raise NotImplementedError
 
     def load(self, folder: Path, threads: int = 1) -> Runner:
-        """A callable running the exported model on a float32 batch (``N, ...``)."""
+        """A callable running the exported model on a float32 batch (``N, ...``) or, for a text
+        student, on a list of strings."""
         raise NotImplementedError
 
 
@@ -72,15 +80,16 @@ def register(cls: type[Exporter]) -> type[Exporter]:
     return cls
 
 
-def torch_runner(module: Callable[[torch.Tensor], Any], threads: int) -> Runner:
-    """A numpy runner around a torch callable returning a tensor or a tuple of tensors."""
+def torch_runner(module: Callable[[Any], Any], threads: int) -> Runner:
+    """A numpy runner around a torch callable returning a tensor or a tuple of tensors; a list
+    of strings (a text batch) is passed through as it is."""
 
     @torch.no_grad()
-    def run(x: np.ndarray) -> list[np.ndarray]:
+    def run(x: Any) -> list[np.ndarray]:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            out = module(torch.from_numpy(np.ascontiguousarray(x)))
+            out = module(x if isinstance(x, list) else torch.from_numpy(np.ascontiguousarray(x)))
         finally:
             torch.set_num_threads(previous)
         outs = out if isinstance(out, (tuple, list)) else (out,)

@@ -1,11 +1,13 @@
 """Export a finished run's student alone — no teacher, adapters or loss modules — as safetensors,
-TorchScript or ONNX (optionally int8), with ``preprocessing.json`` and a parity check.
+TorchScript or ONNX (optionally int8), or a text student as a sentence-transformers model, with
+``preprocessing.json`` and a parity check.
 
 ``RUN_DIR/export/<format>[-int8]/`` holds the model file, ``preprocessing.json`` (input shape,
 dtype, value range, pipeline steps, output names, classes) and ``parity.json`` (the exported
 model, run by its own runtime, against the trained student in crossdistill on real validation
-examples). The folder is written under a temporary name and renamed at the end: a failure
-leaves no export behind.
+examples; for a text student: embeddings' max abs diff and cosine on up to 1,000 sentences).
+The folder is written under a temporary name and renamed at the end: a failure leaves no export
+behind.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import numpy as np
 import torch
 
 from crossdistill.errors import CheckpointError, CrossDistillError
-from crossdistill.export.base import EXPORTERS, ExportError, ExportInputs, StudentGraph
+from crossdistill.export.base import (
+    EXPORTERS,
+    TENSOR,
+    TEXT,
+    ExportError,
+    ExportInputs,
+    StudentGraph,
+    torch_runner,
+)
 
 PREPROCESSING = "preprocessing.json"
 PARITY = "parity.json"
@@ -60,17 +70,53 @@ def check_run(run_dir: Path) -> None:
     )
 
 
-def _batches(recipe: Any, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``limit`` unaugmented student inputs and targets of ``split``, in order."""
+def _batches(recipe: Any, split: str, limit: int) -> torch.Tensor | list[str]:
+    """Up to ``limit`` unaugmented student inputs of ``split``, in order: a tensor, or the
+    list of strings of a text source."""
     from crossdistill.experiment import build_eval_loader
 
     data = recipe.data.model_copy(update={"eval_split": split, "limit_eval": limit})
     loader = build_eval_loader(recipe.model_copy(update={"data": data}), torch.device("cpu"))
-    xs, ys = [], []
-    for batch in loader:
-        xs.append(batch["views"]["student"])
-        ys.append(batch["target"])
-    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+    xs = [batch["views"]["student"] for batch in loader]
+    if xs and isinstance(xs[0], list):  # text batches collate to lists of str
+        return [text for batch in xs for text in batch][:limit]
+    return torch.cat(xs)[:limit]
+
+
+def _input_kind(x: torch.Tensor | list[str]) -> str:
+    return TEXT if isinstance(x, list) else TENSOR
+
+
+def _numpy(x: torch.Tensor | list[str]) -> np.ndarray | list[str]:
+    return x if isinstance(x, list) else x.numpy()
+
+
+def text_input(model: Any) -> dict[str, Any]:
+    """preprocessing.json's ``input`` for a student that takes raw strings."""
+    return {
+        "name": "texts",
+        "type": "list[str]",
+        "note": "raw UTF-8 strings; the model tokenizes them itself",
+        "tokenizer": getattr(model, "tokenizer_name", None),
+        "max_length": getattr(model, "max_length", None),
+        "truncation": "to max_length tokens (longer texts are cut, never refused)",
+    }
+
+
+def _check_format(exporter: Any, kind: str, run_dir: Path) -> None:
+    """An ExportError when ``exporter`` cannot hold a student taking ``kind`` inputs."""
+    if kind in exporter.inputs:
+        return
+    fitting = sorted(n for n, e in EXPORTERS.items() if kind in e.inputs)
+    what = {
+        TEXT: "raw strings, tokenized inside the student in Python",
+        TENSOR: "tensors, not raw strings",
+    }[kind]
+    raise ExportError(
+        f"the {exporter.name} format cannot hold the student of {run_dir}: its inputs are "
+        f"{what}, and {exporter.name} takes only {' / '.join(exporter.inputs)} inputs",
+        hint=f"use --format {' or --format '.join(fitting)}" if fitting else None,
+    )
 
 
 def _value_range(recipe: Any, x: torch.Tensor) -> list[float]:
@@ -87,24 +133,32 @@ def _value_range(recipe: Any, x: torch.Tensor) -> list[float]:
 
 
 def parity(
-    reference: list[np.ndarray], exported: list[np.ndarray], names: list[str]
+    reference: list[np.ndarray], exported: list[np.ndarray], names: list[str], text: bool = False
 ) -> dict[str, Any]:
-    """Max abs diff per output and top-1 agreement of the first 2-D output."""
+    """Max abs diff per output, and top-1 agreement of the first 2-D output or, for a text
+    student (whose outputs are embeddings), the cosine of each exported embedding to the
+    reference's (mean and min)."""
     out: dict[str, Any] = {
         "max_abs_diff": {
-            n: float(np.abs(r - e).max())
+            n: float(np.abs(r - e).max()) if r.size else 0.0
             for n, r, e in zip(names, reference, exported, strict=True)
         }
     }
     out["max_abs_diff_all"] = max(out["max_abs_diff"].values())
-    if reference[0].ndim == 2:
+    if text:
+        r, e = (np.asarray(a, dtype=np.float64) for a in (reference[0], exported[0]))
+        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(e, axis=1)
+        cosine = (r * e).sum(1) / np.maximum(norms, 1e-12)
+        out["mean_cosine"] = float(cosine.mean())
+        out["min_cosine"] = float(cosine.min())
+    elif reference[0].ndim == 2:
         agree = reference[0].argmax(1) == exported[0].argmax(1)
         out["top1_agreement"] = float(agree.mean())
         out["disagreements"] = int((~agree).sum())
     return out
 
 
-def _run_batched(runner: Any, x: np.ndarray, batch: int = 256) -> list[np.ndarray]:
+def _run_batched(runner: Any, x: np.ndarray | list[str], batch: int = 256) -> list[np.ndarray]:
     parts = [runner(x[i : i + batch]) for i in range(0, len(x), batch)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
@@ -143,20 +197,19 @@ def export_run(
     names = list(student.outputs)
     graph = StudentGraph(student.pipeline, student.model, student.outputs).eval()
 
-    x, _ = _batches(recipe, recipe.data.eval_split, parity_examples)
-    calibration = (
-        _batches(recipe, recipe.data.train_split, calibration_examples)[0] if int8 else x[:0]
-    )
-    with torch.no_grad():
-        ref = graph(x)
-    reference = [t.float().numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+    x = _batches(recipe, recipe.data.eval_split, parity_examples)
+    kind = _input_kind(x)
+    _check_format(exporter, kind, run_dir)
+    calibration = _batches(recipe, recipe.data.train_split, calibration_examples) if int8 else x[:0]
+    # a batch at a time, as the export runs: a text student pads each batch to its longest text
+    reference = _run_batched(torch_runner(graph, torch.get_num_threads()), _numpy(x))
 
     inputs = ExportInputs(
         graph=graph,
         model=student.model,
         meta=meta,
         output_names=names,
-        example=x[:2].clone(),
+        example=x[:2] if kind == TEXT else x[:2].clone(),
         calibration=calibration,
         int8=int8,
     )
@@ -170,7 +223,7 @@ def export_run(
         seconds = time.perf_counter() - start
         try:
             runner = exporter.load(tmp)
-            exported = _run_batched(runner, x.numpy())
+            exported = _run_batched(runner, _numpy(x))
         except CrossDistillError:
             raise
         except Exception as exc:
@@ -185,10 +238,12 @@ def export_run(
             "split": recipe.data.eval_split,
             "reference": "the trained student in crossdistill (float32, CPU)",
             "student_weights": integrity,
-            **parity(reference, exported, names),
+            **parity(reference, exported, names, text=kind == TEXT),
             "export_seconds": round(seconds, 3),
         }
         (tmp / PARITY).write_text(json.dumps(result, indent=1))
+        if kind == TEXT:
+            info["input"] = {**text_input(student.model), **info.get("input", {})}
         pre = preprocessing(recipe, meta, x, reference, names, exporter, info, int8)
         (tmp / PREPROCESSING).write_text(json.dumps(pre, indent=1))
         _replace(tmp, target)
@@ -212,14 +267,17 @@ def _replace(tmp: Path, target: Path) -> None:
 def preprocessing(
     recipe: Any,
     meta: dict[str, Any],
-    x: torch.Tensor,
+    x: torch.Tensor | list[str],
     reference: list[np.ndarray],
     names: list[str],
     exporter: Any,
     info: dict[str, Any],
     int8: bool,
 ) -> dict[str, Any]:
-    """The contents of preprocessing.json: what goes in, what comes out, how it was made."""
+    """The contents of preprocessing.json: what goes in, what comes out, how it was made.
+
+    For a text student ``info["input"]`` describes the input (raw strings, the tokenizer, max
+    length, truncation; see :func:`text_input`)."""
     from crossdistill.data import load_source
 
     split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
@@ -227,7 +285,9 @@ def preprocessing(
         "format": exporter.name,
         "file": exporter.filename,
         "int8": int8,
-        "input": {
+        "input": info["input"]
+        if isinstance(x, list)
+        else {
             "name": "input",
             "shape": [None, *x.shape[1:]],
             "dtype": "float32",
@@ -251,5 +311,5 @@ def preprocessing(
         "class_names": split.class_names,
         "student": {k: meta[k] for k in ("model", "params", "parameters") if k in meta},
         "data_source": recipe.data.source,
-        **{k: v for k, v in info.items() if k != "pipeline_in_graph"},
+        **{k: v for k, v in info.items() if k not in ("pipeline_in_graph", "input")},
     }
