@@ -5,7 +5,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from crossdistill.data.sources import digits, fashion_mnist, sentences  # noqa: F401  (register)
+from crossdistill.data.sources import (  # noqa: F401  (register)
+    digits,
+    fashion_mnist,
+    sentences,
+    text_file,
+)
 from crossdistill.data.sources.base import DATA_SOURCES, SPLITS, ArraySplit, check_split
 from crossdistill.errors import ConfigError
 
