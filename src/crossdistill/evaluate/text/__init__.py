@@ -8,6 +8,14 @@ model, crossdistill run or registered text model.
 
 from crossdistill.evaluate.text.base import TEXT_TASKS, TextTask
 from crossdistill.evaluate.text.encoders import TextEncoder, load_encoder
-from crossdistill.evaluate.text.suite import run_text_suite, task_names
+from crossdistill.evaluate.text.suite import CachedEncoder, run_text_suite, task_names
 
-__all__ = ["TEXT_TASKS", "TextEncoder", "TextTask", "load_encoder", "run_text_suite", "task_names"]
+__all__ = [
+    "TEXT_TASKS",
+    "CachedEncoder",
+    "TextEncoder",
+    "TextTask",
+    "load_encoder",
+    "run_text_suite",
+    "task_names",
+]

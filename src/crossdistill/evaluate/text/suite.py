@@ -50,6 +50,10 @@ class CachedEncoder:
         return np.stack([self._cache[t] for t in texts])
 
 
+def _cached(encoder: TextEncoder) -> CachedEncoder:
+    return encoder if isinstance(encoder, CachedEncoder) else CachedEncoder(encoder)
+
+
 def task_names() -> list[str]:
     """Every registered text task, in table order."""
     import crossdistill.evaluate.text.tasks  # noqa: F401  (registers the tasks)
@@ -81,13 +85,13 @@ def run_text_suite(
     """
     import crossdistill.evaluate.text.tasks  # noqa: F401  (registers the tasks)
 
-    model = CachedEncoder(load_encoder(encoder, device) if isinstance(encoder, str) else encoder)
+    model = _cached(load_encoder(encoder, device) if isinstance(encoder, str) else encoder)
     if teacher is None:
         teacher_encoder = None
     elif teacher is encoder or (isinstance(teacher, str) and teacher == encoder):
         teacher_encoder = model  # the same model: encode each text once for both roles
     else:
-        teacher_encoder = CachedEncoder(
+        teacher_encoder = _cached(
             load_encoder(teacher, device) if isinstance(teacher, str) else teacher
         )
     if tasks is None:
