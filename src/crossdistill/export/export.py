@@ -107,7 +107,7 @@ def _check_format(exporter: Any, kind: str, run_dir: Path) -> None:
     """An ExportError when ``exporter`` cannot hold a student taking ``kind`` inputs."""
     if kind in exporter.inputs:
         return
-    fitting = sorted(n for n, e in EXPORTERS.items() if kind in e.inputs)
+    fitting = [n for n in EXPORTERS.names() if kind in EXPORTERS.get(n).inputs]
     what = {
         TEXT: "raw strings, tokenized inside the student in Python",
         TENSOR: "tensors, not raw strings",

@@ -168,7 +168,10 @@ class SentenceTransformersExporter(Exporter):
             + " + ".join(type(m).__name__ for m in modules),
             "modules": [type(m).__name__ for m in modules],
             "pipeline_in_graph": True,
-            "input": {"note": "raw UTF-8 strings; the model's first module tokenizes them"},
+            "input": {
+                "note": "raw UTF-8 strings; the model's first module tokenizes them",
+                "tokenizer_file": "tokenizer.json",
+            },
             "load": "sentence_transformers.SentenceTransformer(path, device='cpu', "
             "local_files_only=True).encode(texts)",
         }
