@@ -254,3 +254,41 @@ def test_another_text_student_is_refused(tmp_path: Path) -> None:
         export_run(run, "sentence-transformers")
     assert "safetensors" in (info.value.hint or "")
     assert not (run / "export" / "sentence-transformers").exists()
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    from crossdistill.data import load_source
+
+    return load_source("sentences", "train", max_sentences=2000).texts
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
+def test_students_with_a_corpus_tokenizer_export_alike(
+    corpus: list[str], kind: str, tmp_path: Path
+) -> None:
+    """A tokenizer trained on the corpus ([PAD], [UNK], no [CLS]/[SEP]) survives the trip to
+    sentence-transformers: the fast-tokenizer wrapper adds no special tokens of its own."""
+    from crossdistill.data.tokenizers import train_tokenizer
+    from crossdistill.export.base import EXPORTERS, ExportInputs
+    from crossdistill.models.zoo.static_embedding import StaticEmbedding
+    from crossdistill.models.zoo.tiny_transformer import TinyTransformer
+
+    path = train_tokenizer(corpus, out=tmp_path / "tokenizer.json", kind=kind, vocab_size=400)
+    texts = corpus[-40:] + EXTRA
+    torch.manual_seed(0)
+    models = [
+        TinyTransformer(str(path), layers=1, dim=16, heads=2, max_length=20, init_from=None),
+        StaticEmbedding(str(path), dim=8, out_dim=None, max_length=20),
+    ]
+    exporter = EXPORTERS.get("sentence-transformers")
+    for model in models:
+        model.eval()
+        with torch.no_grad():
+            expected = model(texts).numpy()
+        folder = tmp_path / type(model).__name__
+        folder.mkdir()
+        inputs = ExportInputs(model, model, {"model": "x"}, ["embedding"], texts[:2], [], False)
+        exporter.export(inputs, folder)
+        got = exporter.load(folder)(texts)[0]
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
