@@ -223,7 +223,8 @@ def report(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     format_: Annotated[
-        str, typer.Option("--format", help="safetensors | torchscript | onnx")
+        str,
+        typer.Option("--format", help="safetensors | torchscript | onnx | sentence-transformers"),
     ] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="quantize to int8")] = False,
     out: Annotated[Path | None, typer.Option(help="default: RUN_DIR/export/<format>")] = None,

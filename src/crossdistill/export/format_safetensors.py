@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from crossdistill.export.base import (
+    TENSOR,
+    TEXT,
     Exporter,
     ExportInputs,
     Runner,
@@ -85,6 +87,7 @@ class SafetensorsExporter(Exporter):
     name = "safetensors"
     filename = "model.safetensors"
     description = "weights + model.json (model, params); pipeline listed in preprocessing.json"
+    inputs = (TENSOR, TEXT)  # the model class rebuilds its own tokenizer from model.json
 
     def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
         model = inputs.model
