@@ -82,6 +82,9 @@ def run_text_suite(
     {task: {every metric, "seconds"}}, "avg", "agreement"}``, where ``avg`` is the mean headline
     of the tasks that ran and count towards it (all but ``agreement``) and ``agreement`` is that
     task's headline (None when it did not run). Progress goes to stderr.
+
+    Each text is encoded once per call. To reuse encodings across calls (one teacher for
+    several students), pass a :class:`CachedEncoder`: it is used as it is.
     """
     import crossdistill.evaluate.text.tasks  # noqa: F401  (registers the tasks)
 
@@ -95,7 +98,11 @@ def run_text_suite(
             load_encoder(teacher, device) if isinstance(teacher, str) else teacher
         )
     if tasks is None:
-        names = [n for n in task_names() if teacher_encoder or not TEXT_TASKS.get(n).needs_teacher]
+        names = [
+            n
+            for n in task_names()
+            if teacher_encoder is not None or not TEXT_TASKS.get(n).needs_teacher
+        ]
     else:
         names = list(dict.fromkeys(tasks))
         if not names:
