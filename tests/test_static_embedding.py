@@ -343,3 +343,31 @@ def test_unwritable_cache_still_initialises(
     assert "could not write static_embedding init cache" in caplog.text
     table, _, _ = expected_init(word_tokenizer, 3, 1e-4)
     np.testing.assert_allclose(model.embedding.weight.detach().numpy(), table, atol=2e-5)
+
+
+def test_load_student_never_recomputes_the_init(
+    word_tokenizer: Path, fake_teacher, tmp_path: Path
+) -> None:
+    """A finished run's student is rebuilt with ``init_from: null``: its weights replace the
+    initialisation, so no teacher pass (cold cache or not) runs to compute it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from crossdistill.experiment import load_student
+
+    params = {"tokenizer": str(word_tokenizer), "dim": 3, "out_dim": None, "init_from": FAKE}
+    trained = StaticEmbedding(**params)
+    with torch.no_grad():
+        trained.embedding.weight.add_(1.0)  # "training"
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(trained.state_dict(), run / "student.safetensors")
+    meta = {"model": "static_embedding", "params": params, "outputs": ["embedding"]}
+    (run / "student.json").write_text(json.dumps({**meta, "pipeline": []}))
+    fake_teacher.calls.clear()
+    for f in (cache_dir() / "static_init").glob("*.safetensors"):
+        f.unlink()  # a cold cache: an init would have to run the teacher
+    student = load_student(run)
+    assert fake_teacher.calls == []
+    torch.testing.assert_close(student.model.embedding.weight, trained.embedding.weight)

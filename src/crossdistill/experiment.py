@@ -33,7 +33,7 @@ from crossdistill.data.views import build_pipeline
 from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import CheckpointError, ConfigError
 from crossdistill.losses import build_loss
-from crossdistill.models.registry import build_model, load_weights
+from crossdistill.models.registry import accepts_param, build_model, load_weights
 from crossdistill.models.taps import Tap
 from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
@@ -354,9 +354,13 @@ def load_student(run_dir: str | Path) -> Student:
             hint=f"rewrite it from the last checkpoint: delete student.safetensors, then "
             f"`crossdistill run {run_dir / 'config.yaml'} --resume`",
         )
+    params = dict(meta["params"])
+    if accepts_param(meta["model"], "init_from"):
+        # the trained weights replace the initialisation: never run a teacher to compute it
+        params["init_from"] = None
     spec = ModelSpec(
         model=meta["model"],
-        params=meta["params"],
+        params=params,
         outputs=meta["outputs"],
         pipeline=meta["pipeline"],
         weights=run_dir / "student.safetensors",

@@ -7,6 +7,7 @@ Weights load from safetensors only, with errors that say which keys or shapes do
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,14 @@ def resolve_model(ref: str) -> Callable[..., nn.Module]:
     if not callable(obj):
         raise ConfigError(f"model {ref!r} is not callable")
     return obj
+
+
+def accepts_param(ref: str, name: str) -> bool:
+    """Whether the model ``ref`` takes a keyword parameter ``name`` (``init_from``, ...)."""
+    try:
+        return name in inspect.signature(resolve_model(ref)).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a readable signature
+        return False
 
 
 def build_model(ref: str, params: Mapping[str, Any] | None = None) -> nn.Module:
