@@ -100,8 +100,22 @@ def _ref_cv_accuracy(x: np.ndarray, y: np.ndarray) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, cross_val_score
 
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)  # the probe sees unit vectors (0 stays 0)
+    x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
     model = LogisticRegression(max_iter=2000, random_state=0)
     return float(cross_val_score(model, x, y, cv=KFold(5, shuffle=True, random_state=0)).mean())
+
+
+def test_the_probe_ignores_the_scale_of_the_embeddings() -> None:
+    from crossdistill.evaluate.text.base import cv_accuracy
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(60, 4))
+    y = (x[:, 0] > 0).astype(int)
+    scaled = x * g.uniform(1e-3, 1e3, size=(60, 1))
+    assert cv_accuracy(scaled, y) == cv_accuracy(x, y)
+    assert cv_accuracy(x, y)["accuracy"] == pytest.approx(_ref_cv_accuracy(x, y))
 
 
 def _gensim_path(name: str) -> Path:

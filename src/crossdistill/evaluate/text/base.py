@@ -74,13 +74,17 @@ def cv_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = FOLDS) ->
     """Mean and std of the accuracy of logistic regression over ``folds`` shuffled folds.
 
     ``KFold(shuffle=True, random_state=0)``; ``LogisticRegression`` (L2, C=1, lbfgs,
-    ``max_iter=2000``, seed 0) on the embeddings as they are: the linear-probe protocol of
-    SentEval (Conneau & Kiela, 2018) without its hyper-parameter search.
+    ``max_iter=2000``, seed 0): the linear-probe protocol of SentEval (Conneau & Kiela, 2018)
+    without its hyper-parameter search, on L2-normalised embeddings. The normalisation makes
+    the probe as scale-free as the cosine tasks: with a fixed C, a model whose vectors happen to
+    be short (a static table's mean of token vectors) would otherwise be regularised towards
+    chance, and one emitting unit vectors would not.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
 
     labels = np.asarray(labels)
+    features = unit_rows(features)
     if len(labels) < folds:
         raise ConfigError(f"{len(labels)} examples cannot be split into {folds} folds")
     scores = []
