@@ -354,6 +354,8 @@ def doctor() -> None:
         "tensorboard",
         "torchdistill",
         "sklearn",
+        "gensim",
+        "model2vec",
     )
     for extra in extras:
         found = importlib.util.find_spec(extra) is not None
