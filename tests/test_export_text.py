@@ -228,6 +228,40 @@ def test_int8_is_refused(runs: dict[str, Path]) -> None:
     assert not (runs["static"] / "export" / "sentence-transformers-int8").exists()
 
 
+@pytest.mark.parametrize("name", list(STUDENTS))
+def test_half_export_stores_float16_and_embeds_alike(runs: dict[str, Path], name: str) -> None:
+    from safetensors import safe_open
+    from sentence_transformers import SentenceTransformer
+
+    full = export_run(runs[name], "sentence-transformers")
+    half = export_run(runs[name], "sentence-transformers", half=True)
+    assert half.name == "sentence-transformers-fp16"
+
+    def weights(folder: Path) -> tuple[set[str], int]:
+        dtypes, size = set(), 0
+        for path in folder.rglob("*.safetensors"):
+            size += path.stat().st_size
+            with safe_open(str(path), "pt") as f:
+                dtypes |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+        return dtypes, size
+
+    (dtypes, half_bytes), (_, full_bytes) = weights(half), weights(full)
+    assert dtypes == {"F16"} and half_bytes < 0.55 * full_bytes
+    report = json.loads((half / "parity.json").read_text())
+    assert report["half"] is True and report["min_cosine"] > 0.999
+    texts = eval_sentences(runs[name])[:50]
+    ours = SentenceTransformer(str(half), device="cpu", local_files_only=True).encode(texts)
+    ref = student_embeddings(runs[name], texts)
+    cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.999
+
+
+def test_half_is_refused_by_formats_without_it(runs: dict[str, Path]) -> None:
+    with pytest.raises(ExportError, match="cannot store float16") as info:
+        export_run(runs["static"], "safetensors", half=True)
+    assert "--format sentence-transformers" in (info.value.hint or "")
+
+
 def test_an_image_student_is_refused(kd_recipe: Recipe) -> None:
     run = run_recipe(kd_recipe).run_dir
     with pytest.raises(ExportError, match=r"inputs are tensors, not raw strings") as info:

@@ -262,12 +262,15 @@ def export(
         typer.Option("--format", help="safetensors | torchscript | onnx | sentence-transformers"),
     ] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="quantize to int8")] = False,
+    half: Annotated[
+        bool, typer.Option("--half", help="float16 weights (sentence-transformers format)")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="default: RUN_DIR/export/<format>")] = None,
 ) -> None:
     """Export the student alone, parity-checked against the trained one on real examples."""
     from crossdistill.export import export_run
 
-    folder = export_run(run_dir, format_, int8=int8, out=out)
+    folder = export_run(run_dir, format_, int8=int8, out=out, half=half)
     _print_metrics(json.loads((folder / "parity.json").read_text()), f"export {folder}")
     typer.echo(str(folder))
 

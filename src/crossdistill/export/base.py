@@ -35,7 +35,7 @@ class ExportInputs:
     one tensor per name in ``output_names``; ``model`` is the bare model and ``pipeline`` the
     recipe's pipeline steps, for formats that store them separately. ``example`` is a small batch
     of real inputs (for tracing), ``calibration`` real training inputs (for static int8); for a
-    text student both are lists of strings.
+    text student both are lists of strings. ``half``: store float weights as float16.
     """
 
     graph: nn.Module
@@ -45,6 +45,7 @@ class ExportInputs:
     example: torch.Tensor | list[str]
     calibration: torch.Tensor | list[str]
     int8: bool
+    half: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # filled by the exporter
 
 
@@ -52,13 +53,15 @@ class Exporter:
     """One export format. Subclasses set ``name``/``filename`` and implement both methods.
 
     ``inputs`` names the kinds of student input the format can hold: ``"tensor"`` (a float
-    batch) and/or ``"text"`` (raw strings, tokenized by the student itself).
+    batch) and/or ``"text"`` (raw strings, tokenized by the student itself). ``half`` says
+    whether it can store the weights as float16 (``--half``).
     """
 
     name: str = ""
     filename: str = ""
     description: str = ""
     inputs: tuple[str, ...] = (TENSOR,)
+    half: bool = False
 
     def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
         """Write the model file(s) into ``folder``; return what preprocessing.json should add

@@ -37,9 +37,9 @@ PREPROCESSING = "preprocessing.json"
 PARITY = "parity.json"
 
 
-def export_dir(run_dir: Path, fmt: str, int8: bool) -> Path:
-    """Where an export lands by default: ``RUN_DIR/export/<format>[-int8]``."""
-    return Path(run_dir) / "export" / (f"{fmt}-int8" if int8 else fmt)
+def export_dir(run_dir: Path, fmt: str, int8: bool, half: bool = False) -> Path:
+    """Where an export lands by default: ``RUN_DIR/export/<format>[-int8][-fp16]``."""
+    return Path(run_dir) / "export" / (fmt + ("-int8" if int8 else "") + ("-fp16" if half else ""))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -173,8 +173,12 @@ def export_run(
     out: str | Path | None = None,
     parity_examples: int = 1000,
     calibration_examples: int = 1024,
+    half: bool = False,
 ) -> Path:
     """Export the student of a finished run; returns the export folder.
+
+    ``half`` stores the float weights as float16 (half the bytes; formats with ``half``
+    support only); ``parity.json`` then measures what that costs.
 
     Raises :class:`ExportError` / :class:`CheckpointError` with a hint on any problem, leaving
     nothing under the target name.
@@ -185,7 +189,13 @@ def export_run(
     exporter = EXPORTERS.get(fmt)
     run_dir = Path(run_dir)
     check_run(run_dir)
-    target = Path(out) if out is not None else export_dir(run_dir, fmt, int8)
+    if half and not exporter.half:
+        able = [name for name in EXPORTERS.names() if EXPORTERS.get(name).half]
+        raise ExportError(
+            f"the {fmt} export cannot store float16 weights",
+            hint=f"export without --half, or use --format {' or --format '.join(able)}",
+        )
+    target = Path(out) if out is not None else export_dir(run_dir, fmt, int8, half)
     recipe = load_recipe(run_dir / "config.yaml")
     student = load_student(run_dir).cpu().eval()  # checks student.safetensors' SHA-256
     meta = json.loads((run_dir / "student.json").read_text())
@@ -212,6 +222,7 @@ def export_run(
         example=x[:2] if kind == TEXT else x[:2].clone(),
         calibration=calibration,
         int8=int8,
+        half=half,
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -234,6 +245,7 @@ def export_run(
         result = {
             "format": fmt,
             "int8": int8,
+            "half": half,
             "examples": len(x),
             "split": recipe.data.eval_split,
             "reference": "the trained student in crossdistill (float32, CPU)",

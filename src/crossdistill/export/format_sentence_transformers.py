@@ -11,6 +11,7 @@ loads offline without crossdistill and without remote code, and embeds like the 
 
 each followed by ``Normalize`` when the student normalises. Weights are safetensors files
 (``model.safetensors`` of the first module, ``<i>_Dense/model.safetensors``); nothing is pickled.
+With ``--half`` they are float16 (half the bytes; the model then embeds in float16).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class SentenceTransformersExporter(Exporter):
     filename = "modules.json"
     description = "a SentenceTransformer folder (built-in modules, safetensors) of a text student"
     inputs = (TEXT,)
+    half = True
 
     def export(self, inputs: ExportInputs, folder: Path) -> dict[str, Any]:
         st = _sentence_transformers()
@@ -162,8 +164,11 @@ class SentenceTransformersExporter(Exporter):
         modules = build(inputs.model, stage)
         model = st.SentenceTransformer(modules=modules, device="cpu")
         shutil.rmtree(stage)  # the modules hold their weights in memory now
+        if inputs.half:
+            model.half()  # float16 on disk; sentence-transformers loads and runs it as float16
         model.save(str(folder), create_model_card=False, safe_serialization=True)
         return {
+            "weights_dtype": "float16" if inputs.half else "float32",
             "exporter": f"sentence_transformers {st.__version__} SentenceTransformer.save of "
             + " + ".join(type(m).__name__ for m in modules),
             "modules": [type(m).__name__ for m in modules],
