@@ -238,6 +238,12 @@ def _unfinished(ws: Workspace) -> list[str]:
     return ["export", str(run.relative_to(ws.root))]
 
 
+def _latin1_corpus(ws: Workspace) -> list[str]:
+    """``tokenizer`` on a corpus whose second line is Latin-1 ("café" with a bare 0xE9)."""
+    (ws.root / "corpus.txt").write_bytes(b"a good sentence\nthe caf\xe9 is open\n")
+    return ["tokenizer", "text_file", "--param", "path=corpus.txt", "--out", "tok.json"]
+
+
 def _not_a_run(ws: Workspace) -> list[str]:
     (ws.runs / "notes").mkdir()
     (ws.runs / "notes" / "todo.txt").write_text("not a run\n")
@@ -458,6 +464,14 @@ CASES: dict[str, Case] = {
     "cache-other-teacher": Case(
         _cache_other_teacher,
         ("was written for another recipe", "its teacher weights differ")),
+    # Text: a corpus that is not UTF-8, a model the text suite cannot load.
+    "corpus-not-utf8": Case(
+        _latin1_corpus,
+        ("corpus.txt is not UTF-8: line 2, byte offset 23", "errors: replace", "iconv")),
+    "eval-text-missing-model": Case(
+        lambda ws: ["eval", "--suite", "text", "runs/nope"],
+        ("'runs/nope' is neither a directory nor a registered model name",
+         "a sentence-transformers directory")),
 }
 # fmt: on
 
