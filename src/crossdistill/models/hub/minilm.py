@@ -96,9 +96,31 @@ class SentenceEncoder(nn.Module):
         return f"dim={self.dim}, max_length={self.max_length}, normalize={self.normalize}"
 
 
+def encoder(
+    model: nn.Module, max_length: int, normalize: bool, eager_attention: bool
+) -> SentenceEncoder:
+    """``model`` wrapped as a :class:`SentenceEncoder` in eval mode; ``eager_attention`` makes its
+    attention modules form the probabilities that attention taps read (see ``models.hf``)."""
+    wrapped = SentenceEncoder(model, max_length, normalize).eval()
+    if eager_attention:
+        from crossdistill.models.hf import expose_attention
+
+        expose_attention(wrapped)
+    return wrapped
+
+
 @MODELS.register("minilm")
-def minilm(device: str = "cpu", max_length: int = 128, normalize: bool = True) -> nn.Module:
-    """all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters, mean pooling): list[str] -> (B, 384)."""
+def minilm(
+    device: str = "cpu",
+    max_length: int = 128,
+    normalize: bool = True,
+    eager_attention: bool = False,
+) -> nn.Module:
+    """all-MiniLM-L6-v2 (6-layer BERT, 22.7M parameters, mean pooling): list[str] -> (B, 384).
+
+    ``eager_attention: true`` for a teacher whose attention distributions are tapped
+    (``model.0.model.encoder.layer.<i>.attention.self``, ``select: 1``, ``kind: attention``).
+    """
     package = _package()
     try:
         import sentence_transformers  # noqa: F401
@@ -107,4 +129,4 @@ def minilm(device: str = "cpu", max_length: int = 128, normalize: bool = True) -
             "the MiniLM teacher needs sentence-transformers, which is not installed",
             hint=INSTALL_HINT,
         ) from None
-    return SentenceEncoder(package.load_model(device), max_length, normalize).eval()
+    return encoder(package.load_model(device), max_length, normalize, eager_attention)

@@ -8,12 +8,12 @@ token-level hidden states and attention distributions are Knowledge too::
 
     teacher:
       model: sentence_transformer
-      params: {path: /models/my-encoder, max_length: 128}
+      params: {path: /models/my-encoder, max_length: 128, eager_attention: true}
       outputs: [embedding]
       taps:
         - {name: h5, path: model.0.model.encoder.layer.5}   # (B, L, D) hidden states
         - {name: a5, path: model.0.model.encoder.layer.5.attention.self, select: 1,
-           kind: attention}                                           # needs eager attention
+           kind: attention}                           # (B, heads, L, L), eager attention
 
 Token-level taps are padded to the longest text of the batch with the teacher's tokenizer.
 """
@@ -57,13 +57,17 @@ def load_sentence_transformer(path: str | Path, device: str = "cpu") -> nn.Modul
 
 @MODELS.register("sentence_transformer")
 def sentence_transformer(
-    path: str, device: str = "cpu", max_length: int = 128, normalize: bool = True
+    path: str,
+    device: str = "cpu",
+    max_length: int = 128,
+    normalize: bool = True,
+    eager_attention: bool = False,
 ) -> nn.Module:
     """A local sentence-transformers model: ``list[str] -> (B, D)`` embeddings.
 
     Texts longer than ``max_length`` tokens are truncated; with ``normalize`` the embeddings have
-    unit L2 norm.
+    unit L2 norm; ``eager_attention`` lets taps read its attention distributions.
     """
-    from crossdistill.models.hub.minilm import SentenceEncoder
+    from crossdistill.models.hub.minilm import encoder
 
-    return SentenceEncoder(load_sentence_transformer(path, device), max_length, normalize).eval()
+    return encoder(load_sentence_transformer(path, device), max_length, normalize, eager_attention)
