@@ -3,7 +3,8 @@
     python benchmarks/text.py          # full: 156k sentences, 3 seeds, the full text suite
     python benchmarks/text.py --quick  # minutes: 3,000 sentences, 1 seed, 1 epoch, quick suite
 
-Writes benchmarks/results/text[.quick].json and .md: one row per model with ``name``,
+Writes benchmarks/results/text[.quick][.threadsN].json and .md (``.threadsN`` when
+``--threads`` is not 1): one row per model with ``name``,
 ``scores`` (one headline per task of ``crossdistill eval --suite text``), ``avg`` (their mean),
 ``agreement`` (mean cosine with MiniLM after a fitted linear projection), ``params``,
 ``size_mb`` and ``sentences_per_s``.
@@ -23,7 +24,10 @@ The rows:
   ``SentenceTransformer``: ``static`` (recipes/text/static_distill.yaml), ``static_unigram``
   (recipes/text/static_unigram.yaml, a 16k Unigram vocabulary trained on the corpus) and
   ``tiny_transformer`` (recipes/text/tiny_transformer.yaml). Scores are the mean over seeds
-  (``avg_std`` the standard deviation of ``avg`` over seeds), after the last epoch.
+  (``avg_std`` the standard deviation of ``avg`` over seeds), after the last epoch. A finished
+  run of the same recipe under runs/bench is reused (its training time is read from its
+  metrics.jsonl, ``timings.train``), so a second invocation with other ``--threads`` only
+  re-evaluates and re-times.
 
 ``params`` and ``size_mb`` count the tensors of the model's safetensors weight files (tokenizer
 files excluded), i.e. what a user ships. ``sentences_per_s``: each model's own ``encode`` (the
@@ -154,6 +158,25 @@ def train_student(name: str, args: argparse.Namespace, out: Path, seed: int) -> 
     if not (export / "modules.json").is_file():
         export_run(run_dir, "sentence-transformers", half=half)
     return export
+
+
+def training_record(export: Path) -> dict[str, Any]:
+    """How long the run took to train (its epochs' seconds in metrics.jsonl, so the same whether
+    this invocation trained it or reused a run an earlier one trained) and when it finished."""
+    import json
+
+    run_dir = export.parent.parent
+    epochs = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"kind": "epoch"' in line
+    ]
+    return {
+        "epoch_s": [round(e["seconds"], 1) for e in epochs],
+        "finished": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime((run_dir / "student.json").stat().st_mtime)
+        ),
+    }
 
 
 def ensure_tokenizer(out: Path) -> dict[str, Any]:
@@ -339,11 +362,8 @@ def main() -> None:
         timings["tokenizer"] = ensure_tokenizer(out)
     for name in args.students:
         for seed in seeds:
-            start = time.perf_counter()
             export = train_student(name, args, out, seed)
-            timings.setdefault("train_s", {})[f"{name}_seed{seed}"] = round(
-                time.perf_counter() - start, 1
-            )
+            timings.setdefault("train", {})[f"{name}_seed{seed}"] = training_record(export)
             enc = evaluate(f"{name}#seed{seed}", export)
             if seed == seeds[0]:
                 encoders[name], artifacts[name] = enc, export
@@ -377,7 +397,13 @@ def main() -> None:
         "command": command_line(),
     }
     table, notes = render(result)
-    print(write_results("text.quick" if args.quick else "text", result, table, notes))
+    # one file per thread count: speeds at different thread counts are different measurements
+    name = (
+        "text"
+        + (".quick" if args.quick else "")
+        + (f".threads{args.threads}" * (args.threads != 1))
+    )
+    print(write_results(name, result, table, notes))
 
 
 if __name__ == "__main__":
