@@ -1,7 +1,8 @@
 """Every loss against its NumPy re-derivation and torchdistill 1.1.5: values and speed.
 
 For each bench case (tests/losses/ref_*.py: the NumPy references the loss tests use, at the
-shapes of a real training step — CIFAR-100 logits, ResNet maps, BERT/ViT attention ...):
+shapes of a real training step — CIFAR-100 logits, ResNet maps, BERT/ViT attention, MiniLM
+sentence embeddings ...):
 
 - ``max_abs_diff_vs_reference``: |ours (float32) − NumPy float64 reference|, and the same
   relative to the value;
@@ -40,6 +41,7 @@ import torch  # noqa: E402
 from bench_case import BenchCase  # noqa: E402
 from ref_attention import BENCH_CASES as ATTENTION  # noqa: E402
 from ref_contrastive import BENCH_CASES as CONTRASTIVE  # noqa: E402
+from ref_embedding import BENCH_CASES as EMBEDDING  # noqa: E402
 from ref_feature import BENCH_CASES as FEATURE  # noqa: E402
 from ref_logit import BENCH_CASES as LOGIT  # noqa: E402
 
@@ -47,7 +49,7 @@ from _common import command_line, machine, markdown_table, summarize, write_resu
 from crossdistill.knowledge import Knowledge  # noqa: E402
 from crossdistill.losses import LOSSES, build_loss  # noqa: E402
 
-CASES: list[BenchCase] = [*LOGIT, *FEATURE, *CONTRASTIVE, *ATTENTION]
+CASES: list[BenchCase] = [*LOGIT, *FEATURE, *CONTRASTIVE, *ATTENTION, *EMBEDDING]
 
 
 def _tensors(arrays: dict[str, np.ndarray], grad: bool) -> dict[str, torch.Tensor]:

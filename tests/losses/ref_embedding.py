@@ -1,12 +1,15 @@
 """NumPy float64 references for the embedding and ranking losses (cosine, sim_mse, infonce,
 margin_mse, listwise_kl), written from the formulas in their docstrings one sample (one pair,
-one candidate) at a time with explicit loops, so that they share no code with the losses."""
+one candidate) at a time with explicit loops, so that they share no code with the losses, and
+the cases ``benchmarks/losses.py`` runs them at (``BENCH_CASES``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+from bench_case import Arrays, BenchCase
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -128,3 +131,110 @@ def ref_listwise_kl_embeddings(
         keep = [j for j in range(b) if j != i]
         total += kl(log_softmax(tt[i, keep] / temperature), log_softmax(ss[i, keep] / temperature))
     return total / b * temperature**2
+
+
+# --------------------------------------------------------------------------------------------
+# Bench cases: one step of distilling all-MiniLM-L6-v2 (384-d) into a small text student,
+# batch 256, with a partly trained student, so the values are those of a run, not of unrelated
+# vectors: where the loss needs equal widths (cosine, infonce) the student's 384-d output after
+# its learned projector, i.e. in the teacher's space, is the teacher's embedding plus noise
+# (2.5 × its scale: cosine 0.37 with its teacher row, 0 ± 0.05 with the others, so InfoNCE at
+# τ = 0.05 is about 0.3, not saturated); where widths may differ (sim_mse, and margin_mse /
+# listwise_kl mining the batch) its own 240-d embedding is a random linear map of the teacher's
+# (which roughly keeps the batch's similarities) plus noise. Score mode: 64 queries × 8
+# candidates (positive first), the student's scores the teacher's plus noise.
+# --------------------------------------------------------------------------------------------
+
+BATCH, TEACHER_DIM, STUDENT_DIM = 256, 384, 240
+QUERIES, CANDIDATES = 64, 8
+EMB, SC = "embedding", "scores"
+
+
+def _make_projected(small: tuple[int, int]):
+    """Student already in the teacher's space (after its projector): teacher plus noise."""
+
+    def make(rng: np.random.Generator, realistic: bool) -> tuple[Arrays, Arrays, None]:
+        b, d = (BATCH, TEACHER_DIM) if realistic else small
+        t = rng.standard_normal((b, d))
+        return {EMB: t + 2.5 * rng.standard_normal((b, d))}, {EMB: t}, None
+
+    return make
+
+
+def _make_narrow(small: tuple[int, int, int]):
+    """Student of its own width: a random linear map of the teacher plus noise."""
+
+    def make(rng: np.random.Generator, realistic: bool) -> tuple[Arrays, Arrays, None]:
+        b, ds, dt = (BATCH, STUDENT_DIM, TEACHER_DIM) if realistic else small
+        t = rng.standard_normal((b, dt))
+        w = rng.standard_normal((dt, ds)) / math.sqrt(dt)
+        return {EMB: t @ w + 0.5 * rng.standard_normal((b, ds))}, {EMB: t}, None
+
+    return make
+
+
+def _make_scores(rng: np.random.Generator, realistic: bool) -> tuple[Arrays, Arrays, None]:
+    q, c = (QUERIES, CANDIDATES) if realistic else (5, 4)
+    t = 3 * rng.standard_normal((q, c))  # cross-encoder-like logits
+    return {SC: t + rng.standard_normal((q, c))}, {SC: t}, None
+
+
+def _ref(fn: Callable[[np.ndarray, np.ndarray], float], key: str = EMB):
+    return lambda s, t, y, loss: fn(s[key], t[key])
+
+
+BENCH_CASES: list[BenchCase] = [
+    BenchCase(
+        loss="cosine",
+        params={},
+        make=_make_projected((6, 5)),
+        reference=_ref(ref_cosine),
+    ),
+    BenchCase(
+        loss="sim_mse",
+        params={},
+        make=_make_narrow((6, 4, 9)),
+        reference=_ref(ref_sim_mse),
+    ),
+    BenchCase(
+        loss="infonce",
+        params={"temperature": 0.05},
+        make=_make_projected((7, 6)),
+        reference=_ref(lambda s, t: ref_infonce(s, t, 0.05)),
+    ),
+    BenchCase(
+        loss="infonce",
+        params={"temperature": 0.05, "symmetric": True},
+        make=_make_projected((7, 6)),
+        reference=_ref(lambda s, t: ref_infonce(s, t, 0.05, symmetric=True)),
+        label="infonce-symmetric",
+    ),
+    BenchCase(
+        loss="margin_mse",
+        params={"student": SC, "teacher": SC},
+        make=_make_scores,
+        reference=_ref(ref_margin_mse_scores, SC),
+        label="margin_mse-scores",
+    ),
+    BenchCase(
+        loss="margin_mse",
+        params={},
+        make=_make_narrow((6, 4, 9)),
+        reference=_ref(ref_margin_mse_embeddings),
+        label="margin_mse-embeddings",
+    ),
+    BenchCase(
+        loss="listwise_kl",
+        params={"student": SC, "teacher": SC},
+        make=_make_scores,
+        reference=_ref(ref_listwise_kl_scores, SC),
+        label="listwise_kl-scores",
+    ),
+    BenchCase(
+        loss="listwise_kl",
+        params={"temperature": 0.05},
+        make=_make_narrow((6, 4, 9)),
+        reference=_ref(lambda s, t: ref_listwise_kl_embeddings(s, t, 0.05)),
+        label="listwise_kl-embeddings",
+    ),
+]
