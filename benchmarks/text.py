@@ -151,7 +151,7 @@ def train_student(name: str, args: argparse.Namespace, out: Path, seed: int) -> 
     cache_recipe(recipe, progress=False)  # the first student writes the store, the others reuse it
     start = time.perf_counter()
     run_dir = run_or_reuse(recipe)
-    print(f"{name} seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"{name} seed {seed}: ready in {time.perf_counter() - start:.0f} s", flush=True)
     # static tables ship as float16, as model2vec's do; the transformer as float32
     half = name in STATIC
     export = run_dir / "export" / ("sentence-transformers" + ("-fp16" if half else ""))
