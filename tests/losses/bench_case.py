@@ -51,3 +51,21 @@ class BenchCase:
     @property
     def id(self) -> str:
         return self.label or self.loss
+
+    def small_values(self, seed: int = 0) -> tuple[float, float]:
+        """``(ours, reference)`` in float64 at the case's small shapes, for the loss tests."""
+        from crossdistill.knowledge import Knowledge
+        from crossdistill.losses import build_loss
+
+        rng = np.random.default_rng(seed)
+        s, t, y = self.make(rng, False)
+        loss = build_loss(self.loss, self.params).double()
+        if self.prime is not None:
+            self.prime(loss, rng)
+        expected = self.reference(s, t, y, loss)
+        student, teacher = (
+            Knowledge({k: torch.from_numpy(v) for k, v in d.items()}, source=n)
+            for d, n in ((s, "student"), (t, "teacher"))
+        )
+        got = loss(student, teacher, None if y is None else torch.from_numpy(y))
+        return float(got.item()), float(expected)

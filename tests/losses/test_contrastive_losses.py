@@ -124,19 +124,8 @@ def test_affinity_cross_modal_matches_numpy_reference(temperature: float) -> Non
 @pytest.mark.parametrize("case", BENCH_CASES, ids=lambda c: c.id)
 def test_bench_cases_agree_with_their_reference(case) -> None:
     """The benchmark's small shapes: our loss equals the case's NumPy reference (float64)."""
-    rng = np.random.default_rng(0)
-    s, t, y = case.make(rng, False)
-    loss = build_loss(case.loss, case.params).double()
-    if case.prime is not None:
-        case.prime(loss, rng)
-    expected = case.reference(s, t, y, loss)
-    tensors = [
-        Knowledge({k: torch.from_numpy(v) for k, v in d.items()}, source=n)
-        for d, n in ((s, "student"), (t, "teacher"))
-    ]
-    target = None if y is None else torch.from_numpy(y)
-    got = loss(*tensors, target)
-    np.testing.assert_allclose(got.item(), expected, rtol=1e-9)
+    got, expected = case.small_values()
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
 
 
 # --------------------------------------------------------------------------------------------

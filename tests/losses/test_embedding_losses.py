@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from ref_embedding import (
+    BENCH_CASES,
     ref_cosine,
     ref_infonce,
     ref_listwise_kl_embeddings,
@@ -559,3 +560,10 @@ def test_batch_losses_under_ddp_match_one_process_on_the_whole_batch(tmp_path: P
             torch.testing.assert_close(avg, g, rtol=0, atol=1e-12, msg=n)
     local = value("infonce", {"temperature": 0.3}, s[:LOCAL_B], (s * 0.5 + t[:, :DS])[:LOCAL_B])
     assert abs(local.item() - ranks[0]["infonce"]["value"].item()) > 1e-3
+
+
+@pytest.mark.parametrize("case", BENCH_CASES, ids=lambda c: c.id)
+def test_bench_cases_agree_with_their_reference(case) -> None:
+    """The benchmark's cases at small shapes: our loss equals the NumPy reference (float64)."""
+    got, expected = case.small_values()
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
