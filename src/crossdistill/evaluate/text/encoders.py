@@ -28,7 +28,6 @@ any other text (a static model gives the zero vector). Encoding runs in eval mod
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -248,14 +247,9 @@ DIRECTORY_KINDS: tuple[tuple[str, Callable[[Path], bool], Callable[[Path, str], 
 
 
 def _load_registered(name: str, device: str) -> BatchedEncoder:
-    from crossdistill.models.registry import build_model, resolve_model
+    from crossdistill.models.registry import accepts_param, build_model
 
-    factory = resolve_model(name)
-    try:
-        accepts_device = "device" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        accepts_device = False
-    module = build_model(name, {"device": device} if accepts_device else {})
+    module = build_model(name, {"device": device} if accepts_param(name, "device") else {})
     encoder = TorchEncoder(module, name, device=device)
     try:
         with torch.no_grad():
