@@ -531,3 +531,16 @@ def test_distiller_adapter_maps_what_its_loss_reads() -> None:
     student, _ = distiller(_batch(_x(2)))
     assert torch.equal(seen[id(adapted)], adapter(student["logits"]))
     assert torch.equal(seen[id(plain)], student["logits"])
+
+
+def test_require_imports_or_names_the_missing_package_and_its_install() -> None:
+    import json
+
+    from crossdistill.errors import DataError, require
+
+    assert require("json", "a test", "pip install nothing") is json
+    with pytest.raises(ConfigError, match="the thing needs the package 'no_such_pkg_x'") as info:
+        require("no_such_pkg_x.sub", "the thing", "pip install no-such-pkg-x")
+    assert info.value.hint == "pip install no-such-pkg-x"
+    with pytest.raises(DataError, match="not installed"):
+        require("no_such_pkg_x", "a source", "pip install it", DataError)

@@ -8,7 +8,9 @@ traceback (``--debug`` shows it).
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterable
+from types import ModuleType
 
 
 class CrossDistillError(Exception):
@@ -73,3 +75,21 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     close = close_matches(name, known)
     prefix = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     return f"{prefix}known: {', '.join(known) if known else '(none registered)'}"
+
+
+TEXT_EXTRA = "(or: pip install 'crossdistill[text]')"
+
+
+def require(
+    module: str, who: str, hint: str, error: type[CrossDistillError] = ConfigError
+) -> ModuleType:
+    """``import module`` for an optional feature, or ``error`` saying that ``who`` needs it and,
+    in ``hint``, how to install it (e.g. ``require("tokenizers", "static_embedding",
+    "pip install tokenizers")``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise error(
+            f"{who} needs the package {package!r}, which is not installed", hint=hint
+        ) from None

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from crossdistill.errors import ConfigError, DataError, did_you_mean
+from crossdistill.errors import TEXT_EXTRA, ConfigError, DataError, did_you_mean, require
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]")
 UNK = "[UNK]"
@@ -32,14 +32,7 @@ BYTE_LEVEL_MIN = 256 + len(SPECIAL_TOKENS)
 
 
 def _tokenizers() -> Any:
-    try:
-        import tokenizers
-    except ImportError:
-        raise ConfigError(
-            "training a tokenizer needs the 'tokenizers' package, which is not installed",
-            hint="pip install tokenizers  (or: pip install 'crossdistill[text]')",
-        ) from None
-    return tokenizers
+    return require("tokenizers", "training a tokenizer", f"pip install tokenizers  {TEXT_EXTRA}")
 
 
 def _normalizer(lowercase: bool) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.errors import ConfigError
+from crossdistill.errors import TEXT_EXTRA, require
 from crossdistill.export.base import TEXT, Exporter, ExportError, ExportInputs, Runner, register
 
 # the special tokens a fast tokenizer is told about, where the vocabulary has them
@@ -38,14 +38,11 @@ SPECIAL_TOKENS = {
 
 
 def _sentence_transformers() -> Any:
-    try:
-        import sentence_transformers
-    except ImportError:
-        raise ConfigError(
-            "the sentence-transformers export needs the package sentence-transformers",
-            hint="pip install sentence-transformers  (or: pip install 'crossdistill[text]')",
-        ) from None
-    return sentence_transformers
+    return require(
+        "sentence_transformers",
+        "the sentence-transformers export",
+        f"pip install sentence-transformers  {TEXT_EXTRA}",
+    )
 
 
 def _copy_tokenizer(tokenizer: Any) -> Any:

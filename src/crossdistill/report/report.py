@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from crossdistill.errors import require
 from crossdistill.report.data import (
     DEFAULT_MAX_EXAMPLES,
     RUN_COLORS,
@@ -36,13 +37,7 @@ def render_report(
 
     ``notes`` (HTML) go in the warning box at the top, ``footnotes`` (text) in the footer.
     """
-    try:
-        import matplotlib
-    except ImportError:
-        raise ReportError(
-            "crossdistill report draws its figures with matplotlib, which is not installed",
-            hint="pip install matplotlib",
-        ) from None
+    matplotlib = require("matplotlib", "crossdistill report", "pip install matplotlib", ReportError)
 
     from crossdistill import __version__
 

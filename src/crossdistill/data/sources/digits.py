@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from crossdistill.data.sources.base import DATA_SOURCES, ArraySplit, check_split
-from crossdistill.errors import ConfigError, DataError
+from crossdistill.errors import ConfigError, DataError, require
 
 NUM_EXAMPLES = 1797
 
@@ -16,14 +16,10 @@ NUM_EXAMPLES = 1797
 @functools.lru_cache(maxsize=1)
 def _load_all() -> tuple[np.ndarray, np.ndarray]:
     """All images as uint8 (N, 1, 8, 8) scaled from 0..16 to 0..255, and int64 labels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError(
-            "the 'digits' data source needs scikit-learn, which is not installed",
-            hint="pip install scikit-learn",
-        ) from None
-    bunch = load_digits()
+    datasets = require(
+        "sklearn.datasets", "the 'digits' data source", "pip install scikit-learn", DataError
+    )
+    bunch = datasets.load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     return images[:, None, :, :], bunch.target.astype(np.int64)
 

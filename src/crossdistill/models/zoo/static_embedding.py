@@ -19,20 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.errors import ConfigError, DataError
+from crossdistill.errors import TEXT_EXTRA, ConfigError, DataError, require
 from crossdistill.models.init_static import DEFAULT_SIF, init_from_teacher
 from crossdistill.models.registry import MODELS
 
 
 def load_tokenizer(tokenizer: str) -> Any:
     """``"minilm"`` (MiniLM's tokenizer.json) or the path of a ``tokenizer.json``."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise ConfigError(
-            "static_embedding needs the 'tokenizers' package, which is not installed",
-            hint="pip install tokenizers  (or: pip install 'crossdistill[text]')",
-        ) from None
+    tokenizers = require("tokenizers", "a text student", f"pip install tokenizers  {TEXT_EXTRA}")
     if tokenizer == "minilm":
         from crossdistill.models.hub.minilm import minilm_tokenizer_path
 
@@ -45,7 +39,7 @@ def load_tokenizer(tokenizer: str) -> Any:
                 hint="give 'minilm' or the path of a Hugging Face tokenizer.json",
             )
     try:
-        return Tokenizer.from_file(str(path))
+        return tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises plain Exceptions
         raise DataError(
             f"{path} is not a readable tokenizer.json ({exc})",
