@@ -417,6 +417,12 @@ def main() -> None:
     finally:
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
+            done = sys.exc_info()[1]  # click ends a successful command with SystemExit(0)
+            if isinstance(done, SystemExit) and done.code in (0, None):
+                # ranks tear gloo down together: a rank that destroyed its process group while
+                # another still printed its results once aborted at exit ("terminate called
+                # without an active exception", exit code -6)
+                dist.barrier()
             dist.destroy_process_group()
 
 
