@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# crossdistill child processes: one intra-op thread, offline, lines not wrapped by rich
+CHILD_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "COLUMNS": "400",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 
 
 def command_line() -> str:
@@ -58,6 +67,11 @@ def machine() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - every benchmark here needs torch
         info["torch"] = None
     return info
+
+
+def std(values: Sequence[float]) -> float:
+    """The sample standard deviation; 0.0 for a single value (one seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize(seconds: Sequence[float]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import command_line, machine, markdown_table, write_results  # noqa: E402
+from _common import std as sample_std  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill.config import Recipe  # noqa: E402
 from crossdistill.data.dataset import preview_batch  # noqa: E402
@@ -121,7 +122,7 @@ def main() -> None:
                 accs[variant].append(float(_json(run_dir / "eval.json")["accuracy"]))
                 print(f"{pair} seed {seed} {variant}: {accs[variant][-1]:.4f}", flush=True)
         mean = {v: statistics.mean(a) for v, a in accs.items()}
-        std = {v: statistics.stdev(a) if len(a) > 1 else 0.0 for v, a in accs.items()}
+        std = {v: sample_std(a) for v, a in accs.items()}
         entry = {
             "student_epochs": recipe.train.epochs,
             "teacher_acc": float(_json(teacher_run / "eval.json")["accuracy"]),

@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine, markdown_table, write_results  # noqa: E402
+from _common import command_line, machine, markdown_table, std, write_results  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill.experiment import run_or_reuse  # noqa: E402
 
@@ -82,9 +82,9 @@ def main() -> None:
         "scratch_acc": scratch,
         "kd_acc": kd,
         "scratch_mean": statistics.mean(scratch),
-        "scratch_std": statistics.stdev(scratch) if len(scratch) > 1 else 0.0,
+        "scratch_std": std(scratch),
         "kd_mean": statistics.mean(kd),
-        "kd_std": statistics.stdev(kd) if len(kd) > 1 else 0.0,
+        "kd_std": std(kd),
         "kd_gain_pt": 100 * (statistics.mean(kd) - statistics.mean(scratch)),
         "epochs": epochs,
         "teacher_epochs": load_recipe(RECIPES / "teacher.yaml", common).train.epochs,

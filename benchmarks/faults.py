@@ -73,6 +73,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    CHILD_ENV,
     command_line,
     machine,
     markdown_table,
@@ -81,14 +82,6 @@ from _common import (  # noqa: E402
 )
 
 DIGITS = ROOT / "recipes" / "digits"
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "COLUMNS": "400",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-}
 POLL_S = 0.002
 TIMEOUT_S = 600
 EPOCHS = 4
@@ -111,7 +104,7 @@ def slow_cnn(**params):
 # ----------------------------------------------------------------------------- processes
 
 
-def crossdistill(args: list[str], log: Path, env: dict[str, str] = ENV) -> subprocess.Popen:
+def crossdistill(args: list[str], log: Path, env: dict[str, str] = CHILD_ENV) -> subprocess.Popen:
     """Start ``python -m crossdistill ARGS`` with its output going to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -423,8 +416,8 @@ def store_section(work: Path, teacher: Path, kills: int, rng: random.Random) -> 
     pythonpath.mkdir(parents=True, exist_ok=True)
     (pythonpath / "slow_teacher.py").write_text(SLOW_TEACHER)
     env = {
-        **ENV,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), ENV.get("PYTHONPATH")])),
+        **CHILD_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), CHILD_ENV.get("PYTHONPATH")])),
     }
     stores = work / "stores"
     reference = stores / "reference"

@@ -33,7 +33,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine, markdown_table, write_results  # noqa: E402
+from _common import command_line, machine, markdown_table, std, write_results  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill.errors import NonFiniteLossError  # noqa: E402
 from crossdistill.experiment import run_or_reuse  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
             "acc": accs,  # seeds that finished
             "diverged": diverged,
             "mean": statistics.mean(accs) if accs else None,
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "std": std(accs),
         }
     scratch = results.get("scratch", {}).get("mean")
     for entry in results.values():

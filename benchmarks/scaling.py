@@ -54,6 +54,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    CHILD_ENV,
     command_line,
     machine,
     markdown_table,
@@ -64,14 +65,6 @@ from _common import (  # noqa: E402
 RECIPES = ROOT / "recipes"
 FASHION_TEACHER = ROOT / "runs" / "bench" / "fashion_mnist_teacher" / "student.safetensors"
 GLOBAL_BATCH = 128
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "COLUMNS": "400",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-}
 TIMEOUT_S = 3600
 
 
@@ -84,7 +77,7 @@ def crossdistill(args: list[str], log: Path) -> tuple[float, float]:
         rc = subprocess.call(
             [sys.executable, "-m", "crossdistill", *args],
             cwd=ROOT,
-            env=ENV,
+            env=CHILD_ENV,
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=TIMEOUT_S,
@@ -108,28 +101,27 @@ def fashion_mnist_installed() -> bool:
     return True
 
 
+def ensure_teacher(work: Path, family: str, *overrides: str) -> Path:
+    """``recipes/<family>/teacher.yaml`` trained into ``work/runs`` unless a finished one is
+    there (a partial one is removed first); returns its weights."""
+    teacher = work / "runs" / f"{family}_teacher" / "student.safetensors"
+    if not teacher.is_file():
+        shutil.rmtree(teacher.parent, ignore_errors=True)
+        settings = sets(
+            f"output.dir={work / 'runs'}", *overrides, "train.progress=false", "train.device=cpu"
+        )
+        recipe = RECIPES / family / "teacher.yaml"
+        crossdistill(["run", str(recipe), *settings], work / "logs" / "teacher.log")
+    return teacher
+
+
 def choose_recipe(work: Path, quick: bool) -> dict[str, Any]:
     """The recipe, its teacher weights (trained here when missing) and the sizes to run."""
     if fashion_mnist_installed():
         teacher = FASHION_TEACHER
         trained = False
         if not teacher.is_file():
-            teacher = work / "runs" / "fashion_mnist_teacher" / "student.safetensors"
-            if not teacher.is_file():
-                shutil.rmtree(teacher.parent, ignore_errors=True)
-                crossdistill(
-                    [
-                        "run",
-                        str(RECIPES / "fashion_mnist" / "teacher.yaml"),
-                        *sets(
-                            f"output.dir={work / 'runs'}",
-                            "train.epochs=1",
-                            "train.progress=false",
-                            "train.device=cpu",
-                        ),
-                    ],
-                    work / "logs" / "teacher.log",
-                )
+            teacher = ensure_teacher(work, "fashion_mnist", "train.epochs=1")
             trained = True
         return {
             "recipe": RECIPES / "fashion_mnist" / "kd.yaml",
@@ -139,17 +131,7 @@ def choose_recipe(work: Path, quick: bool) -> dict[str, Any]:
             "limit_train": 10_240 if quick else 60_000,
             "epochs": 2 if quick else 3,
         }
-    teacher = work / "runs" / "digits_teacher" / "student.safetensors"
-    if not teacher.is_file():
-        shutil.rmtree(teacher.parent, ignore_errors=True)
-        crossdistill(
-            [
-                "run",
-                str(RECIPES / "digits" / "teacher.yaml"),
-                *sets(f"output.dir={work / 'runs'}", "train.progress=false", "train.device=cpu"),
-            ],
-            work / "logs" / "teacher.log",
-        )
+    teacher = ensure_teacher(work, "digits")
     return {
         "recipe": RECIPES / "digits" / "kd.yaml",
         "teacher": teacher,
@@ -223,7 +205,7 @@ def bad_input_cases() -> int | None:
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
          "tests/test_bad_inputs.py"],
         cwd=ROOT,
-        env=ENV,
+        env=CHILD_ENV,
         capture_output=True,
         text=True,
         timeout=600,

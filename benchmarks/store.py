@@ -95,6 +95,7 @@ from _common import (  # noqa: E402
     machine,
     markdown_table,
     results_markdown,
+    std,
     summarize,
     write_results,
 )
@@ -517,9 +518,6 @@ def acc_part(args: argparse.Namespace, out: Path, seeds: list[int]) -> dict[str,
             acc[fmt].append(float(json.loads((run_dir / "eval.json").read_text())["accuracy"]))
             print(f"seed {seed} {fmt}: test accuracy {acc[fmt][-1]:.4f}", flush=True)
     assert recipe is not None
-
-    def std(x: list[float]) -> float:
-        return statistics.stdev(x) if len(x) > 1 else 0.0
 
     full, top = statistics.mean(acc["dense"]), statistics.mean(acc["topk"])
     return {
