@@ -34,8 +34,8 @@ with ``OMP_NUM_THREADS=1`` on the CPU. Random choices come from ``random.Random(
 2. **Store writer** (``store_kills``, ``store_identical``; target store_identical =
    store_kills). A digits recipe with ``augment_slots: 3``, ``limit_train: 600`` and a float32
    store (``shard_size: 50``, 12 shards; teacher ``batch_size: 32``). The teacher is the same
-   trained CNN wrapped in a ``module:Callable`` (``slow_teacher:slow_cnn``, written to a folder
-   put on PYTHONPATH, as tests/test_store.py does) that sleeps 30 ms per forward, so the write
+   trained CNN wrapped in a ``module:Callable`` (``slow_teacher:slow_cnn``: tests/slow_teacher.py
+   on PYTHONPATH, as tests/test_store.py uses it) that sleeps 30 ms per forward, so the write
    takes a few seconds and kills land mid-write. An uninterrupted ``crossdistill cache RECIPE``
    writes the reference store and times the write (``plan.json`` appearing → exit).
    For kill ``i`` a fresh store is started; the benchmark draws a shard ``j`` in 0 .. 11 and a
@@ -87,18 +87,7 @@ TIMEOUT_S = 600
 EPOCHS = 4
 CHECKPOINT_EVERY = 2
 STORE_SHARD, STORE_EXAMPLES, STORE_SLOTS = 50, 600, 3
-SLOW_TEACHER = """
-import time
-from crossdistill.models.zoo.cnn import SmallCNN
-
-class Slow(SmallCNN):
-    def forward(self, x):
-        time.sleep(0.03)
-        return super().forward(x)
-
-def slow_cnn(**params):
-    return Slow(**params)
-"""
+SLOW_TEACHER_DIR = ROOT / "tests"  # slow_teacher.py, shared with tests/test_store.py
 
 
 # ----------------------------------------------------------------------------- processes
@@ -412,13 +401,8 @@ def one_store_kill(
 
 def store_section(work: Path, teacher: Path, kills: int, rng: random.Random) -> dict:
     recipe = store_recipe(work, teacher)
-    pythonpath = work / "pythonpath"
-    pythonpath.mkdir(parents=True, exist_ok=True)
-    (pythonpath / "slow_teacher.py").write_text(SLOW_TEACHER)
-    env = {
-        **CHILD_ENV,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(pythonpath), CHILD_ENV.get("PYTHONPATH")])),
-    }
+    paths = [str(SLOW_TEACHER_DIR), CHILD_ENV.get("PYTHONPATH")]
+    env = {**CHILD_ENV, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     stores = work / "stores"
     reference = stores / "reference"
     shutil.rmtree(reference, ignore_errors=True)

@@ -228,29 +228,14 @@ def shard_bytes(store: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((store / "shards").iterdir())}
 
 
-SLOW_TEACHER = """
-import time
-from crossdistill.models.zoo.cnn import SmallCNN
-
-class Slow(SmallCNN):
-    def forward(self, x):
-        time.sleep(0.03)
-        return super().forward(x)
-
-def slow_cnn(**params):
-    return Slow(**params)
-"""
-
-
 def test_kill_9_anywhere_then_rerun_gives_the_same_store(tmp_path: Path) -> None:
-    (tmp_path / "slow_teacher.py").write_text(SLOW_TEACHER)
     raw = digits_recipe(tmp_path).model_dump(mode="json")
     raw["teacher"]["model"] = "slow_teacher:slow_cnn"
     raw["data"]["limit_train"] = 600
     raw["store"].update(batch_size=32, shard_size=50)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))
-    env = {**CLI_ENV, "PYTHONPATH": str(tmp_path)}
+    env = {**CLI_ENV, "PYTHONPATH": str(Path(__file__).parent)}  # slow_teacher.py
 
     def cache(store: Path) -> subprocess.Popen:
         return subprocess.Popen(
