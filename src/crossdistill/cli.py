@@ -1,5 +1,5 @@
-"""The ``crossdistill`` command: run | cache | eval | export | bench | report | tokenizer | list |
-doctor.
+"""The ``crossdistill`` command: run | cache | mine | eval | export | bench | report | tokenizer |
+list | doctor.
 
 Errors a user can fix are printed as one message with a hint and exit code 2; ``--debug`` adds the
 traceback.
@@ -115,6 +115,32 @@ def cache(
         typer.echo(str(path))
 
 
+@app.command()
+def mine(
+    teacher: Annotated[Path, typer.Argument(help="a run directory of a cross-encoder student")],
+    out: Annotated[Path, typer.Option(help="the triples file to write (JSON lines)")],
+    source: Annotated[str, typer.Option(help="a ranking data source")] = "wordnet_ranking",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="source parameter KEY=VALUE")
+    ] = None,
+    keep: Annotated[int, typer.Option(min=1, help="negatives kept per query")] = 3,
+    split: Annotated[str, typer.Option(help="data split")] = "train",
+    batch_size: Annotated[int, typer.Option(min=1, help="queries per teacher batch")] = 16,
+) -> None:
+    """Mine hard negatives with a cross-encoder: it scores each query's pool of candidates (the
+    source's negatives) and the query keeps its positive and the ``--keep`` hardest negatives,
+    written as a triples file for the ``triples`` data source."""
+    from crossdistill.config import apply_override
+    from crossdistill.data.mine import mine_to_file
+
+    params: dict = {}
+    for item in param or []:
+        apply_override(params, item)
+    summary = mine_to_file(teacher, out, source, params, keep, split, batch_size)
+    _print_metrics({k: v for k, v in summary.items() if not isinstance(v, str)}, f"mine {out}")
+    typer.echo(str(out))
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[
@@ -125,7 +151,11 @@ def eval_(
         ),
     ],
     suite: Annotated[
-        str, typer.Option(help="task: the recipe's eval split | text: the text suite")
+        str,
+        typer.Option(
+            help="task: the recipe's eval split | text: the text suite | retrieval: WordNet "
+            "held-out retrieval"
+        ),
     ] = "task",
     split: Annotated[
         str | None, typer.Option(help="data split (default: the recipe's; --suite task)")
@@ -133,34 +163,46 @@ def eval_(
     teacher: Annotated[
         str, typer.Option(help="--suite text: encoder for the agreement task ('none': skip it)")
     ] = "minilm",
+    reranker: Annotated[
+        str | None,
+        typer.Option(help="--suite retrieval: a cross-encoder run re-ranking MODEL's top 100"),
+    ] = None,
     quick: Annotated[
-        bool, typer.Option(help="--suite text: small deterministic subsets, seconds")
+        bool, typer.Option(help="--suite text/retrieval: small deterministic subsets")
     ] = False,
     tasks: Annotated[
         str | None, typer.Option(help="--suite text: comma-separated tasks (default: all)")
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="--suite text: JSON file (default: MODEL/eval-text.json for a folder)"),
+        typer.Option(help="--suite text/retrieval: JSON file (default: MODEL/eval-<suite>.json)"),
     ] = None,
 ) -> None:
-    """Evaluate a run's student on its recipe's eval split (``--suite task``), or any text
-    encoder on the text suite (``--suite text``: word and document similarity, classification,
-    WordNet retrieval, agreement with ``--teacher``)."""
+    """Evaluate a run's student on its recipe's eval split (``--suite task``), any text encoder
+    on the text suite (``--suite text``: word and document similarity, classification, WordNet
+    retrieval, agreement with ``--teacher``), or a retriever on held-out WordNet queries
+    (``--suite retrieval``: R@1, R@10, MRR@10, nDCG@10, latency; ``--reranker`` adds a
+    cross-encoder re-ranking its top 100)."""
     from crossdistill.errors import ConfigError
 
-    suites = {"task": _eval_task, "text": _eval_text}
+    suites = {"task": _eval_task, "text": _eval_text, "retrieval": _eval_retrieval}
     if suite not in suites:
         raise ConfigError(f"unknown eval suite {suite!r}", hint=f"known: {', '.join(suites)}")
-    text_only = {"--teacher": teacher != "minilm", "--quick": quick, "--tasks": tasks is not None}
-    text_only["--out"] = out is not None
-    misplaced = [name for name, given in text_only.items() if given and suite != "text"]
-    if misplaced or (split is not None and suite != "task"):
+    given = {"--split": split is not None, "--teacher": teacher != "minilm", "--quick": quick}
+    given |= {"--tasks": tasks is not None, "--out": out is not None}
+    given["--reranker"] = reranker is not None
+    applies = {"--split": {"task"}, "--teacher": {"text"}, "--tasks": {"text"}}
+    applies |= {"--quick": {"text", "retrieval"}, "--out": {"text", "retrieval"}}
+    applies["--reranker"] = {"retrieval"}
+    misplaced = [name for name, on in given.items() if on and suite not in applies[name]]
+    if misplaced:
         raise ConfigError(
-            f"{', '.join(misplaced) or '--split'} does not apply to --suite {suite}",
-            hint="--split is for --suite task; --teacher/--quick/--tasks/--out for --suite text",
+            f"{', '.join(misplaced)} does not apply to --suite {suite}",
+            hint="; ".join(f"{k} is for --suite {'/'.join(sorted(v))}" for k, v in applies.items()),
         )
-    suites[suite](model, split=split, teacher=teacher, quick=quick, tasks=tasks, out=out)
+    suites[suite](
+        model, split=split, teacher=teacher, reranker=reranker, quick=quick, tasks=tasks, out=out
+    )
 
 
 def _eval_task(model: str, split: str | None, **_: object) -> None:
@@ -192,8 +234,13 @@ def _eval_text(
     if result["avg"] is not None:
         table.add_row("avg", f"{result['avg']:.4f}", "mean of the task scores but agreement", "")
     console.print(table)
+    _write_result(result, model, out, "eval-text.json")
+
+
+def _write_result(result: dict, model: str, out: Path | None, default_name: str) -> None:
+    """Print ``result`` as JSON and write it to ``out`` (default: inside a MODEL folder)."""
     if out is None and Path(model).is_dir():
-        out = Path(model) / "eval-text.json"
+        out = Path(model) / default_name
     text = json.dumps(result, indent=2)
     if out is not None:
         from crossdistill.store.shards import write_atomic
@@ -202,6 +249,26 @@ def _eval_text(
         write_atomic(out, (text + "\n").encode())  # never a half-written result
         console.print(f"wrote {out}")
     typer.echo(text)
+
+
+def _eval_retrieval(
+    model: str, reranker: str | None, quick: bool, out: Path | None, **_: object
+) -> None:
+    from crossdistill.evaluate.retrieval import run_retrieval_suite
+
+    result = run_retrieval_suite(model, reranker=reranker, quick=quick)
+    table = Table(title=f"retrieval {result['set']}")
+    systems = [k for k in ("dense", "rerank") if k in result]
+    columns = ["r_at_1", "r_at_10", "mrr_at_10", "ndcg_at_10", "ms_per_query", "index_build_s"]
+    table.add_column("system")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for system in systems:
+        row = result[system]
+        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else "-" for c in columns]
+        table.add_row(f"{system} {row['model']}", *cells)
+    console.print(table)
+    _write_result(result, model, out, "eval-retrieval.json")
 
 
 @app.command()

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
 from crossdistill.data.checks import check_index, check_slots, check_views
+from crossdistill.data.ranking import RankingDataset, RankingSplit
 from crossdistill.data.sources.base import ArraySplit
 from crossdistill.data.text import TextDataset, TextSplit
 from crossdistill.errors import ConfigError, DataError
@@ -181,6 +182,9 @@ class TensorPairDataset(Dataset):
         }
 
 
+_DATASETS: dict[type, type] = {TextSplit: TextDataset, RankingSplit: RankingDataset}
+
+
 def make_dataset(
     split: Any,
     augmentation: Augmentation | None = None,
@@ -188,8 +192,8 @@ def make_dataset(
     slots: int | None = None,
     views: Sequence[str] = DEFAULT_VIEWS,
 ) -> Dataset:
-    """The dataset class that fits ``split``: images/arrays or texts."""
-    cls = TextDataset if isinstance(split, TextSplit) else DistillDataset
+    """The dataset class that fits ``split``: images/arrays, texts or ranking lists."""
+    cls = _DATASETS.get(type(split), DistillDataset)
     return cls(split, augmentation=augmentation, seed=seed, views=views, slots=slots)
 
 

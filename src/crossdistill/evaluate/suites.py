@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.evaluate.metrics import MetricAccumulator
-from crossdistill.knowledge import EMBEDDING, LOGITS
+from crossdistill.knowledge import EMBEDDING, LOGITS, SCORES
 from crossdistill.models.wrappers import Student, Teacher
 from crossdistill.train.runtime import autocast, to_device
 
@@ -88,6 +88,51 @@ class _Embeddings:
         if len(s) > 1:
             out["sim_pearson"] = torch.corrcoef(torch.stack([s, t]))[0, 1].item()
         return out
+
+
+class _Ranking:
+    """Ranking of each query's candidates (column 0 the positive) by the student's ``scores``:
+    ``top1`` (the positive ranked first), ``mrr`` over the candidates and, with the teacher's
+    scores, ``teacher_top1_agreement`` (both put the same candidate first) and
+    ``teacher_spearman`` (mean over queries of the rank correlation of the two score rows)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums = {
+            "top1": 0.0,
+            "mrr": 0.0,
+            "teacher_top1_agreement": 0.0,
+            "teacher_spearman": 0.0,
+        }
+        self.with_teacher = True
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
+        s = out[SCORES].detach().to("cpu", torch.float64)
+        # rank of the positive: 1 + candidates scoring strictly higher (ties favour the model)
+        rank = 1 + (s[:, 1:] > s[:, :1]).sum(1)
+        self.n += len(s)
+        self.sums["top1"] += (rank == 1).sum().item()
+        self.sums["mrr"] += (1.0 / rank).sum().item()
+        self.with_teacher = self.with_teacher and t is not None and SCORES in t
+        if self.with_teacher:
+            te = t[SCORES].detach().to("cpu", torch.float64)  # type: ignore[index]
+            if te.shape != s.shape:
+                raise ShapeError(
+                    f"student scores {tuple(s.shape)} and teacher scores {tuple(te.shape)} differ"
+                )
+            agree = s.argmax(1) == te.argmax(1)
+            self.sums["teacher_top1_agreement"] += agree.sum().item()
+            ranks = [x.argsort(1).argsort(1).to(torch.float64) for x in (s, te)]
+            centred = [r - r.mean(1, keepdim=True) for r in ranks]
+            cov = (centred[0] * centred[1]).sum(1)
+            norm = centred[0].norm(dim=1) * centred[1].norm(dim=1)
+            self.sums["teacher_spearman"] += (cov / norm.clamp(min=1e-12)).sum().item()
+
+    def compute(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ShapeError("no examples to evaluate: the evaluation data is empty")
+        keys = list(self.sums) if self.with_teacher else ["top1", "mrr"]
+        return {k: self.sums[k] / self.n for k in keys}
 
 
 def _teacher_knowledge(batch: Mapping[str, Any], teacher: Teacher | None) -> Mapping | None:
@@ -170,11 +215,14 @@ def evaluate_student(
     topk: int = 5,
 ) -> dict[str, float]:
     """Classification metrics when the student emits ``logits`` and batches have a ``target``,
-    else embedding agreement with the teacher; decided on the first batch, in one pass."""
+    ranking metrics when it emits candidate ``scores``, else embedding agreement with the
+    teacher; decided on the first batch, in one pass."""
 
     def pick(out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
         if LOGITS in out and "target" in batch:
             return _Classification(topk)
+        if SCORES in out:
+            return _Ranking()
         return _Embeddings()
 
     return _evaluate(student, loader, teacher, device, amp, pick)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
+import torch
 from torch import nn
 
 from crossdistill.errors import TapError
@@ -156,3 +157,17 @@ def attention_taps(
             )
     check_attention_exposed(model, taps)
     return taps
+
+
+def strip_specials(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states ``(B, L, D)`` of BERT-style inputs (``[CLS] text [SEP]``, padded) without
+    their special tokens: ``(B, L', D)`` and a bool mask ``(B, L')``, where position ``i`` is the
+    text's ``i``-th token and ``L'`` the longest text's token count."""
+    mask = mask.bool().clone()
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    last = (mask.sum(1) - 1).clamp(min=0)
+    mask[rows, last] = False  # [SEP]
+    mask[:, 0] = False  # [CLS]
+    states, mask = states[:, 1:], mask[:, 1:]
+    width = int(mask.sum(1).max()) if len(mask) else 0
+    return states[:, :width], mask[:, :width]

@@ -23,8 +23,9 @@ class ModelWrapper(nn.Module):
     """A model plus its input pipeline and taps.
 
     ``outputs`` names what the model's forward returns: a list of Knowledge names for a tensor or
-    a tuple (``["logits"]``, ``["logits", "embedding"]``), or a mapping from Knowledge name to the
-    key of a dict-like output (``{"embedding": "sentence_embedding"}``).
+    a tuple (``["logits"]``, ``["logits", "embedding"]``) or of the entries to keep from a dict
+    (``["scores", "query"]``), or a mapping from Knowledge name to the key of a dict-like output
+    (``{"embedding": "sentence_embedding"}``).
     """
 
     role = "model"
@@ -72,6 +73,14 @@ class ModelWrapper(nn.Module):
                 ) from None
         if isinstance(out, torch.Tensor):
             return {self.outputs[0]: out}
+        if isinstance(out, Mapping):  # a list of names picks the dict's entries of those names
+            missing = [name for name in self.outputs if name not in out]
+            if missing:
+                raise KnowledgeError(
+                    f"{self.role} output has no {missing} for outputs={list(self.outputs)}",
+                    hint=f"its forward returned a dict with keys {list(out)}",
+                )
+            return {name: out[name] for name in self.outputs}
         if isinstance(out, (tuple, list)):
             # extra elements the recipe does not name are ignored on purpose
             return dict(zip(self.outputs, out, strict=False))

@@ -10,6 +10,8 @@ from crossdistill.data.sources import (  # noqa: F401  (register)
     fashion_mnist,
     sentences,
     text_file,
+    triples,
+    wordnet_ranking,
 )
 from crossdistill.data.sources.base import DATA_SOURCES, SPLITS, ArraySplit, check_split
 from crossdistill.errors import ConfigError

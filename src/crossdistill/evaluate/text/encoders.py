@@ -188,12 +188,16 @@ def _load_run(path: Path, device: str) -> BatchedEncoder:
     from crossdistill.experiment import load_student
 
     outputs = json.loads((path / "student.json").read_text()).get("outputs", [])
+    student = load_student(path)
+    tower = getattr(student.model, "text_encoder", None)
+    if tower is not None:  # a dual encoder: texts go through its tower
+        return TorchEncoder(tower, str(path), device=device)
     if "embedding" not in outputs:
         raise ConfigError(
             f"the student of {path} emits {list(outputs)}, not an 'embedding'",
-            hint="the text suite evaluates students whose recipe has `outputs: [embedding]`",
+            hint="text evaluation takes students whose recipe has `outputs: [embedding]`, "
+            "or dual encoders",
         )
-    student = load_student(path)
     return TorchEncoder(student, str(path), select=lambda k: k["embedding"], device=device)
 
 

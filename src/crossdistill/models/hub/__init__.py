@@ -4,4 +4,4 @@ Each module imports its heavy dependencies (sentence-transformers, ...) only whe
 called, so registering them costs nothing.
 """
 
-from crossdistill.models.hub import minilm, sentence_transformer  # noqa: F401  (registers them)
+from crossdistill.models.hub import cross_encoder, minilm, sentence_transformer  # noqa: F401  (registers them)

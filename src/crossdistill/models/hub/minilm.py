@@ -66,13 +66,11 @@ class SentenceEncoder(nn.Module):
         dimension = getattr(model, "get_embedding_dimension", None)
         self.dim = int((dimension or model.get_sentence_embedding_dimension)())
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = _check_texts(texts)
+    def _run(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The pipeline's features (``sentence_embedding``, ``token_embeddings``, ...)."""
         device = next(self.parameters()).device
-        if not texts:
-            return torch.zeros(0, self.dim, device=device)
         preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
-        features = preprocess(texts)
+        features = preprocess(_check_texts(texts))
         features = {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
         }
@@ -80,10 +78,23 @@ class SentenceEncoder(nn.Module):
             if type(module).__name__ == "Normalize" and not self.normalize:
                 continue
             features = module(features)
-        embedding = features["sentence_embedding"]
         if self.normalize and not self._has_normalize:
-            embedding = F.normalize(embedding, p=2, dim=-1)
-        return embedding
+            features["sentence_embedding"] = F.normalize(features["sentence_embedding"], dim=-1)
+        return features
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        if not _check_texts(texts):
+            return torch.zeros(0, self.dim, device=next(self.parameters()).device)
+        return self._run(texts)["sentence_embedding"]
+
+    def token_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embeddings ``(B, D)``, the last layer's token states without ``[CLS]``/``[SEP]``
+        ``(B, L, 384)`` and their mask ``(B, L)`` (see ``models.hf.strip_specials``)."""
+        from crossdistill.models.hf import strip_specials
+
+        features = self._run(texts)
+        states, mask = strip_specials(features["token_embeddings"], features["attention_mask"])
+        return features["sentence_embedding"], states, mask
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_length={self.max_length}, normalize={self.normalize}"

@@ -209,21 +209,38 @@ class TinyTransformer(nn.Module):
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64)
         return ids, mask
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+    def _states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's token states ``(B, L, dim)`` and the attention mask ``(B, L)``."""
         ids, mask = self.tokenize(texts)
         device = self.bert.embeddings.word_embeddings.weight.device
-        if len(ids) == 0:
-            return torch.zeros(0, self.out_dim, device=device)
         if ids.shape[1] == 0:  # only empty texts and a tokenizer adding no specials
             ids = torch.full((len(ids), 1), self.pad_id, dtype=torch.int64)
             mask = torch.zeros_like(ids)
         ids, mask = ids.to(device), mask.to(device)
-        states = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         weights = mask.unsqueeze(-1).to(states.dtype)
         # every text has >= 1 token unless the tokenizer adds no specials and the text is empty
         pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         out = self.proj(pooled)
         return F.normalize(out, p=2, dim=-1) if self.normalize else out
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        if len(texts) == 0:
+            self.tokenize(texts)  # the type check
+            return torch.zeros(
+                0, self.out_dim, device=self.bert.embeddings.word_embeddings.weight.device
+            )
+        return self._pool(*self._states(texts))
+
+    def token_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embeddings, the last layer's token states without the tokenizer's ``[CLS]`` and
+        ``[SEP]`` ``(B, L, dim)`` and their mask (see ``models.hf.strip_specials``)."""
+        from crossdistill.models.hf import strip_specials
+
+        states, mask = self._states(texts)
+        return self._pool(states, mask), *strip_specials(states, mask)
 
     def extra_repr(self) -> str:
         init = "" if self.init_from is None else f", init_from={self.init_from!r}"
