@@ -94,12 +94,13 @@ def dense_search(
     depth: int = 100,
     latency_queries: int = 50,
     batch_size: int = 128,
+    latency_threads: int | None = None,
 ) -> Search:
     """Rank the corpus for every query by the cosine of ``encoder``'s embeddings.
 
     Timings: ``index_build_s`` (embedding the corpus), ``ms_per_query`` (one query at a time:
     embed it, score the index, take the top ``depth``; mean over ``latency_queries`` queries
-    spread over the set, after one warm-up query).
+    spread over the set, after one warm-up query; with ``latency_threads`` torch threads).
     """
     _check(rset, depth, latency_queries)
     start = time.perf_counter()
@@ -114,19 +115,30 @@ def dense_search(
         q = unit_rows(encoder.encode([rset.queries[i]], batch_size=1))
         return _top(q @ index.T, depth)[0]
 
-    timings = {"index_build_s": build_s, **_time_queries(one, len(rset.queries), latency_queries)}
+    latency = _time_queries(one, len(rset.queries), latency_queries, latency_threads)
+    timings = {"index_build_s": build_s, **latency}
     return Search(rankings, ranking_metrics(rankings, rset.relevant), timings)
 
 
-def _time_queries(one: Callable[[int], Any], n: int, k: int) -> dict[str, float]:
+def _time_queries(
+    one: Callable[[int], Any], n: int, k: int, threads: int | None
+) -> dict[str, float]:
+    """Mean milliseconds of ``one(i)`` over ``k`` queries spread over ``n``, with ``threads``
+    torch threads (default: as set)."""
     sample = _latency_sample(n, k)
     if not len(sample) or k == 0:
         return {}
-    one(int(sample[0]))  # warm-up: first-call allocations are not a query's cost
-    start = time.perf_counter()
-    for i in sample:
-        one(int(i))
-    return {"ms_per_query": 1000 * (time.perf_counter() - start) / len(sample)}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        one(int(sample[0]))  # warm-up: first-call allocations are not a query's cost
+        start = time.perf_counter()
+        for i in sample:
+            one(int(i))
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    return {"ms_per_query": 1000 * elapsed / len(sample)}
 
 
 Scorer = Callable[[list[str], list[list[str]]], torch.Tensor]
@@ -160,12 +172,13 @@ def rerank(
     pairs_per_batch: int = 256,
     cached: np.ndarray | None = None,
     progress: bool = True,
+    latency_threads: int | None = None,
 ) -> tuple[Search, np.ndarray]:
     """Re-rank the top ``depth`` of ``first`` with a cross-encoder; returns the search and the
     ``(queries, depth)`` scores (pass them back as ``cached`` to skip recomputing them).
 
     ``ms_per_query`` is ``first``'s plus the cross-encoder's time on one query's ``depth`` pairs
-    (one batch), measured on ``latency_queries`` queries.
+    (one batch), measured on ``latency_queries`` queries with ``latency_threads`` threads.
     """
     _check(rset, depth, latency_queries)
     top = first.rankings[:, :depth]
@@ -187,7 +200,7 @@ def rerank(
     def one(i: int) -> None:
         score([rset.queries[i]], [[rset.corpus[j] for j in top[i]]])
 
-    ce = _time_queries(one, len(rset.queries), latency_queries)
+    ce = _time_queries(one, len(rset.queries), latency_queries, latency_threads)
     timings = dict(first.timings)
     if "ms_per_query" in ce:
         timings["rerank_ms_per_query"] = ce["ms_per_query"]
