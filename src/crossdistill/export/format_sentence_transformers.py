@@ -8,6 +8,8 @@ loads offline without crossdistill and without remote code, and embeds like the 
 - ``tiny_transformer`` -> ``Transformer`` (the ``BertModel`` by ``save_pretrained``, with an
   unused all-zero pooler; the tokenizer as a fast tokenizer with its special tokens and
   ``model_max_length``) + mean ``Pooling`` [+ ``Dense``];
+- ``minilm`` / ``sentence_transformer`` (e.g. the tower of a dual encoder fine-tuned from
+  MiniLM) -> its own modules, with their trained weights;
 
 each followed by ``Normalize`` when the student normalises. Weights are safetensors files
 (``model.safetensors`` of the first module, ``<i>_Dense/model.safetensors``); nothing is pickled.
@@ -125,11 +127,25 @@ def transformer_modules(model: nn.Module, stage: Path) -> list[nn.Module]:
     return [encoder, pooling, *_tail(model)]
 
 
+def sentence_encoder_modules(model: nn.Module, stage: Path) -> list[nn.Module]:
+    """A ``minilm``/``sentence_transformer`` student (a SentenceTransformer inside): its own
+    modules, as trained, with ``Normalize`` as the student applies it."""
+    from sentence_transformers.base.modules.normalize import Normalize
+
+    modules = [m for m in model.model.children() if not isinstance(m, Normalize)]
+    return modules + ([Normalize()] if model.normalize else [])
+
+
 def _builders() -> dict[type, Callable[[nn.Module, Path], list[nn.Module]]]:
+    from crossdistill.models.hub.minilm import SentenceEncoder
     from crossdistill.models.zoo.static_embedding import StaticEmbedding
     from crossdistill.models.zoo.tiny_transformer import TinyTransformer
 
-    return {StaticEmbedding: static_modules, TinyTransformer: transformer_modules}
+    return {
+        StaticEmbedding: static_modules,
+        TinyTransformer: transformer_modules,
+        SentenceEncoder: sentence_encoder_modules,
+    }
 
 
 @register
