@@ -169,8 +169,7 @@ def test_choose_negatives_prefers_hard_ones_below_the_positive() -> None:
 def test_mine_negatives_uses_the_teachers_scores() -> None:
     split = RankingSplit(["q1", "q2"], [["p", "aaa", "a", "aa"], ["p", "b", "bbbb", "bb"]], "x")
 
-    def score(view: dict) -> torch.Tensor:  # a teacher that likes short texts
-        _, rows = ranking_columns(view)
+    def score(queries: list[str], rows: list[list[str]]) -> torch.Tensor:  # likes short texts
         return -torch.tensor([[float(len(t)) for t in row] for row in rows])
 
     mined = list(mine_negatives(score, split, keep=2, batch_size=1, progress=False))
@@ -180,7 +179,7 @@ def test_mine_negatives_uses_the_teachers_scores() -> None:
     with pytest.raises(ConfigError, match="keep"):
         list(mine_negatives(score, split, keep=4, progress=False))
     with pytest.raises(KnowledgeError, match="finite"):
-        list(mine_negatives(lambda v: torch.full((1, 4), float("nan")), split, 1, 1, False))
+        list(mine_negatives(lambda q, r: torch.full((1, 4), float("nan")), split, 1, 1, False))
 
 
 # ------------------------------------------------------------------------ retrieval

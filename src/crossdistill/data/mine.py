@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from crossdistill.data.ranking import RankingSplit, ranking_columns, ranking_view
+from crossdistill.data.ranking import RankingSplit
 from crossdistill.errors import ConfigError, KnowledgeError
 from crossdistill.train.progress import ProgressBar
 
-Scorer = Callable[[dict], torch.Tensor]
+# (queries, rows of candidates) -> (B, C) scores; ``evaluate.retrieval.cross_scorer`` makes one
+Scorer = Callable[[list[str], list[list[str]]], torch.Tensor]
 
 
 def choose_negatives(scores: torch.Tensor, keep: int) -> list[int]:
@@ -43,8 +44,7 @@ def mine_negatives(
     progress: bool = True,
 ) -> Iterator[tuple[str, list[str], list[float]]]:
     """``(query, [positive, negative_1..keep], teacher scores of those)`` for every query of
-    ``split``, in order. ``score`` maps a ranking view to ``(B, C)`` scores (a teacher's
-    ``scores``)."""
+    ``split``, in order. ``score(queries, rows)`` gives the teacher's ``(B, C)`` scores."""
     if int(keep) != keep or not 1 <= keep < split.num_candidates:
         raise ConfigError(
             f"mine: keep must be between 1 and the pool's {split.num_candidates - 1} negatives, "
@@ -55,7 +55,7 @@ def mine_negatives(
         for start in range(0, len(split), batch_size):
             queries = split.queries[start : start + batch_size]
             rows = split.candidates[start : start + batch_size]
-            scores = score(ranking_view(queries, rows)).float().cpu()
+            scores = score(queries, rows).float().cpu()
             if scores.shape != (len(rows), split.num_candidates) or not scores.isfinite().all():
                 raise KnowledgeError(
                     f"mine: the teacher gave scores of shape {tuple(scores.shape)} (finite: "
@@ -101,9 +101,7 @@ def mine_to_file(
 
     def rows() -> Iterator[tuple[str, list[str]]]:
         nonlocal above
-        for query, candidates, scores in mine_negatives(
-            lambda view: scorer(*ranking_columns(view, "mine")), data, keep, batch_size, progress
-        ):
+        for query, candidates, scores in mine_negatives(scorer, data, keep, batch_size, progress):
             margins.extend(scores[0] - s for s in scores[1:])
             above += sum(s > scores[0] for s in scores[1:])
             yield query, candidates
