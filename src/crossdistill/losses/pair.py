@@ -88,5 +88,9 @@ class PairLoss(Loss):
 def _get(knowledge: Knowledge, key: str, who: str) -> torch.Tensor:
     if isinstance(knowledge, Knowledge):
         knowledge.require((key,), who)
-    x = knowledge[key]
+    return as_float(knowledge[key])
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 for the loss arithmetic; float64 is kept (for float64 gradchecks)."""
     return x if x.dtype == torch.float64 else x.float()
