@@ -90,7 +90,7 @@ class DualAttentionLoss(Loss):
             qm = student[self.keys["query_mask"]].bool()
             cm = student[self.keys["candidate_mask"]].bool()
             self._check_shapes(h, g, qm, cm)
-            b, c, lc, d = g.shape
+            b, c, _, d = g.shape
             tau = self.temperature or math.sqrt(d)
             h4 = h[:, None].expand(b, c, *h.shape[1:])
             qm3 = qm[:, None].expand(b, c, qm.shape[1])
