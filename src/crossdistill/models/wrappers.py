@@ -78,7 +78,8 @@ class ModelWrapper(nn.Module):
             if missing:
                 raise KnowledgeError(
                     f"{self.role} output has no {missing} for outputs={list(self.outputs)}",
-                    hint=f"its forward returned a dict with keys {list(out)}",
+                    hint=f"its forward returned a dict with keys {list(out)}; map knowledge "
+                    "names to them with `outputs: {knowledge_name: output_key}` in the recipe",
                 )
             return {name: out[name] for name in self.outputs}
         if isinstance(out, (tuple, list)):
