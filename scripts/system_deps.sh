@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages crossdistill's demo and tests read: Fashion-MNIST's IDX files, WordNet 3.0 (the
 # `sentences` text source), and Chromium, which tests/test_report.py drives headless to check
-# that a report's figures all render.
+# that a report's figures all render, and the speech synthesizers espeak-ng and flite, which
+# generate the (synthetic) speech of the `speech_text` source.
 # Installs them with apt-get when run as root; otherwise prints the exact command and carries on
 # (the tests that need them then skip with the same hint).
 # chromium is large: about 350 MB on disk (/usr/lib/chromium), plus its libraries; the report
 # itself never needs it.
 set -euo pipefail
-packages=(dataset-fashion-mnist wordnet-base chromium)
+packages=(dataset-fashion-mnist wordnet-base chromium espeak-ng flite)
 marker=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 wordnet_marker=/usr/share/wordnet/data.noun
 missing=()

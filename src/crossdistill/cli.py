@@ -26,6 +26,7 @@ app = typer.Typer(
     help="Knowledge distillation across architectures and modalities.",
 )
 console = Console(stderr=True)
+QUICK_PAIRS = 200  # eval --suite speech-text --quick: the split's first examples
 state = {"debug": False}
 
 
@@ -154,21 +155,26 @@ def eval_(
         str,
         typer.Option(
             help="task: the recipe's eval split | text: the text suite | retrieval: WordNet "
-            "held-out retrieval"
+            "held-out retrieval | speech-text: paired-data retrieval and zero-shot"
         ),
     ] = "task",
     split: Annotated[
-        str | None, typer.Option(help="data split (default: the recipe's; --suite task)")
+        str | None,
+        typer.Option(help="data split (default: the recipe's; speech-text: test)"),
     ] = None,
     teacher: Annotated[
-        str, typer.Option(help="--suite text: encoder for the agreement task ('none': skip it)")
+        str,
+        typer.Option(
+            help="--suite text: encoder for the agreement task ('none': skip it); "
+            "speech-text: the text encoder of the space"
+        ),
     ] = "minilm",
     reranker: Annotated[
         str | None,
         typer.Option(help="--suite retrieval: a cross-encoder run re-ranking MODEL's top 100"),
     ] = None,
     quick: Annotated[
-        bool, typer.Option(help="--suite text/retrieval: small deterministic subsets")
+        bool, typer.Option(help="--suite text/retrieval/speech-text: small deterministic subsets")
     ] = False,
     tasks: Annotated[
         str | None, typer.Option(help="--suite text: comma-separated tasks (default: all)")
@@ -182,17 +188,24 @@ def eval_(
     on the text suite (``--suite text``: word and document similarity, classification, WordNet
     retrieval, agreement with ``--teacher``), or a retriever on held-out WordNet queries
     (``--suite retrieval``: R@1, R@10, MRR@10, nDCG@10, latency; ``--reranker`` adds a
-    cross-encoder re-ranking its top 100)."""
+    cross-encoder re-ranking its top 100), or a student of paired data (``--suite speech-text``:
+    retrieval to and from text, R@1/5/10 and MRR, zero-shot classification, teacher agreement)."""
     from crossdistill.errors import ConfigError
 
-    suites = {"task": _eval_task, "text": _eval_text, "retrieval": _eval_retrieval}
+    suites = {
+        "task": _eval_task,
+        "text": _eval_text,
+        "retrieval": _eval_retrieval,
+        "speech-text": _eval_paired,
+    }
     if suite not in suites:
         raise ConfigError(f"unknown eval suite {suite!r}", hint=f"known: {', '.join(suites)}")
     given = {"--split": split is not None, "--teacher": teacher != "minilm", "--quick": quick}
     given |= {"--tasks": tasks is not None, "--out": out is not None}
     given["--reranker"] = reranker is not None
-    applies = {"--split": {"task"}, "--teacher": {"text"}, "--tasks": {"text"}}
-    applies |= {"--quick": {"text", "retrieval"}, "--out": {"text", "retrieval"}}
+    paired = "speech-text"
+    applies = {"--split": {"task", paired}, "--teacher": {"text", paired}, "--tasks": {"text"}}
+    applies |= {"--quick": {"text", "retrieval", paired}, "--out": {"text", "retrieval", paired}}
     applies["--reranker"] = {"retrieval"}
     misplaced = [name for name, on in given.items() if on and suite not in applies[name]]
     if misplaced:
@@ -269,6 +282,30 @@ def _eval_retrieval(
         table.add_row(f"{system} {row['model']}", *cells)
     console.print(table)
     _write_result(result, model, out, "eval-retrieval.json")
+
+
+def _eval_paired(
+    model: str, split: str | None, teacher: str, quick: bool, out: Path | None, **_: object
+) -> None:
+    from crossdistill.evaluate.cross_modal import run_paired_suite
+
+    result = run_paired_suite(
+        model, split=split or "test", teacher=teacher, limit=QUICK_PAIRS if quick else None
+    )
+    table = Table(title=f"{result['set']}: {result['examples']} examples, {result['texts']} texts")
+    columns = ["r_at_1", "r_at_5", "r_at_10", "mrr"]
+    for column in ["direction", *columns]:
+        table.add_column(column, justify="left" if column == "direction" else "right")
+    for key, label in (
+        ("to_text", f"{result['modality']} -> text"),
+        ("from_text", f"text -> {result['modality']}"),
+        ("chance", "chance (to text)"),
+    ):
+        table.add_row(label, *(f"{result[key][c]:.4f}" for c in columns))
+    console.print(table)
+    extra = {k: v for k, v in result.items() if isinstance(v, float)}
+    _print_metrics(extra, "zero-shot and agreement")
+    _write_result(result, model, out, f"eval-speech-text-{split or 'test'}.json")
 
 
 @app.command()

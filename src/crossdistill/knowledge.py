@@ -21,6 +21,7 @@ from crossdistill.errors import KnowledgeError
 LOGITS = "logits"
 EMBEDDING = "embedding"
 SCORES = "scores"
+TEXT_EMBEDDING = "text_embedding"  # a two-tower student's second (text) tower
 
 
 def feature_key(tap: str) -> str:

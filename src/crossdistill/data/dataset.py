@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
 from crossdistill.data.checks import check_index, check_slots, check_views
+from crossdistill.data.pairs import PairDataset, PairSplit
 from crossdistill.data.ranking import RankingDataset, RankingSplit
 from crossdistill.data.sources.base import ArraySplit
 from crossdistill.data.text import TextDataset, TextSplit
@@ -182,7 +183,11 @@ class TensorPairDataset(Dataset):
         }
 
 
-_DATASETS: dict[type, type] = {TextSplit: TextDataset, RankingSplit: RankingDataset}
+_DATASETS: dict[type, type] = {
+    TextSplit: TextDataset,
+    RankingSplit: RankingDataset,
+    PairSplit: PairDataset,
+}
 
 
 def make_dataset(
@@ -192,7 +197,7 @@ def make_dataset(
     slots: int | None = None,
     views: Sequence[str] = DEFAULT_VIEWS,
 ) -> Dataset:
-    """The dataset class that fits ``split``: images/arrays, texts or ranking lists."""
+    """The dataset class that fits ``split``: images/arrays, texts, ranking lists or pairs."""
     cls = _DATASETS.get(type(split), DistillDataset)
     return cls(split, augmentation=augmentation, seed=seed, views=views, slots=slots)
 

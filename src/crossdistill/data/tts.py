@@ -383,7 +383,7 @@ def generate(
     start = time.perf_counter()
     with (
         manifest.open("a", encoding="utf-8") as log,
-        ProgressBar(progress, "tts", total=len(todo), unit="clips") as bar,
+        ProgressBar(progress and bool(todo), "tts", total=len(todo), unit="clips") as bar,
         concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
     ):
         futures = [pool.submit(_make_clip, text, voice, id_, out) for text, voice, id_ in todo]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.evaluate.metrics import MetricAccumulator
-from crossdistill.knowledge import EMBEDDING, LOGITS, SCORES
+from crossdistill.knowledge import EMBEDDING, LOGITS, SCORES, TEXT_EMBEDDING
 from crossdistill.models.wrappers import Student, Teacher
 from crossdistill.train.runtime import autocast, to_device
 
@@ -88,6 +88,42 @@ class _Embeddings:
         if len(s) > 1:
             out["sim_pearson"] = torch.corrcoef(torch.stack([s, t]))[0, 1].item()
         return out
+
+
+class _Towers:
+    """A student with two towers (``embedding``, e.g. speech, and ``text_embedding``): how well
+    the two rows of each example agree, and the first tower's agreement with the teacher.
+
+    ``pair_cosine``: mean ``cos(a_i, b_i)``; ``pair_top1``: the fraction of rows ``a_i`` whose
+    most similar ``b`` row *within the batch* is their own (or ties it: the same text spoken
+    twice), so it depends on the evaluation batch size. With a teacher, ``cosine``/``mse``/
+    ``sim_pearson`` of ``embedding`` as in :class:`_Embeddings`.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.cosine = 0.0
+        self.hits = 0
+        self.teacher: _Embeddings | None = None
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
+        a, b = (
+            F.normalize(out[k].detach().to("cpu", torch.float64).flatten(1), dim=1, eps=1e-12)
+            for k in (EMBEDDING, TEXT_EMBEDDING)
+        )
+        sims = a @ b.T
+        self.n += len(a)
+        self.cosine += sims.diagonal().sum().item()
+        self.hits += (sims.max(dim=1).values <= sims.diagonal() + 1e-9).sum().item()
+        if t is not None and EMBEDDING in t:
+            self.teacher = self.teacher or _Embeddings()
+            self.teacher.update(out, batch, t)
+
+    def compute(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ShapeError("no examples to evaluate: the evaluation data is empty")
+        out = {"pair_cosine": self.cosine / self.n, "pair_top1": self.hits / self.n}
+        return out | (self.teacher.compute() if self.teacher else {})
 
 
 class _Ranking:
@@ -215,14 +251,17 @@ def evaluate_student(
     topk: int = 5,
 ) -> dict[str, float]:
     """Classification metrics when the student emits ``logits`` and batches have a ``target``,
-    ranking metrics when it emits candidate ``scores``, else embedding agreement with the
-    teacher; decided on the first batch, in one pass."""
+    ranking metrics when it emits candidate ``scores``, paired-row agreement when it has two
+    towers (``text_embedding``), else embedding agreement with the teacher; decided on the
+    first batch, in one pass."""
 
     def pick(out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
         if LOGITS in out and "target" in batch:
             return _Classification(topk)
         if SCORES in out:
             return _Ranking()
+        if TEXT_EMBEDDING in out:
+            return _Towers()
         return _Embeddings()
 
     return _evaluate(student, loader, teacher, device, amp, pick)

@@ -8,7 +8,9 @@ from typing import Any
 from crossdistill.data.sources import (  # noqa: F401  (register)
     digits,
     fashion_mnist,
+    fashion_text,
     sentences,
+    speech_text,
     text_file,
     triples,
     wordnet_ranking,

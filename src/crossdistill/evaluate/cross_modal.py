@@ -1,0 +1,219 @@
+"""Cross-modal evaluation: retrieval between a student's modality and text, zero-shot
+classification, and agreement with the text teacher (``crossdistill eval --suite speech-text``).
+
+Every metric ranks *all* candidates (no top-k cut-off before MRR): a query's rank is one plus
+the number of candidates that score strictly above its best relevant one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill.errors import ConfigError, DataError
+
+KS = (1, 5, 10)
+PROMPT = "a kind of {}"
+
+Embed = Callable[[Sequence[Any]], np.ndarray]
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def best_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """1-based rank of each query's best-scoring relevant candidate; ``scores`` ``(Q, G)``,
+    ``relevant`` a ``(Q, G)`` boolean mask with at least one True per row."""
+    if not relevant.any(axis=1).all():
+        raise DataError("every query needs at least one relevant candidate")
+    best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
+    return 1 + (scores > best).sum(axis=1)
+
+
+def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """R@1, R@5, R@10 and MRR of 1-based ranks."""
+    out = {f"r_at_{k}": float(np.mean(ranks <= k)) for k in KS}
+    out["mrr"] = float(np.mean(1.0 / ranks))
+    return out
+
+
+def cross_retrieval(
+    queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
+) -> dict[str, float]:
+    """Cosine retrieval: each query's relevant candidates share its label."""
+    scores = normalize(queries) @ normalize(gallery).T
+    relevant = np.asarray(query_labels)[:, None] == np.asarray(gallery_labels)[None, :]
+    return rank_metrics(best_ranks(scores, relevant))
+
+
+def zero_shot(embeddings: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
+    """The class whose (text) embedding is nearest by cosine, for each row."""
+    return (normalize(embeddings) @ normalize(class_embeddings).T).argmax(axis=1)
+
+
+def paired_suite(
+    student: np.ndarray,
+    student_texts: np.ndarray,
+    teacher_texts: np.ndarray,
+    text_id: np.ndarray,
+    targets: np.ndarray | None,
+    student_classes: np.ndarray | None,
+    teacher_classes: np.ndarray | None,
+    teacher_of_example: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every metric of the suite from embeddings.
+
+    ``student`` ``(N, D)``: one row per example (clip, image); ``student_texts`` ``(G, D)``: the
+    split's distinct texts in the student's text space (its own text tower, or the teacher's
+    space when the student was trained into it); ``teacher_texts`` ``(G, D_t)``: the same texts
+    by the teacher; ``text_id`` ``(N,)``: which text each example pairs with; ``targets``,
+    ``*_classes``: class ids and class-name embeddings for zero-shot classification;
+    ``teacher_of_example``: the teacher's embedding of each example's text, in the student's
+    space (for the cosine to the teacher).
+    """
+    gallery_ids = np.arange(len(student_texts))
+    out: dict[str, Any] = {
+        "examples": len(student),
+        "texts": len(student_texts),
+        "to_text": cross_retrieval(student, student_texts, text_id, gallery_ids),
+        "from_text": cross_retrieval(student_texts, student, gallery_ids, text_id),
+    }
+    if targets is not None and student_classes is not None:
+        predicted = zero_shot(student, student_classes)
+        out["zero_shot_acc"] = float(np.mean(predicted == targets))
+        if teacher_classes is not None:
+            by_teacher = zero_shot(teacher_texts, teacher_classes)[text_id]
+            out["teacher_zero_shot_acc"] = float(np.mean(by_teacher == targets))
+            out["zero_shot_agreement"] = float(np.mean(predicted == by_teacher))
+    if teacher_of_example is not None:
+        cos = (normalize(student) * normalize(teacher_of_example)).sum(axis=1)
+        out["teacher_cosine"] = float(np.mean(cos))
+    return out
+
+
+def chance(text_id: np.ndarray, n_texts: int, dim: int = 64, seeds: int = 3) -> dict[str, Any]:
+    """The suite's retrieval metrics with random embeddings (mean over ``seeds``)."""
+    runs = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        student, texts = rng.normal(size=(len(text_id), dim)), rng.normal(size=(n_texts, dim))
+        runs.append(cross_retrieval(student, texts, text_id, np.arange(n_texts)))
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+
+
+# ----------------------------------------------------------------------- from a run directory
+
+
+@torch.no_grad()
+def embed_batches(
+    model: nn.Module, items: Sequence[Any], batch_size: int, device: str = "cpu"
+) -> np.ndarray:
+    """``model`` over ``items`` (tensors stacked, or strings listed) in batches, eval mode."""
+    model.eval()
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = [items[i] for i in range(start, min(start + batch_size, len(items)))]
+        batch = torch.stack(chunk).to(device) if isinstance(chunk[0], torch.Tensor) else chunk
+        out.append(model(batch).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class _Items:
+    """Indexable float views of a modality (uint8 images to [0, 1])."""
+
+    def __init__(self, values: Any) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return _as_float(self.values[i])
+
+
+def run_paired_suite(
+    run_dir: str | Path,
+    split: str = "test",
+    modality: str | None = None,
+    teacher: str = "minilm",
+    limit: int | None = None,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """Evaluate a finished run's student on ``split`` of its recipe's paired data source.
+
+    The student's tower for ``modality`` (default: the split's other modality) embeds every
+    example; texts are embedded by the student's own text tower when it has one
+    (``speech_text_towers``), otherwise by ``teacher`` (a registered text encoder or a path;
+    the space a distilled student was trained into). Class names enter as ``PROMPT``.
+    """
+    from crossdistill.config import load_recipe
+    from crossdistill.data.pairs import PairSplit
+    from crossdistill.data.sources import load_source
+    from crossdistill.evaluate.text.encoders import load_encoder
+    from crossdistill.experiment import load_student
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "config.yaml")
+    data = load_source(recipe.data.source, split, **recipe.data.params)
+    if not isinstance(data, PairSplit):
+        raise ConfigError(
+            f"{run_dir}: data source {recipe.data.source!r} is not paired data",
+            hint="--suite speech-text evaluates students of paired sources (speech_text, "
+            "fashion_text)",
+        )
+    modality = modality or next(m for m in data.modalities if m != "text")
+    keep = np.arange(len(data)) if limit is None else np.arange(min(limit, len(data)))
+    all_ids = data.meta.get("text_id", np.arange(len(data)))
+    text_of = {int(all_ids[i]): data.texts[i] for i in keep}
+    distinct, text_id = np.unique(all_ids[keep], return_inverse=True)
+    texts = [text_of[int(t)] for t in distinct]
+    model = load_student(run_dir).model
+    tower = getattr(model, modality, model)
+    own_text = getattr(model, "text", None)
+    items = _Items(data.modalities[modality])
+    start = time.perf_counter()
+    student = embed_batches(tower, [items[int(i)] for i in keep], batch_size)
+    seconds = time.perf_counter() - start
+    encoder = load_encoder(teacher)
+    prompts = [PROMPT.format(c) for c in data.class_names]
+    teacher_texts, teacher_classes = encoder.encode(texts), encoder.encode(prompts)
+    if own_text is not None:
+        student_texts = embed_batches(own_text, texts, batch_size)
+        student_classes = embed_batches(own_text, prompts, batch_size)
+        teacher_of_example = None
+    else:
+        student_texts, student_classes = teacher_texts, teacher_classes
+        teacher_of_example = teacher_texts[text_id]
+    targets = None if data.targets is None else data.targets.numpy()[keep]
+    result = paired_suite(
+        student,
+        student_texts,
+        teacher_texts,
+        text_id,
+        targets,
+        student_classes,
+        teacher_classes,
+        teacher_of_example,
+    )
+    result.update(
+        set=data.name,
+        modality=modality,
+        chance=chance(text_id, len(texts)),
+        zero_shot_chance=1.0 / max(1, data.num_classes),
+        embeddings_per_s=len(keep) / seconds,
+        params=sum(p.numel() for p in tower.parameters()),
+    )
+    return result
