@@ -1,0 +1,193 @@
+"""Evaluation of an image tower trained into a text encoder's space (``fashion_text`` runs).
+
+The tower was never shown the held-out classes; it can still name them when their images land
+near the teacher's embedding of their prompt. Metrics, all on the Fashion-MNIST test images:
+
+- ``zero_shot_heldout_acc``: held-out images, classified among the held-out prompts only
+  (chance ``1 / len(held_out)``, 0.5 for two);
+- ``zero_shot_all10_acc``: the same images among all ten prompts (chance 0.1): a held-out
+  image must beat the seen classes the tower was trained on;
+- ``zero_shot_seen_acc``: seen-class images among the seen prompts;
+- ``linear_probe_acc``: logistic regression on the frozen, L2-normalised embeddings, fitted on
+  the ``probe`` split (training images of the held-out classes) and scored on the held-out test
+  images: what the features allow with labels, the upper bound of the zero-shot task;
+- ``teacher_cosine``: mean cosine between a seen-class image's embedding and the teacher's
+  embedding of its paired text;
+- ``params`` of the tower and its throughput ``images_per_s`` (batch 256, CPU, one process).
+
+Run from the shell: ``python -m crossdistill.evaluate.image_text runs/NAME [--no-probe]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill.errors import ConfigError
+from crossdistill.evaluate.cross_modal import embed_batches, normalize, zero_shot
+
+SOURCE = "fashion_text"
+
+
+def image_text_metrics(
+    images: np.ndarray,
+    targets: np.ndarray,
+    prompts: np.ndarray,
+    held_out: Sequence[int],
+    paired_teacher: np.ndarray | None = None,
+    probe_images: np.ndarray | None = None,
+    probe_targets: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The zero-shot, probe and agreement metrics from embeddings.
+
+    ``images`` ``(N, D)``: test image embeddings with class ids ``targets``; ``prompts``
+    ``(C, D)``: the teacher's embedding of each class prompt; ``held_out``: class ids never
+    trained on; ``paired_teacher`` ``(N, D)``: the teacher's embedding of each image's text;
+    ``probe_*``: embeddings and labels of held-out-class images to fit the linear probe on.
+    """
+    targets = np.asarray(targets)
+    held = np.array(sorted(set(int(c) for c in held_out)), dtype=np.int64)
+    seen = np.setdiff1d(np.arange(len(prompts)), held)
+    is_held = np.isin(targets, held)
+    if not is_held.any() or is_held.all():
+        raise ConfigError("image-text evaluation needs test images of held-out and seen classes")
+    h_images, h_targets = images[is_held], targets[is_held]
+    s_images, s_targets = images[~is_held], targets[~is_held]
+    out = {
+        "zero_shot_heldout_acc": _acc(held[zero_shot(h_images, prompts[held])], h_targets),
+        "zero_shot_all10_acc": _acc(zero_shot(h_images, prompts), h_targets),
+        "zero_shot_seen_acc": _acc(seen[zero_shot(s_images, prompts[seen])], s_targets),
+    }
+    if paired_teacher is not None:
+        cos = (normalize(s_images) * normalize(paired_teacher[~is_held])).sum(axis=1)
+        out["teacher_cosine"] = float(cos.mean())
+    if probe_images is not None and probe_targets is not None:
+        out["linear_probe_acc"] = linear_probe(probe_images, probe_targets, h_images, h_targets)
+    return out
+
+
+def _acc(predicted: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.mean(np.asarray(predicted) == np.asarray(targets)))
+
+
+def linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> float:
+    """Accuracy of a logistic regression on L2-normalised features (sklearn, default C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(train_y)) < 2:
+        raise ConfigError("the linear probe needs at least two classes in its training split")
+    probe = LogisticRegression(max_iter=2000)
+    probe.fit(normalize(train_x), np.asarray(train_y))
+    return _acc(probe.predict(normalize(test_x)), test_y)
+
+
+class _Images:
+    """uint8 ``(N, C, H, W)`` images served as float in [0, 1], like the training examples."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i].float().div_(255.0)
+
+
+class _Embedding(nn.Module):
+    """A student (pipeline included) returning its ``embedding`` Knowledge as a tensor."""
+
+    def __init__(self, student: nn.Module, run_dir: Path) -> None:
+        super().__init__()
+        self.student = student
+        self.run_dir = run_dir
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        knowledge = self.student(x)
+        if "embedding" not in knowledge:
+            raise ConfigError(
+                f"{self.run_dir}: the student emits no 'embedding'",
+                hint="name its output in the recipe: `student: {outputs: [embedding]}`",
+            )
+        return knowledge["embedding"]
+
+
+def evaluate_image_run(
+    run_dir: str | Path,
+    probe: bool = True,
+    teacher: str = "minilm",
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Every metric of the module docstring for a finished ``fashion_text`` run.
+
+    The data (held-out classes, text pools) are the run's recipe's; ``teacher`` (a registered
+    text encoder or a model directory) embeds the class prompts and the paired texts, and must
+    be the teacher the run distilled. ``probe=False`` skips the linear probe (12,000 images).
+    """
+    from crossdistill.config import load_recipe
+    from crossdistill.data.sources import load_source
+    from crossdistill.data.sources.fashion_text import CLASS_PROMPTS, held_out_ids
+    from crossdistill.evaluate.text.encoders import load_encoder
+    from crossdistill.experiment import load_student
+
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "config.yaml")
+    if recipe.data.source != SOURCE:
+        raise ConfigError(
+            f"{run_dir}: data source {recipe.data.source!r} is not {SOURCE!r}",
+            hint="image-text evaluation reads Fashion-MNIST images paired with class texts",
+        )
+    params = recipe.data.params
+    test = load_source(SOURCE, "test", **params)
+    held = held_out_ids(params.get("held_out", ("Trouser", "Sneaker")))
+    tower = _Embedding(load_student(run_dir), run_dir)
+    start = time.perf_counter()
+    images = embed_batches(tower, _Images(test.modalities["image"]), batch_size)
+    seconds = time.perf_counter() - start
+    encoder = load_encoder(teacher)
+    prompts = encoder.encode(list(CLASS_PROMPTS))
+    # each distinct text once (about a hundred), then one row per image
+    _, first, text_of = np.unique(test.meta["text_id"], return_index=True, return_inverse=True)
+    paired = encoder.encode([test.texts[i] for i in first])[text_of]
+    probe_images = probe_targets = None
+    if probe:
+        probe_split = load_source(SOURCE, "probe", **params)
+        probe_images = embed_batches(tower, _Images(probe_split.modalities["image"]), batch_size)
+        probe_targets = probe_split.targets.numpy()
+    targets = test.targets.numpy()
+    result: dict[str, Any] = image_text_metrics(
+        images, targets, prompts, held, paired, probe_images, probe_targets
+    )
+    result.update(
+        held_out=[test.class_names[c] for c in held],
+        zero_shot_heldout_chance=1.0 / len(held),
+        zero_shot_all10_chance=1.0 / len(prompts),
+        params=sum(p.numel() for p in tower.parameters()),
+        images_per_s=len(images) / seconds,
+    )
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m crossdistill.evaluate.image_text RUN_DIR [--no-probe]``: metrics as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    parser.add_argument("--teacher", default="minilm", help="text encoder of the prompts")
+    args = parser.parse_args(argv)
+    result = evaluate_image_run(args.run_dir, probe=not args.no_probe, teacher=args.teacher)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
