@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from crossdistill.data.sources import (  # noqa: F401  (register)
+    audio_files,
     digits,
     fashion_mnist,
     fashion_text,
