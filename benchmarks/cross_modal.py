@@ -34,10 +34,12 @@ Target: the best KD student beats the no-teacher student on every speech metric 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,7 @@ QUICK_IMAGE = ["data.limit_train=2048", "train.epochs=1"]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="minutes instead of an hour")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (1 thread each)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument(
         "--speech", nargs="*", default=list(SPEECH_SYSTEMS), choices=list(SPEECH_SYSTEMS)
@@ -95,13 +98,9 @@ def train_seconds(run_dir: Path) -> float:
     return sum(r["seconds"] for r in records if r.get("kind") == "epoch")
 
 
-def train(
-    recipe_path: Path, name: str, seed: int, out: Path, extra: list[str]
-) -> tuple[Path, float]:
-    """One run (reused when finished), its store written first when the recipe has one;
-    returns the run and its training seconds (epochs only: no data loading or evaluation)."""
+def recipe_of(recipe_path: Path, name: str, seed: int, out: Path, extra: list[str]) -> Any:
+    """The benchmark's recipe of one run: its name, seed, folders and overrides."""
     from crossdistill.config import load_recipe
-    from crossdistill.experiment import cache_recipe, run_or_reuse
 
     overrides = [f"name={name}_seed{seed}", f"seed={seed}", f"output.dir={out / 'runs'}"]
     overrides += ["train.progress=false", *extra]
@@ -109,11 +108,38 @@ def train(
     if recipe.store is not None:
         store = out / "stores" / Path(recipe.store.path).name
         recipe = load_recipe(recipe_path, [*overrides, f"store.path={store}"])
-        cache_recipe(recipe, progress=False)
+    return recipe
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train(recipe: Any) -> tuple[str, float]:
+    from crossdistill.experiment import run_or_reuse
+
+    os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     run_dir = run_or_reuse(recipe)
     seconds = train_seconds(run_dir)
-    print(f"{name} seed {seed}: trained in {seconds:.0f} s", flush=True)
-    return run_dir, seconds
+    print(f"{recipe.name}: trained in {seconds:.0f} s", flush=True)
+    return str(run_dir), seconds
+
+
+def train_all(recipes: list[Any], jobs: int) -> list[tuple[Path, float]]:
+    """Every run (finished ones reused): the stores first, one at a time, then the training in
+    ``jobs`` processes of one thread each (two one-thread runs use two cores better than one
+    two-thread run). Returns each run's folder and training seconds (epochs only)."""
+    from crossdistill.experiment import cache_recipe
+
+    stores = {r.store.path: r for r in recipes if r.store is not None}
+    for recipe in stores.values():
+        cache_recipe(recipe, progress=False)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+        done = list(pool.map(_train, recipes))
+    return [(Path(run_dir), seconds) for run_dir, seconds in done]
 
 
 def speech_metrics(run_dir: Path, quick: bool) -> dict[str, float]:
@@ -324,19 +350,40 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, Any] = {"generation": generation_rate(40 if args.quick else 160)}
 
+    plan = [
+        (
+            name,
+            seed,
+            recipe_of(
+                SPEECH / SPEECH_SYSTEMS[name], name, seed, out, QUICK_SPEECH if args.quick else []
+            ),
+        )
+        for name in args.speech
+        for seed in seeds
+    ] + [
+        (
+            name,
+            seed,
+            recipe_of(
+                IMAGE / IMAGE_SYSTEMS[name], name, seed, out, QUICK_IMAGE if args.quick else []
+            ),
+        )
+        for name in args.image
+        for seed in seeds
+    ]
+    trained = train_all([recipe for _, _, recipe in plan], args.jobs)
+    runs: dict[str, list[tuple[Path, float]]] = {}
+    for (name, _, _), run in zip(plan, trained, strict=True):
+        runs.setdefault(name, []).append(run)
+
     speech_rows, chance_of = [], None
-    runs: dict[str, list[str]] = {}
     for name in args.speech:
         per_seed = []
-        for seed in seeds:
-            run_dir, seconds = train(
-                SPEECH / SPEECH_SYSTEMS[name], name, seed, out, QUICK_SPEECH if args.quick else []
-            )
+        for seed, (run_dir, seconds) in zip(seeds, runs[name], strict=True):
             metrics = speech_metrics(run_dir, args.quick)
             chance_of = metrics.pop("_chance")
             metrics.pop("_sizes")
             per_seed.append(metrics | {"train_s": seconds})
-            runs.setdefault(name, []).append(str(run_dir))
             mrr, zero_shot = metrics["mrr"], metrics["zero_shot_acc"]
             print(f"{name} seed {seed}: MRR {mrr:.4f}, zero-shot {zero_shot:.4f}", flush=True)
         speech_rows.append(aggregate(name, per_seed, SPEECH_KEYS))
@@ -344,37 +391,24 @@ def main() -> None:
         row = {"name": "chance", **chance_of["voices"]}
         row |= {f"heldout_{k}": v for k, v in chance_of["heldout"].items()}
         speech_rows.append(row | {"zero_shot_acc": round(1 / 9, 4)})
-    if runs:
-        timings["speech_embeddings_per_s"] = speech_embedding_rate(Path(runs[next(iter(runs))][0]))
+    if args.speech:
+        timings["speech_embeddings_per_s"] = speech_embedding_rate(runs[args.speech[0]][0][0])
 
     image_rows = []
     for name in args.image:
         from crossdistill.evaluate.image_text import evaluate_image_run
 
         per_seed = []
-        for seed in seeds:
-            run_dir, seconds = train(
-                IMAGE / IMAGE_SYSTEMS[name], name, seed, out, QUICK_IMAGE if args.quick else []
-            )
-            metrics = {
-                k: v for k, v in evaluate_image_run(run_dir).items() if isinstance(v, (int, float))
-            }
+        for seed, (run_dir, seconds) in zip(seeds, runs[name], strict=True):
+            found = evaluate_image_run(run_dir)
+            metrics = {k: v for k, v in found.items() if isinstance(v, (int, float))}
             per_seed.append(metrics | {"train_s": seconds})
-            runs.setdefault(name, []).append(str(run_dir))
-            print(
-                f"{name} seed {seed}: held-out zero-shot {metrics['zero_shot_heldout_acc']:.4f}",
-                flush=True,
-            )
+            held = metrics["zero_shot_heldout_acc"]
+            print(f"{name} seed {seed}: held-out zero-shot {held:.4f}", flush=True)
         image_rows.append(aggregate(name, per_seed, IMAGE_KEYS))
     if image_rows:
-        image_rows.append(
-            {
-                "name": "chance",
-                "zero_shot_heldout_acc": 0.5,
-                "zero_shot_all10_acc": 0.1,
-                "zero_shot_seen_acc": 0.125,
-            }
-        )
+        chance_row = {"zero_shot_heldout_acc": 0.5, "zero_shot_all10_acc": 0.1}
+        image_rows.append({"name": "chance", **chance_row, "zero_shot_seen_acc": 0.125})
 
     by_name = {r["name"]: r for r in speech_rows + image_rows if r["name"] != "chance"}
     result: dict[str, Any] = {
@@ -389,7 +423,7 @@ def main() -> None:
             if n in args.speech
         }
         | {n: f"recipes/image_from_text/{f}" for n, f in IMAGE_SYSTEMS.items() if n in args.image},
-        "runs": runs,
+        "runs": {name: [str(run_dir) for run_dir, _ in found] for name, found in runs.items()},
         "timings": timings,
         "total_s": round(time.perf_counter() - began, 1),
         "neighbours": neighbours(),

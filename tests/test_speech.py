@@ -142,7 +142,7 @@ def test_speech_text_holds_out_texts_and_voices(speech_root: Path) -> None:
     assert set(voices.texts) <= set(train.texts)
     # voices: the held-out voices are never heard in training
     assert not set(train.meta["voice"]) & set(test.meta["voice"])
-    assert set(voices.meta["voice"]) == set(test.meta["voice"])
+    assert set(voices.meta["voice"]) <= set(test.meta["voice"])
     # every clip is real 16 kHz audio of its word, and text_id numbers the distinct texts
     clips = test.modalities["speech"]
     assert clips.sample_rate == 16000 and all(clips.length(i) > 1600 for i in range(len(clips)))

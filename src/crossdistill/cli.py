@@ -472,6 +472,11 @@ def doctor() -> None:
         "chromium (report screenshots)",
         chromium or "[yellow]missing: sudo apt-get install -y chromium[/]",
     )
+    for tts in ("espeak-ng", "flite"):
+        table.add_row(
+            f"{tts} (synthetic speech)",
+            shutil.which(tts) or f"[yellow]missing: sudo apt-get install -y {tts}[/]",
+        )
     fashion = Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz"
     table.add_row(
         "Fashion-MNIST",

@@ -115,23 +115,30 @@ def _pairs(
     test_percent: int,
     seed: int,
 ) -> list[tuple[str, str, Voice]]:
-    """The (word, class, voice) triples of ``split``, in a fixed order."""
-    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    """The (word, class, voice) triples of ``split``, in a fixed order. A word's voices depend
+    on the word and ``seed`` alone, so a sample of the words (``max_texts``) is a sample of the
+    full set's clips."""
     held = [w for w in words if _held_out_text(w[0], test_percent)]
     seen = [w for w in words if not _held_out_text(w[0], test_percent)]
     if split == "test":
         return [(w, c, v) for w, c in held for v in test_voices]
     if split == "test_voices":
-        pick = sorted(rng.permutation(len(seen))[:eval_texts])
-        return [
-            (seen[i][0], seen[i][1], test_voices[j % len(test_voices)]) for j, i in enumerate(pick)
-        ]
+        pick = sorted(seen, key=lambda wc: _word_key(wc[0], seed))[:eval_texts]
+        return [(w, c, test_voices[_word_key(w, seed) % len(test_voices)]) for w, c in sorted(pick)]
     k = min(voices_per_text, len(train_voices))
     return [
         (w, c, train_voices[j])
         for w, c in seen
-        for j in sorted(rng.choice(len(train_voices), size=k, replace=False))
+        for j in sorted(
+            np.random.default_rng([seed, _word_key(w, 0)]).choice(
+                len(train_voices), k, replace=False
+            )
+        )
     ]
+
+
+def _word_key(word: str, seed: int) -> int:
+    return int(hashlib.sha256(f"{seed} {word}".encode()).hexdigest()[:8], 16)
 
 
 def _clips(
