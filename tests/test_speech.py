@@ -353,3 +353,64 @@ def test_paired_suite_zero_shot_and_agreement() -> None:
         ]
     )
     assert result["teacher_cosine"] == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------ a run, evaluated end to end
+
+
+@pytest.fixture(scope="module")
+def speech_run(speech_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crossdistill import load_recipe, run_recipe
+
+    recipe = (
+        Path(__file__).resolve().parent.parent / "recipes" / "speech_from_text" / "infonce.yaml"
+    )
+    out = tmp_path_factory.mktemp("runs")
+    overrides = [
+        f"output.dir={out}",
+        f"data.params.root={speech_root}",
+        "data.params.max_texts=40",
+        "data.params.eval_texts=8",
+        "train.epochs=1",
+        "train.progress=false",
+        "store=null",
+    ]
+    return run_recipe(load_recipe(recipe, overrides)).run_dir
+
+
+@needs_tts
+@needs_wordnet
+def test_eval_speech_text_on_a_run(speech_run: Path, cli, tmp_path: Path) -> None:
+    import json
+
+    from crossdistill.evaluate.cross_modal import run_paired_suite
+
+    result = run_paired_suite(speech_run, "test")
+    assert result["set"] == "speech_text/test" and result["modality"] == "speech"
+    for direction in ("to_text", "from_text", "chance"):
+        metrics = result[direction]
+        assert 0 <= metrics["r_at_1"] <= metrics["r_at_5"] <= metrics["r_at_10"] <= 1
+        assert 0 < metrics["mrr"] <= 1
+    assert 0 <= result["zero_shot_acc"] <= 1 and result["zero_shot_chance"] == pytest.approx(1 / 9)
+    assert -1 <= result["teacher_cosine"] <= 1 and result["params"] > 0
+    out = tmp_path / "eval.json"
+    done = cli(
+        [
+            "eval",
+            "--suite",
+            "speech-text",
+            str(speech_run),
+            "--split",
+            "test_voices",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    written = json.loads(out.read_text())
+    assert written["set"] == "speech_text/test_voices" and "to_text" in written
+    misplaced = cli(
+        ["eval", "--suite", "speech-text", str(speech_run), "--reranker", "x"], cwd=tmp_path
+    )
+    assert misplaced.returncode == 2 and "--reranker does not apply" in misplaced.stderr

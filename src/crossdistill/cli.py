@@ -155,7 +155,8 @@ def eval_(
         str,
         typer.Option(
             help="task: the recipe's eval split | text: the text suite | retrieval: WordNet "
-            "held-out retrieval | speech-text: paired-data retrieval and zero-shot"
+            "held-out retrieval | speech-text: paired-data retrieval and zero-shot | "
+            "image-text: zero-shot on held-out Fashion-MNIST classes"
         ),
     ] = "task",
     split: Annotated[
@@ -197,6 +198,7 @@ def eval_(
         "text": _eval_text,
         "retrieval": _eval_retrieval,
         "speech-text": _eval_paired,
+        "image-text": _eval_image,
     }
     if suite not in suites:
         raise ConfigError(f"unknown eval suite {suite!r}", hint=f"known: {', '.join(suites)}")
@@ -205,7 +207,8 @@ def eval_(
     given["--reranker"] = reranker is not None
     paired = "speech-text"
     applies = {"--split": {"task", paired}, "--teacher": {"text", paired}, "--tasks": {"text"}}
-    applies |= {"--quick": {"text", "retrieval", paired}, "--out": {"text", "retrieval", paired}}
+    applies |= {"--quick": {"text", "retrieval", paired}}
+    applies["--out"] = {"text", "retrieval", paired, "image-text"}
     applies["--reranker"] = {"retrieval"}
     misplaced = [name for name, on in given.items() if on and suite not in applies[name]]
     if misplaced:
@@ -306,6 +309,14 @@ def _eval_paired(
     extra = {k: v for k, v in result.items() if isinstance(v, float)}
     _print_metrics(extra, "zero-shot and agreement")
     _write_result(result, model, out, f"eval-speech-text-{split or 'test'}.json")
+
+
+def _eval_image(model: str, out: Path | None, **_: object) -> None:
+    from crossdistill.evaluate.image_text import evaluate_image_run
+
+    result = evaluate_image_run(model)
+    _print_metrics({k: v for k, v in result.items() if isinstance(v, float)}, f"image-text {model}")
+    _write_result(result, model, out, "eval-image-text.json")
 
 
 @app.command()

@@ -127,12 +127,9 @@ def embed_batches(
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
-
-
-class _Items:
-    """Indexable float views of a modality (uint8 images to [0, 1])."""
+class Items:
+    """Indexable float views of a modality: uint8 images become float in [0, 1], as the
+    training examples are; other tensors are served as they are."""
 
     def __init__(self, values: Any) -> None:
         self.values = values
@@ -141,7 +138,26 @@ class _Items:
         return len(self.values)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return _as_float(self.values[i])
+        x = self.values[i]
+        return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class Embedding(nn.Module):
+    """A student wrapper (input pipeline included) as a module returning its ``embedding``."""
+
+    def __init__(self, student: nn.Module, where: str | Path = "the student") -> None:
+        super().__init__()
+        self.student = student
+        self.where = str(where)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        knowledge = self.student(batch)
+        if "embedding" not in knowledge:
+            raise ConfigError(
+                f"{self.where}: the student emits no 'embedding'",
+                hint="name its output in the recipe: `student: {outputs: [embedding]}`",
+            )
+        return knowledge["embedding"]
 
 
 def run_paired_suite(
@@ -180,10 +196,12 @@ def run_paired_suite(
     text_of = {int(all_ids[i]): data.texts[i] for i in keep}
     distinct, text_id = np.unique(all_ids[keep], return_inverse=True)
     texts = [text_of[int(t)] for t in distinct]
-    model = load_student(run_dir).model
-    tower = getattr(model, modality, model)
-    own_text = getattr(model, "text", None)
-    items = _Items(data.modalities[modality])
+    wrapper = load_student(run_dir)
+    # a two-tower student's tower of that modality; else the whole student, input pipeline
+    # included (e.g. an image student's normalisation)
+    tower = getattr(wrapper.model, modality, None) or Embedding(wrapper, run_dir)
+    own_text = getattr(wrapper.model, "text", None)
+    items = Items(data.modalities[modality])
     start = time.perf_counter()
     student = embed_batches(tower, [items[int(i)] for i in keep], batch_size)
     seconds = time.perf_counter() - start

@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate.cross_modal import embed_batches, normalize, zero_shot
+from crossdistill.evaluate.cross_modal import Embedding, Items, embed_batches, normalize, zero_shot
 
 SOURCE = "fashion_text"
 
@@ -91,37 +89,6 @@ def linear_probe(
     return _acc(probe.predict(normalize(test_x)), test_y)
 
 
-class _Images:
-    """uint8 ``(N, C, H, W)`` images served as float in [0, 1], like the training examples."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i].float().div_(255.0)
-
-
-class _Embedding(nn.Module):
-    """A student (pipeline included) returning its ``embedding`` Knowledge as a tensor."""
-
-    def __init__(self, student: nn.Module, run_dir: Path) -> None:
-        super().__init__()
-        self.student = student
-        self.run_dir = run_dir
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        knowledge = self.student(x)
-        if "embedding" not in knowledge:
-            raise ConfigError(
-                f"{self.run_dir}: the student emits no 'embedding'",
-                hint="name its output in the recipe: `student: {outputs: [embedding]}`",
-            )
-        return knowledge["embedding"]
-
-
 def evaluate_image_run(
     run_dir: str | Path,
     probe: bool = True,
@@ -150,9 +117,9 @@ def evaluate_image_run(
     params = recipe.data.params
     test = load_source(SOURCE, "test", **params)
     held = held_out_ids(params.get("held_out", ("Trouser", "Sneaker")))
-    tower = _Embedding(load_student(run_dir), run_dir)
+    tower = Embedding(load_student(run_dir), run_dir)
     start = time.perf_counter()
-    images = embed_batches(tower, _Images(test.modalities["image"]), batch_size)
+    images = embed_batches(tower, Items(test.modalities["image"]), batch_size)
     seconds = time.perf_counter() - start
     encoder = load_encoder(teacher)
     prompts = encoder.encode(list(CLASS_PROMPTS))
@@ -162,7 +129,7 @@ def evaluate_image_run(
     probe_images = probe_targets = None
     if probe:
         probe_split = load_source(SOURCE, "probe", **params)
-        probe_images = embed_batches(tower, _Images(probe_split.modalities["image"]), batch_size)
+        probe_images = embed_batches(tower, Items(probe_split.modalities["image"]), batch_size)
         probe_targets = probe_split.targets.numpy()
     targets = test.targets.numpy()
     result: dict[str, Any] = image_text_metrics(

@@ -24,10 +24,12 @@ from crossdistill.models.registry import MODELS
 class SpeechEncoder(nn.Module):
     """``forward(waveforms (B, T) at 16 kHz) -> (B, out_dim)``.
 
-    Log-mel (``n_mels`` bands, 10 ms hop) -> per-band BatchNorm -> strided 1-D convolutions
-    (``channels``, each halving the frame rate) -> ``attention_layers`` pre-norm transformer
-    layers over the remaining frames -> mean over frames that hold signal -> linear to
-    ``out_dim``. About 1.6M parameters with the defaults.
+    Log-mel (``n_mels`` bands, 10 ms hop) -> with ``cmvn``, each band's mean over the clip's
+    frames with signal subtracted (cepstral mean normalisation: a voice's or a microphone's
+    spectral tilt is a constant per band), padding set to 0 -> per-band BatchNorm -> strided
+    1-D convolutions (``channels``, each halving the frame rate) -> ``attention_layers``
+    pre-norm transformer layers over the remaining frames -> mean over frames that hold
+    signal -> linear to ``out_dim``. About 1.6M parameters with the defaults.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class SpeechEncoder(nn.Module):
         out_dim: int = 384,
         dropout: float = 0.1,
         spec_augment: bool | dict[str, Any] = True,
+        cmvn: bool = True,
     ) -> None:
         super().__init__()
         if not channels or min(channels) < 1 or out_dim < 1 or n_mels < 1:
@@ -53,6 +56,7 @@ class SpeechEncoder(nn.Module):
                 f"{heads} attention heads"
             )
         self.frontend = LogMel(n_mels=n_mels)
+        self.cmvn = cmvn
         augment = spec_augment if isinstance(spec_augment, dict) else {}
         self.augment: nn.Module = SpecAugment(**augment) if spec_augment else nn.Identity()
         self.norm = nn.BatchNorm1d(n_mels)
@@ -82,9 +86,8 @@ class SpeechEncoder(nn.Module):
         self.head = nn.Linear(width, out_dim)
         self.out_dim = out_dim
 
-    def frame_mask(self, waveforms: torch.Tensor, frames: int) -> torch.Tensor:
-        """``(B, frames)``: True where an output frame covers a non-zero sample."""
-        hop = self.frontend.hop_length * 2**self.strides
+    def frame_mask(self, waveforms: torch.Tensor, frames: int, hop: int) -> torch.Tensor:
+        """``(B, frames)``: True where a frame of ``hop`` samples covers a non-zero sample."""
         signal = (waveforms != 0).float().unsqueeze(1)
         mask = F.max_pool1d(signal, hop, hop, ceil_mode=True).squeeze(1) > 0
         mask = F.pad(mask, (0, max(0, frames - mask.shape[1])))[:, :frames]
@@ -98,9 +101,15 @@ class SpeechEncoder(nn.Module):
                 f"{type(waveforms).__name__} {tuple(getattr(waveforms, 'shape', ()))}",
                 hint="the student view of a speech source is a batch of 16 kHz waveforms",
             )
-        x = self.augment(self.frontend(waveforms))  # (B, n_mels, frames)
+        x = self.frontend(waveforms)  # (B, n_mels, frames)
+        if self.cmvn:  # per clip and band, over the frames with signal: voices and levels differ
+            heard = self.frame_mask(waveforms, x.shape[-1], self.frontend.hop_length)
+            weights = heard.unsqueeze(1).to(x.dtype)
+            mean = (x * weights).sum(-1, keepdim=True) / weights.sum(-1, keepdim=True)
+            x = (x - mean) * weights
+        x = self.augment(x)
         x = self.convs(self.norm(x)).transpose(1, 2)  # (B, F, C)
-        mask = self.frame_mask(waveforms, x.shape[1])
+        mask = self.frame_mask(waveforms, x.shape[1], self.frontend.hop_length * 2**self.strides)
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=~mask)
         weights = mask.unsqueeze(-1).to(x.dtype)
