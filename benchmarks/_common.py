@@ -122,6 +122,19 @@ def results_markdown(name: str, result: dict[str, Any], table: str, notes: str =
     return "\n\n".join(parts) + "\n"
 
 
+def provenance(began: float) -> dict[str, Any]:
+    """The closing keys of every result: seconds since ``began`` (a ``time.perf_counter()``),
+    the processes sharing the cores, the machine and the command line."""
+    import time
+
+    return {
+        "total_s": round(time.perf_counter() - began, 1),
+        "neighbours": neighbours(),
+        "machine": machine(),
+        "command": command_line(),
+    }
+
+
 def write_results(name: str, result: dict[str, Any], table: str, notes: str = "") -> str:
     """Write ``results/<name>.json`` (``result``) and ``results/<name>.md``, each atomically;
     return the markdown."""

@@ -353,7 +353,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     os.chdir(ROOT)
 
-    from _common import command_line, machine, neighbours, write_results
+    from _common import provenance, write_results
 
     began = time.perf_counter()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -442,10 +442,7 @@ def main() -> None:
         | {n: f"recipes/image_from_text/{f}" for n, f in IMAGE_SYSTEMS.items() if n in args.image},
         "runs": {name: [str(run_dir) for run_dir, _ in found] for name, found in runs.items()},
         "timings": timings,
-        "total_s": round(time.perf_counter() - began, 1),
-        "neighbours": neighbours(),
-        "machine": machine(),
-        "command": command_line(),
+        **provenance(began),
     }
     table, notes = render(result)
     print(write_results("cross_modal" + (".quick" if args.quick else ""), result, table, notes))

@@ -248,7 +248,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     os.chdir(ROOT)
 
-    from _common import command_line, machine, neighbours, write_results
+    from _common import provenance, write_results
     from crossdistill.data.sources.wordnet_ranking import wordnet_retrieval_set
     from crossdistill.evaluate.retrieval import dense_search, parameter_count
     from crossdistill.evaluate.text.encoders import load_encoder
@@ -302,10 +302,7 @@ def main() -> None:
         "recipes": {n: f"recipes/fusion_to_dual/{STUDENTS[n][0]}" for n in args.students},
         "overrides": {n: STUDENTS[n][1] for n in args.students},
         "timings": timings,
-        "total_s": round(time.perf_counter() - began, 1),
-        "neighbours": neighbours(),
-        "machine": machine(),
-        "command": command_line(),
+        **provenance(began),
     }
     table, notes = render(result)
     print(write_results("fusion_to_dual" + (".quick" if args.quick else ""), result, table, notes))

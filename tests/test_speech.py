@@ -414,3 +414,19 @@ def test_eval_speech_text_on_a_run(speech_run: Path, cli, tmp_path: Path) -> Non
         ["eval", "--suite", "speech-text", str(speech_run), "--reranker", "x"], cwd=tmp_path
     )
     assert misplaced.returncode == 2 and "--reranker does not apply" in misplaced.stderr
+
+
+@needs_tts
+@needs_wordnet
+def test_the_speech_student_exports_alone_to_onnx_from_raw_waveforms(speech_run: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="pip install crossdistill[onnx]")
+    import json
+
+    from crossdistill.export import export_run
+
+    folder = export_run(speech_run, "onnx")
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["max_abs_diff_all"] < 1e-3  # the log-mel front end is in the graph
+    pre = json.loads((folder / "preprocessing.json").read_text())
+    assert pre["input"]["shape"] == [None, 24000]  # 1.5 s of 16 kHz audio
+    assert pre["input"]["value_range"] == [-1.0, 1.0]

@@ -124,11 +124,18 @@ def _check_format(exporter: Any, kind: str, run_dir: Path) -> None:
 
 
 def _value_range(recipe: Any, x: torch.Tensor) -> list[float]:
-    """[0, 1] for image sources (uint8 scaled by the dataset), else the observed range."""
+    """[0, 1] for image sources (uint8 scaled by the dataset), [-1, 1] for audio clips, else
+    the observed range."""
     from crossdistill.data import load_source
+    from crossdistill.data.pairs import Clips
 
     split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
-    if split.inputs.dtype == torch.uint8:
+    inputs = getattr(split, "inputs", None)
+    if inputs is None and hasattr(split, "sides"):  # paired data: what the student reads
+        inputs = split.modalities.get(split.sides.get("student"))
+    if isinstance(inputs, Clips):
+        return [-1.0, 1.0]
+    if isinstance(inputs, torch.Tensor) and inputs.dtype == torch.uint8:
         return [0.0, 1.0]
     return [float(x.min()), float(x.max())]
 
