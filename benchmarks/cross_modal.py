@@ -156,7 +156,7 @@ def train_all(recipes: list[Any], jobs: int) -> list[tuple[Path, float]]:
     return [(Path(run_dir), seconds) for run_dir, seconds in done]
 
 
-def speech_metrics(run_dir: Path, quick: bool) -> dict[str, float]:
+def speech_metrics(run_dir: Path) -> dict[str, float]:
     from crossdistill.evaluate.cross_modal import run_paired_suite
 
     voices = run_paired_suite(run_dir, "test_voices")
@@ -171,10 +171,6 @@ def speech_metrics(run_dir: Path, quick: bool) -> dict[str, float]:
         out["teacher_cosine"] = heldout["teacher_cosine"]
     out["params"] = voices["params"]
     out["_chance"] = {"voices": voices["chance"], "heldout": heldout["chance"]}
-    out["_sizes"] = {
-        "voices": [voices["examples"], voices["texts"]],
-        "heldout": [heldout["examples"], heldout["texts"]],
-    }
     return out
 
 
@@ -397,9 +393,8 @@ def main() -> None:
     for name in args.speech:
         per_seed = []
         for seed, (run_dir, seconds) in zip(seeds, runs[name], strict=True):
-            metrics = speech_metrics(run_dir, args.quick)
+            metrics = speech_metrics(run_dir)
             chance_of = metrics.pop("_chance")
-            metrics.pop("_sizes")
             per_seed.append(metrics | {"train_s": seconds})
             mrr, zero_shot = metrics["mrr"], metrics["zero_shot_acc"]
             print(f"{name} seed {seed}: MRR {mrr:.4f}, zero-shot {zero_shot:.4f}", flush=True)

@@ -62,8 +62,6 @@ def test_clips_save_load_round_trip_and_corrupt_file(tmp_path: Path) -> None:
     assert again.max_samples == 5 and again.sample_rate == 16000
     for i in range(3):
         torch.testing.assert_close(again[i], clips[i])
-    sub = clips.subset([1, 0])
-    torch.testing.assert_close(sub[0], clips[1])
     (tmp_path / "bad.npz").write_bytes(b"not numpy")
     with pytest.raises(DataError, match="cannot read audio clips"):
         Clips.load(tmp_path / "bad.npz")

@@ -1,8 +1,10 @@
-"""Argument checks shared by the dataset classes."""
+"""Argument checks and conversions shared by the dataset classes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import torch
 
 from crossdistill.errors import ConfigError
 
@@ -30,3 +32,11 @@ def check_slots(slots: int | None) -> int | None:
     if slots is not None and (int(slots) != slots or slots < 1):
         raise ConfigError(f"augment_slots must be a positive integer, got {slots!r}")
     return None if slots is None else int(slots)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1]; anything else to a float32 copy (never a view, so a
+    batch never aliases the data it came from)."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.to(torch.float32, copy=True)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
-from crossdistill.data.checks import check_index, check_slots, check_views
+from crossdistill.data.checks import check_index, check_slots, check_views, to_float
 from crossdistill.data.pairs import PairDataset, PairSplit
 from crossdistill.data.ranking import RankingDataset, RankingSplit
 from crossdistill.data.sources.base import ArraySplit
@@ -36,13 +36,6 @@ def slot_table(seed: int, epoch: int, n: int, slots: int) -> np.ndarray:
     if slots == 1:
         return np.zeros(n, dtype=np.int64)
     return np.random.default_rng([seed, epoch, n, slots]).integers(0, slots, size=n)
-
-
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images to float32 in [0, 1]; anything else to a float32 copy (never a view)."""
-    if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    return x.to(torch.float32, copy=True)
 
 
 class DistillDataset(Dataset):
@@ -124,7 +117,7 @@ class DistillDataset(Dataset):
     def example(self, i: int, params: np.ndarray) -> dict[str, Any]:
         """Example ``i`` seen through the augmentation ``params`` (e.g. recorded in a store)."""
         i = check_index(i, len(self))
-        x = self.augmentation.apply(_to_float(self.split.inputs[i]), params)
+        x = self.augmentation.apply(to_float(self.split.inputs[i]), params)
         return {
             "id": i,
             "views": {name: x for name in self.views},
@@ -171,7 +164,7 @@ class TensorPairDataset(Dataset):
                 hint="each item must be a 2-tuple (x, y), as TensorDataset(x, y) returns",
             )
         x, y = item
-        x = _to_float(torch.as_tensor(x))
+        x = to_float(torch.as_tensor(x))
         target = torch.as_tensor(y)
         if not target.is_floating_point():
             target = target.to(torch.int64)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossdistill.data.checks import check_index
+from crossdistill.data.checks import check_index, to_float
 from crossdistill.data.text import TextDataset
 from crossdistill.errors import DataError
 
@@ -78,19 +78,18 @@ class Clips:
         out[: len(clip)] = torch.from_numpy(clip.astype(np.float32) / 32768.0)
         return out
 
-    def subset(self, indices: Sequence[int]) -> Clips:
-        """The clips at ``indices``, in that order."""
-        parts = [self.samples[self.offsets[i] : self.offsets[i + 1]] for i in indices]
-        return Clips.from_list(parts, self.sample_rate, self.max_samples)
-
     def save(self, path: str | Path) -> None:
-        """Write ``samples`` and ``offsets`` as one ``.npz`` (NumPy only, no pickle)."""
+        """Write ``samples`` and ``offsets`` as one ``.npz`` (NumPy only, no pickle), atomically:
+        a crash leaves the old file or the new one, never half of it."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
         np.savez(
-            path,
+            tmp,
             samples=self.samples,
             offsets=self.offsets,
             meta=np.array([self.sample_rate, self.max_samples], dtype=np.int64),
         )
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Clips:
@@ -165,10 +164,7 @@ class PairSplit:
 
 def _item(value: Any, i: int) -> Any:
     x = value[i]
-    if isinstance(x, torch.Tensor):
-        # uint8 images to [0, 1]; anything else copied so a batch never aliases the split
-        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
-    return x
+    return to_float(x) if isinstance(x, torch.Tensor) else x
 
 
 class PairDataset(TextDataset):

@@ -8,7 +8,7 @@ the number of candidates that score strictly above its best relevant one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossdistill.data.checks import to_float
 from crossdistill.errors import ConfigError, DataError
+from crossdistill.evaluate.text.base import cosine_matrix, paired_cosine
 
 KS = (1, 5, 10)
 PROMPT = "a kind of {}"
-
-Embed = Callable[[Sequence[Any]], np.ndarray]
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def best_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
@@ -50,14 +44,14 @@ def cross_retrieval(
     queries: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
 ) -> dict[str, float]:
     """Cosine retrieval: each query's relevant candidates share its label."""
-    scores = normalize(queries) @ normalize(gallery).T
+    scores = cosine_matrix(queries, gallery)
     relevant = np.asarray(query_labels)[:, None] == np.asarray(gallery_labels)[None, :]
     return rank_metrics(best_ranks(scores, relevant))
 
 
 def zero_shot(embeddings: np.ndarray, class_embeddings: np.ndarray) -> np.ndarray:
     """The class whose (text) embedding is nearest by cosine, for each row."""
-    return (normalize(embeddings) @ normalize(class_embeddings).T).argmax(axis=1)
+    return cosine_matrix(embeddings, class_embeddings).argmax(axis=1)
 
 
 def paired_suite(
@@ -95,8 +89,7 @@ def paired_suite(
             out["teacher_zero_shot_acc"] = float(np.mean(by_teacher == targets))
             out["zero_shot_agreement"] = float(np.mean(predicted == by_teacher))
     if teacher_of_example is not None:
-        cos = (normalize(student) * normalize(teacher_of_example)).sum(axis=1)
-        out["teacher_cosine"] = float(np.mean(cos))
+        out["teacher_cosine"] = float(np.mean(paired_cosine(student, teacher_of_example)))
     return out
 
 
@@ -128,8 +121,8 @@ def embed_batches(
 
 
 class Items:
-    """Indexable float views of a modality: uint8 images become float in [0, 1], as the
-    training examples are; other tensors are served as they are."""
+    """Indexable float views of a modality, converted as the training examples are (uint8
+    images to [0, 1])."""
 
     def __init__(self, values: Any) -> None:
         self.values = values
@@ -138,8 +131,7 @@ class Items:
         return len(self.values)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.values[i]
-        return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        return to_float(self.values[i])
 
 
 class Embedding(nn.Module):

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate.cross_modal import Embedding, Items, embed_batches, normalize, zero_shot
+from crossdistill.evaluate.cross_modal import Embedding, Items, embed_batches, zero_shot
+from crossdistill.evaluate.text.base import paired_cosine, unit_rows
 
 SOURCE = "fashion_text"
 
@@ -65,7 +66,7 @@ def image_text_metrics(
         "zero_shot_seen_acc": _acc(seen[zero_shot(s_images, prompts[seen])], s_targets),
     }
     if paired_teacher is not None:
-        cos = (normalize(s_images) * normalize(paired_teacher[~is_held])).sum(axis=1)
+        cos = paired_cosine(s_images, paired_teacher[~is_held])
         out["teacher_cosine"] = float(cos.mean())
     if probe_images is not None and probe_targets is not None:
         out["linear_probe_acc"] = linear_probe(probe_images, probe_targets, h_images, h_targets)
@@ -85,8 +86,8 @@ def linear_probe(
     if len(np.unique(train_y)) < 2:
         raise ConfigError("the linear probe needs at least two classes in its training split")
     probe = LogisticRegression(max_iter=2000)
-    probe.fit(normalize(train_x), np.asarray(train_y))
-    return _acc(probe.predict(normalize(test_x)), test_y)
+    probe.fit(unit_rows(train_x), np.asarray(train_y))
+    return _acc(probe.predict(unit_rows(test_x)), test_y)
 
 
 def evaluate_image_run(

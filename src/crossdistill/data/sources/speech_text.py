@@ -55,7 +55,6 @@ CLASSES: dict[str, str] = {
     "noun.time": "time",
     "noun.substance": "substance",
 }
-PROMPT = "a kind of {}"
 DEFAULT_ROOT = "runs/speech/wordnet_words"
 _WORD = re.compile(r"[a-z]{3,12}")
 
@@ -176,9 +175,7 @@ def _clips(
         audio.append(samples)
     clips = Clips.from_list(audio, SAMPLE_RATE, max_samples)
     packed.parent.mkdir(exist_ok=True)
-    tmp = packed.with_suffix(".tmp.npz")
-    clips.save(tmp)
-    tmp.replace(packed)  # never a half-written pack
+    clips.save(packed)
     return clips, ok
 
 
