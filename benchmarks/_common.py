@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crossdistill._util.files import write_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # crossdistill child processes: one intra-op thread, offline, lines not wrapped by rich
 CHILD_ENV = {
@@ -98,13 +100,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     ]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def results_markdown(name: str, result: dict[str, Any], table: str, notes: str = "") -> str:

@@ -46,7 +46,7 @@ from ref_feature import BENCH_CASES as FEATURE  # noqa: E402
 from ref_logit import BENCH_CASES as LOGIT  # noqa: E402
 
 from _common import command_line, machine, markdown_table, summarize, write_results  # noqa: E402
-from crossdistill.knowledge import Knowledge  # noqa: E402
+from crossdistill.core.knowledge import Knowledge  # noqa: E402
 from crossdistill.losses import LOSSES, build_loss  # noqa: E402
 
 CASES: list[BenchCase] = [*LOGIT, *FEATURE, *CONTRASTIVE, *ATTENTION, *EMBEDDING]

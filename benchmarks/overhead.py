@@ -69,10 +69,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, machine, markdown_table, summarize, write_results
 from crossdistill.config import TrainSpec
+from crossdistill.core.distiller import Distiller, Term
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data.views import build_pipeline
-from crossdistill.distiller import Distiller, Term
 from crossdistill.losses import build_loss
-from crossdistill.models.wrappers import Student, Teacher
 from crossdistill.models.zoo.cnn import SmallCNN
 from crossdistill.models.zoo.resnet import ResNet
 from crossdistill.train.trainer import Trainer, lr_factor

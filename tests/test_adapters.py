@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from crossdistill import Distiller, Student, Tap, Teacher, Term, load_recipe, run_recipe
+from crossdistill.core.adapters import ADAPTERS, auto_adapter, build_adapter
+from crossdistill.core.adapters._grid import resample, token_grid
 from crossdistill.errors import ConfigError, ShapeError, UnknownNameError
 from crossdistill.losses import build_loss
-from crossdistill.models.adapters import ADAPTERS, auto_adapter, build_adapter
-from crossdistill.models.adapters._grid import resample, token_grid
 from crossdistill.models.zoo.cnn import SmallCNN
 from crossdistill.models.zoo.vit import ViT
 from crossdistill.train.trainer import Trainer

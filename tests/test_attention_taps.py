@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from crossdistill import Student, Teacher, distill
+from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.taps import Tap
 from crossdistill.errors import ShapeError, TapError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 from crossdistill.models.hf import attention_taps, check_attention_exposed, expose_attention
-from crossdistill.models.taps import Tap
 from crossdistill.models.zoo.vit import ViT
 
 QUIET = {"progress": False, "device": "cpu"}

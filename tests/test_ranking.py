@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from crossdistill.core.wrappers import Student
 from crossdistill.data.dataset import make_dataset
 from crossdistill.data.mine import choose_negatives, mine_negatives
 from crossdistill.data.ranking import (
@@ -32,7 +33,6 @@ from crossdistill.evaluate.retrieval import (
     rerank,
 )
 from crossdistill.evaluate.suites import _Ranking
-from crossdistill.models.wrappers import Student
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
 needs_wordnet = pytest.mark.skipif(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.data.dataset import example_loader, make_dataset
 from crossdistill.data.pairs import Clips, PairDataset, PairSplit
 from crossdistill.errors import ConfigError, DataError
@@ -24,7 +25,6 @@ from crossdistill.evaluate.cross_modal import (
     rank_metrics,
     zero_shot,
 )
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.registry import build_loss
 from crossdistill.models.zoo.speech_encoder import SpeechEncoder
 

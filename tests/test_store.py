@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from conftest import CLI_ENV, DIGITS, tree_hashes
 from crossdistill.config import Recipe, load_recipe, validate_recipe
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, ShapeError, StoreError
 from crossdistill.experiment import (
     build_dataset,
@@ -30,10 +31,8 @@ from crossdistill.experiment import (
     store_codecs,
     store_fingerprint,
 )
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
-from crossdistill.store import shards as shard_io
 
 TESTS = Path(__file__).resolve().parent
 
@@ -299,7 +298,7 @@ def test_full_disk_leaves_no_complete_looking_store(recipe: Recipe, monkeypatch)
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(shard_io.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(StoreError, match="disk is full"):
         cache_recipe(recipe, progress=False)
     store = recipe.store.path
@@ -307,7 +306,7 @@ def test_full_disk_leaves_no_complete_looking_store(recipe: Recipe, monkeypatch)
     assert not list(store.rglob(".*.tmp"))
     with pytest.raises(StoreError, match="incomplete"):
         KnowledgeStore(store)
-    monkeypatch.setattr(shard_io.os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     cache_recipe(recipe, progress=False)  # space freed: it continues
     assert shard_bytes(store) == shard_bytes(store.with_name("ref"))
 

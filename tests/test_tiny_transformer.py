@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from crossdistill.core.taps import Tap
+from crossdistill.core.wrappers import Student
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.models.hf import attention_taps
 from crossdistill.models.registry import MODELS
-from crossdistill.models.taps import Tap
-from crossdistill.models.wrappers import Student
 from crossdistill.models.zoo.tiny_transformer import TinyTransformer, pca_basis
 
 pytestmark = pytest.mark.skipif(  # the default tokenizer is MiniLM's

@@ -7,13 +7,13 @@ Distiller, Trainer) are importable from here for users who assemble their own lo
 
 from crossdistill.api import distill
 from crossdistill.config import Recipe, load_recipe
-from crossdistill.distiller import Distiller, Term
+from crossdistill.core.distiller import Distiller, Term
+from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.taps import Tap
+from crossdistill.core.wrappers import EnsembleTeacher, Student, Teacher
 from crossdistill.errors import CrossDistillError
 from crossdistill.experiment import load_student, run_recipe
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import LOSSES, Loss, build_loss
-from crossdistill.models.taps import Tap
-from crossdistill.models.wrappers import EnsembleTeacher, Student, Teacher
 from crossdistill.train.trainer import Trainer
 
 __version__ = "0.1.0"

@@ -14,14 +14,15 @@ import pydantic
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from crossdistill.config import EvalSpec, LossSpec, TrainSpec, format_validation_error
+from crossdistill._util.validation import format_validation_error
+from crossdistill.config import EvalSpec, LossSpec, TrainSpec
+from crossdistill.core.distiller import Distiller, Term
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import as_distill_dataset, example_loader
 from crossdistill.data.dataset import preview_batch
-from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import ConfigError
 from crossdistill.experiment import build_term
 from crossdistill.losses import Loss
-from crossdistill.models.wrappers import Student, Teacher
 from crossdistill.train.runtime import seed_everything, select_device, to_device
 from crossdistill.train.trainer import Trainer
 

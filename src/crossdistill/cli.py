@@ -259,10 +259,9 @@ def _write_result(result: dict, model: str, out: Path | None, default_name: str)
         out = Path(model) / default_name
     text = json.dumps(result, indent=2)
     if out is not None:
-        from crossdistill.store.shards import write_atomic
+        from crossdistill._util.files import write_atomic
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, (text + "\n").encode())  # never a half-written result
+        write_atomic(out, text + "\n")  # never a half-written result
         console.print(f"wrote {out}")
     typer.echo(text)
 
@@ -423,12 +422,12 @@ def list_(
     kind: Annotated[str, typer.Argument(help="losses | models | adapters | data | pipeline")],
 ) -> None:
     """List registered names."""
+    from crossdistill.core.adapters import ADAPTERS
     from crossdistill.data.sources import DATA_SOURCES
     from crossdistill.data.views import PIPELINE_STEPS
     from crossdistill.errors import UnknownNameError
     from crossdistill.losses import LOSSES
     from crossdistill.models import hub, zoo  # noqa: F401  (registers the models)
-    from crossdistill.models.adapters import ADAPTERS
     from crossdistill.models.registry import MODELS
     from crossdistill.registry import Registry
 

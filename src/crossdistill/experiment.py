@@ -27,15 +27,15 @@ from crossdistill.config import (
     dump_recipe,
     load_recipe,
 )
+from crossdistill.core.distiller import Distiller, Term
+from crossdistill.core.taps import Tap
+from crossdistill.core.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.data import build_augmentation, example_loader, load_source
 from crossdistill.data.dataset import make_dataset, preview_batch
 from crossdistill.data.views import build_pipeline
-from crossdistill.distiller import Distiller, Term
 from crossdistill.errors import CheckpointError, ConfigError
 from crossdistill.losses import build_loss
 from crossdistill.models.registry import accepts_param, build_model, load_weights
-from crossdistill.models.taps import Tap
-from crossdistill.models.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
 from crossdistill.store.manifest import data_digest, digest, weights_digest
 from crossdistill.train.checkpoint import list_checkpoints, sha256

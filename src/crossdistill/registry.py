@@ -100,7 +100,7 @@ def build_validated(
     try:
         validated = model.model_validate({**fixed, **dict(params or {})})
     except pydantic.ValidationError as exc:
-        from crossdistill.config import format_validation_error
+        from crossdistill._util.validation import format_validation_error
 
         accepted = [f for f in model.model_fields if f not in fixed]
         raise ConfigError(

@@ -54,7 +54,7 @@ class BenchCase:
 
     def small_values(self, seed: int = 0) -> tuple[float, float]:
         """``(ours, reference)`` in float64 at the case's small shapes, for the loss tests."""
-        from crossdistill.knowledge import Knowledge
+        from crossdistill.core.knowledge import Knowledge
         from crossdistill.losses import build_loss
 
         rng = np.random.default_rng(seed)

@@ -17,8 +17,8 @@ from ref_attention import (
     ref_value_relation,
 )
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 
 AS, AT = "attention/s", "attention/t"

@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from ref_contrastive import BENCH_CASES, ref_affinity, ref_crd
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 
 

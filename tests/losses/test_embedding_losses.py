@@ -33,12 +33,12 @@ from torch import nn
 import crossdistill.losses.embedding
 import crossdistill.losses.ranking  # noqa: F401
 from crossdistill.config import LossSpec
-from crossdistill.distiller import Distiller, Term
+from crossdistill.core.distiller import Distiller, Term
+from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.experiment import build_term
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import LOSSES, build_loss
-from crossdistill.models.wrappers import Student, Teacher
 
 NEW = ["cosine", "sim_mse", "infonce", "margin_mse", "listwise_kl"]
 SCORES = {"student": "scores", "teacher": "scores"}

@@ -11,8 +11,8 @@ import pytest
 import torch
 from ref_feature import BENCH_CASES, ref_at, ref_fitnet, td_at, td_fitnet
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 
 S, T = "features/s3", "features/t3"

@@ -21,8 +21,8 @@ from ref_logit import (
     ref_nkd,
 )
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError, UnknownNameError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import LOSSES, Needs, build_loss
 
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from ref_contrastive import ref_nd, ref_nd_from_loss, ref_ofa, ref_ofa_criterion
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 from crossdistill.losses.logit.ofa import ofa_criterion
 

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses import build_loss
 
 B, C, D = 4, 3, 5

@@ -11,8 +11,8 @@ import pytest
 import torch
 from ref_feature import BENCH_CASES, ref_cc, ref_pkt, ref_rkd, ref_sp, td_cc, td_pkt, td_rkd, td_sp
 
+from crossdistill.core.knowledge import EMBEDDING, Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import EMBEDDING, Knowledge
 from crossdistill.losses import build_loss
 
 RELATION = ["sp", "rkd", "pkt", "cc"]

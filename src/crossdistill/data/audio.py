@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import wave
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossdistill._util.files import atomic_path
 from crossdistill.errors import ConfigError, DataError, ShapeError
 
 SAMPLE_RATE = 16_000
@@ -115,21 +115,11 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
     # The inverse of read_wav's / 32768, so a round trip moves a sample by at most half a step
     # (+1.0 itself becomes the largest code, 32767).
     pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with wave.open(f, "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(int(sample_rate))
-                w.writeframes(pcm.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from crossdistill._util.progress import ProgressBar
 from crossdistill.data.ranking import RankingSplit
 from crossdistill.errors import ConfigError, KnowledgeError
-from crossdistill.train.progress import ProgressBar
 
 # (queries, rows of candidates) -> (B, C) scores; ``evaluate.retrieval.cross_scorer`` makes one
 Scorer = Callable[[list[str], list[list[str]]], torch.Tensor]

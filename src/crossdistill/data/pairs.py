@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.files import atomic_path
 from crossdistill.data.checks import check_index, to_float
 from crossdistill.data.text import TextDataset
 from crossdistill.errors import DataError
@@ -81,15 +82,13 @@ class Clips:
     def save(self, path: str | Path) -> None:
         """Write ``samples`` and ``offsets`` as one ``.npz`` (NumPy only, no pickle), atomically:
         a crash leaves the old file or the new one, never half of it."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(
-            tmp,
-            samples=self.samples,
-            offsets=self.offsets,
-            meta=np.array([self.sample_rate, self.max_samples], dtype=np.int64),
-        )
-        tmp.replace(path)
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(
+                f,
+                samples=self.samples,
+                offsets=self.offsets,
+                meta=np.array([self.sample_rate, self.max_samples], dtype=np.int64),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> Clips:

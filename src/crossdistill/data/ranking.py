@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.files import atomic_path
 from crossdistill.data.checks import check_index
 from crossdistill.data.text import TextDataset
 from crossdistill.errors import DataError
@@ -197,16 +198,12 @@ def _parse_triple(line: str, where: str) -> dict[str, Any]:
 def write_triples(path: str | Path, rows: Iterable[tuple[str, Sequence[str]]]) -> int:
     """Write ``(query, [positive, negative, ...])`` rows as a triples file, atomically (a
     half-written file never appears under ``path``); returns the number of rows."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     n = 0
-    with partial.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for query, candidates in rows:
             record = {"query": query, "positive": candidates[0], "negatives": list(candidates[1:])}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
-    partial.replace(path)
     return n
 
 

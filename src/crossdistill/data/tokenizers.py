@@ -17,12 +17,11 @@ Each has the special tokens ``[PAD]`` (id 0) and ``[UNK]`` (id 1). The output is
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from crossdistill._util.files import write_atomic
 from crossdistill.errors import TEXT_EXTRA, ConfigError, DataError, did_you_mean, require
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]")
@@ -121,20 +120,9 @@ KINDS: dict[str, Callable[[int, int], tuple[Any, Any]]] = {
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from crossdistill.train.checkpoint import fsync_path
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        write_atomic(path, text)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # e.g. its folder is a file
-            tmp.unlink(missing_ok=True)
         raise DataError(
             f"cannot write the tokenizer to {path}: {exc}",
             hint="choose a writable --out path on a disk with free space",

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from crossdistill._util.progress import ProgressBar
 from crossdistill.data.audio import SAMPLE_RATE, check_clip, load_clip, write_wav
 from crossdistill.errors import ConfigError, DataError, close_matches, did_you_mean
-from crossdistill.train.progress import ProgressBar
 
 ENGINES = ("espeak-ng", "flite")
 INSTALL_HINT = "sudo apt-get install -y espeak-ng flite"

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.progress import ProgressBar
 from crossdistill.data.ranking import RetrievalSet
 from crossdistill.errors import ConfigError
 from crossdistill.evaluate.text.base import unit_rows
 from crossdistill.evaluate.text.encoders import TextEncoder
-from crossdistill.train.progress import ProgressBar
 
 CUTOFF = 10  # MRR@10, nDCG@10
 

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import EMBEDDING, LOGITS, SCORES, TEXT_EMBEDDING
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.evaluate.metrics import MetricAccumulator
-from crossdistill.knowledge import EMBEDDING, LOGITS, SCORES, TEXT_EMBEDDING
-from crossdistill.models.wrappers import Student, Teacher
 from crossdistill.train.runtime import autocast, to_device
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.files import replace_dir
 from crossdistill.errors import CheckpointError, CrossDistillError
 from crossdistill.export.base import (
     EXPORTERS,
@@ -273,22 +274,11 @@ def export_run(
             info["input"] = {**text_input(model), **info.get("input", {})}
         pre = preprocessing(recipe, meta, x, reference, names, exporter, info, int8)
         (tmp / PREPROCESSING).write_text(json.dumps(pre, indent=1))
-        _replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an older export there is removed only after the rename."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def preprocessing(

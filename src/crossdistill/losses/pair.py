@@ -20,8 +20,8 @@ from typing import ClassVar
 
 import torch
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.registry import LOSSES, Loss, Needs
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.registry import Registry, build_validated
 
 

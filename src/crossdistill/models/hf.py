@@ -4,7 +4,7 @@ In transformers 5.x a BERT-style self-attention module (``encoder.layer.<i>.atte
 returns ``(context, probabilities)`` on every forward — no ``output_attentions`` needed — but
 only with the *eager* attention implementation: ``sdpa`` (the default) and flash attention
 never form the probabilities and return ``(context, None)``. Two ways to capture them, both
-plain :class:`~crossdistill.models.taps.Tap` s::
+plain :class:`~crossdistill.core.taps.Tap` s::
 
     Tap("a5", "encoder.layer.5.attention.self", select=1, kind="attention")   # module path
     Tap("a5", "", select="attentions.5", kind="attention")  # model output, output_attentions
@@ -30,8 +30,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from crossdistill.core.taps import Tap, resolve_module
 from crossdistill.errors import TapError
-from crossdistill.models.taps import Tap, resolve_module
 
 SELF_ATTENTION = "encoder.layer.{i}.attention.self"
 EAGER_HINT = (

@@ -15,7 +15,6 @@ embeds. The result is cached on disk, since it costs a teacher pass over the who
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.files import write_atomic
 from crossdistill.errors import ConfigError, DataError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def embed_tokens(
     Strings are sorted by length so that a batch holds sequences of similar length (as model2vec
     does); the output is in the input order.
     """
-    from crossdistill.train.progress import ProgressBar
+    from crossdistill._util.progress import ProgressBar
 
     order = sorted(range(len(surfaces)), key=lambda i: (len(surfaces[i]), i))
     out: np.ndarray | None = None
@@ -242,22 +242,11 @@ def _write_cache(path: Path, init: StaticInit, metadata: dict[str, str]) -> None
     """Temporary file, fsync, rename: a crash never leaves a half-written cache entry."""
     from safetensors.torch import save
 
-    from crossdistill.train.checkpoint import fsync_path
-
     tensors = {"table": init.table, "components": init.components, "mean": init.mean}
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        write_atomic(path, data)
     except OSError as exc:  # a read-only or full cache: the init itself is still good
-        with contextlib.suppress(OSError):  # e.g. its folder is a file
-            tmp.unlink(missing_ok=True)
         log.warning("could not write static_embedding init cache %s: %s", path, exc)
 
 

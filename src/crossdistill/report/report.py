@@ -6,11 +6,10 @@ The public entry points; reading and measuring runs is in :mod:`.data`, the figu
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from crossdistill._util.files import write_atomic
 from crossdistill.errors import require
 from crossdistill.report.data import (
     DEFAULT_MAX_EXAMPLES,
@@ -83,16 +82,7 @@ def write_report(
             if tb not in footnotes:
                 footnotes.append(tb)
     page = render_report(runs, (), threads, max_examples, footnotes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out, page)
     return out
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from crossdistill.config import format_validation_error
+from crossdistill._util.hashing import digest, weights_digest  # noqa: F401  (re-exported)
+from crossdistill._util.validation import format_validation_error
 from crossdistill.errors import StoreError
 from crossdistill.store.codec import KeyCodec
 
@@ -55,7 +55,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["crossdistill.knowledge-store"] = "crossdistill.knowledge-store"
+    format: Literal["crossdistill.core.knowledge-store"] = "crossdistill.core.knowledge-store"
     version: Literal[1] = 1
     fingerprint: dict[str, str]
     num_examples: PositiveInt
@@ -108,22 +108,6 @@ def read_manifest(path: Path, what: str = "manifest") -> Manifest:
             f"{format_validation_error(exc, model=Manifest)}",
             hint="the store is damaged: run `crossdistill cache RECIPE` again to rewrite it",
         ) from None
-
-
-def digest(*parts: Any) -> str:
-    """A short SHA-256 of JSON-able parts."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """A SHA-256 of every tensor in ``module``'s state dict (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def data_digest(split: Any) -> str:

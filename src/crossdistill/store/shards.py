@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
+from crossdistill._util import files
 from crossdistill.errors import StoreError
-from crossdistill.train.checkpoint import fsync_path
 
 _NUMPY_DTYPES = {
     "F16": np.float16,
@@ -32,18 +31,11 @@ _NUMPY_DTYPES = {
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: ``path`` is either
-    absent or complete, never half-written. A full disk is a :class:`StoreError`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writer: ranks never share
+    """Write ``data`` to ``path`` atomically (see ``_util.files``); a full disk or any other
+    write failure is a :class:`StoreError`."""
     try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)  # the rename survives a crash
+        files.write_atomic(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise StoreError(
                 f"the disk is full: could not write {path}",

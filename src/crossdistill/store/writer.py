@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from crossdistill._util.progress import ProgressBar
+from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.wrappers import Teacher
 from crossdistill.errors import ConfigError, StoreError
-from crossdistill.knowledge import Knowledge
-from crossdistill.models.wrappers import Teacher
 from crossdistill.store.codec import KeyCodec
 from crossdistill.store.manifest import (
     MANIFEST,
@@ -32,7 +33,6 @@ from crossdistill.store.manifest import (
 )
 from crossdistill.store.shards import write_json, write_shard
 from crossdistill.train.checkpoint import sha256
-from crossdistill.train.progress import ProgressBar
 from crossdistill.train.runtime import to_device
 
 

@@ -13,7 +13,6 @@ half-written checkpoint under its final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,27 +23,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from crossdistill._util.files import fsync_path
+from crossdistill._util.hashing import sha256_file as sha256
 from crossdistill.errors import CheckpointError
 
 STATE = "state.json"
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a folder's entries (a rename inside it), to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

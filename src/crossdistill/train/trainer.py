@@ -1,7 +1,7 @@
 """The Trainer: optimizer, schedule, seeds, AMP, DDP, progress, metrics.jsonl, checkpoints, resume.
 
-It drives a :class:`~crossdistill.distiller.Distiller` and knows nothing about which losses exist.
-Data order and augmentation are functions of (seed, epoch), so a run resumed from a checkpoint
+It drives a :class:`~crossdistill.core.distiller.Distiller` and knows nothing about which losses
+exist. Data order and augmentation are functions of (seed, epoch), so a run resumed from a checkpoint
 (at the end of an epoch, or mid-epoch with ``checkpoint_every_steps``) continues exactly as the
 uninterrupted run would.
 
@@ -26,12 +26,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
-from crossdistill.distiller import Distiller
+from crossdistill.core.distiller import Distiller
 from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate.suites import evaluate_student
 from crossdistill.train import checkpoint as ckpt
-from crossdistill.train.progress import ProgressBar
 from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
 
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 import torch
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.pair import as_float
 from crossdistill.losses.registry import LOSSES, Loss, Needs

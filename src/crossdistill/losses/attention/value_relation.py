@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.attention.attention_kl import kl_log_rows
 from crossdistill.losses.checks import HyperParameterError
 from crossdistill.losses.pair import PairLoss

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.gather import gather_rows
 from crossdistill.losses.pair import PairLoss, shape_str

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError, check_range
 from crossdistill.losses.gather import gather_rows
 from crossdistill.losses.pair import PairLoss

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.contrastive.infonce import InfoNCELoss
 from crossdistill.losses.pair import _get, shape_str
 from crossdistill.losses.registry import LOSSES, Needs

@@ -7,8 +7,8 @@ import torch.distributed as dist
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError
 from crossdistill.losses.pair import PairLoss, shape_str
 from crossdistill.losses.registry import LOSSES

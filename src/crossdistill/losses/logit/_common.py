@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import LOGITS, Knowledge
 
 
 def logits_of(knowledge: Knowledge, who: str) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError, check_range
 from crossdistill.losses.logit._common import class_indices, logits_of
 from crossdistill.losses.registry import LOSSES, Loss

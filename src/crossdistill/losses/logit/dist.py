@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.logit._common import logit_pair
 from crossdistill.losses.registry import LOSSES, Loss

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.logit._common import class_indices, logit_pair
 from crossdistill.losses.registry import LOSSES, Loss

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
+from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.errors import ConfigError, ShapeError
-from crossdistill.knowledge import LOGITS, Knowledge
 from crossdistill.losses.checks import HyperParameterError, check_range
 from crossdistill.losses.logit._common import class_indices, logits_of
 from crossdistill.losses.pair import shape_str

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.gather import gather_rows
 from crossdistill.losses.pair import as_float

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.contrastive.affinity import drop_self, row_kl
 from crossdistill.losses.ranking.margin_mse import Mode, ScoresOrEmbeddingsLoss, Similarity

@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from crossdistill.core.knowledge import SCORES, Knowledge
 from crossdistill.errors import ShapeError
-from crossdistill.knowledge import SCORES, Knowledge
 from crossdistill.losses.gather import gather_rows
 from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES

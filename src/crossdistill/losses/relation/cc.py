@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.checks import HyperParameterError, check_range
 from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES

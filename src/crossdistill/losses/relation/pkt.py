@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.knowledge import Knowledge
+from crossdistill.core.knowledge import Knowledge
 from crossdistill.losses.checks import check_range
 from crossdistill.losses.pair import PairLoss
 from crossdistill.losses.registry import LOSSES

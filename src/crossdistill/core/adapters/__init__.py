@@ -5,7 +5,7 @@ builds one by name, or picks one from the two tensors' shapes (``adapter: auto``
 trained and checkpointed with the student and are never part of the exported student.
 """
 
-from crossdistill.models.adapters.base import ADAPTERS, Adapter, auto_adapter, build_adapter
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, auto_adapter, build_adapter
 from crossdistill.registry import import_submodules
 
 import_submodules(__name__, __path__)

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossdistill.core.knowledge import LOGITS, Knowledge
+from crossdistill.core.taps import Tap, TapRecorder
 from crossdistill.errors import ConfigError, KnowledgeError
-from crossdistill.knowledge import LOGITS, Knowledge
-from crossdistill.models.taps import Tap, TapRecorder
 
 OutputNames = Sequence[str] | Mapping[str, str]
 

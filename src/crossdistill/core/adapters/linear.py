@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossdistill.models.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 
 
 @ADAPTERS.register("linear")

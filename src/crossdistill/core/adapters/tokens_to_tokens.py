@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossdistill.models.adapters._grid import resample, token_grid, tokens_to_grid
-from crossdistill.models.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters._grid import resample, token_grid, tokens_to_grid
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 
 
 @ADAPTERS.register("tokens_to_tokens")

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossdistill.core.adapters import build_adapter
+from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, ShapeError
-from crossdistill.knowledge import Knowledge
 from crossdistill.losses.registry import Loss
-from crossdistill.models.adapters import build_adapter
-from crossdistill.models.wrappers import Student, Teacher
 
 AdapterArg = str | Mapping[str, Any] | nn.Module | None
 

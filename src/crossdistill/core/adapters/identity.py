@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.models.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 
 
 @ADAPTERS.register("identity")
