@@ -146,7 +146,7 @@ def train_teacher(work: Path) -> Path:
 def kd_recipe(work: Path, teacher: Path) -> Path:
     raw = yaml.safe_load((DIGITS / "kd.yaml").read_text())
     raw["teacher"]["weights"] = str(teacher)
-    raw["data"]["augment"] = {"name": "crop_flip", "padding": 1}
+    raw["data"]["augment"] = {"name": "crop_flip", "params": {"padding": 1}}
     raw["train"].update(
         epochs=EPOCHS,
         checkpoint_every_steps=CHECKPOINT_EVERY,
@@ -322,7 +322,7 @@ def store_recipe(work: Path, teacher: Path) -> Path:
     raw["teacher"]["model"] = "slow_teacher:slow_cnn"
     raw["teacher"]["weights"] = str(teacher)
     raw["data"].update(
-        augment={"name": "crop_flip", "padding": 1},
+        augment={"name": "crop_flip", "params": {"padding": 1}},
         augment_slots=STORE_SLOTS,
         limit_train=STORE_EXAMPLES,
     )

@@ -71,7 +71,7 @@ from _common import command_line, machine, markdown_table, summarize, write_resu
 from crossdistill.config import TrainSpec
 from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.wrappers import Student, Teacher
-from crossdistill.data.views import build_pipeline
+from crossdistill.data.steps import build_pipeline
 from crossdistill.losses import build_loss
 from crossdistill.models.zoo.cnn import SmallCNN
 from crossdistill.models.zoo.resnet import ResNet
@@ -80,7 +80,7 @@ from crossdistill.train.trainer import Trainer, lr_factor
 BATCH_SIZE = 128
 TRAIN_IMAGES = 60_000  # Fashion-MNIST train: the scheduler's steps per epoch, as fit would set
 MEAN, STD = 0.2860, 0.3530  # the recipes' normalize step
-NORMALIZE = [{"name": "normalize", "mean": [MEAN], "std": [STD]}]
+NORMALIZE = [{"name": "normalize", "params": {"mean": [MEAN], "std": [STD]}}]
 TRAIN = {  # recipes/fashion_mnist/kd.yaml's train: section, quiet and on the CPU
     "epochs": 15,
     "optimizer": {

@@ -17,7 +17,7 @@ def image(c: int = 2, h: int = 6, w: int = 5) -> torch.Tensor:
 
 def test_registry_and_build() -> None:
     assert {"crop_flip", "none"} <= set(AUGMENTATIONS.names())
-    aug = build_augmentation({"name": "crop_flip", "padding": 3, "flip": False})
+    aug = build_augmentation({"name": "crop_flip", "params": {"padding": 3, "flip": False}})
     assert isinstance(aug, RandomCropFlip)
     assert (aug.padding, aug.flip, aug.num_params) == (3, False, 3)
     assert isinstance(build_augmentation(None), NoAugment)
@@ -32,9 +32,13 @@ def test_build_errors() -> None:
     with pytest.raises(ConfigError, match="name"):
         build_augmentation({"padding": 2})
     with pytest.raises(ConfigError, match="bogus"):
-        build_augmentation({"name": "crop_flip", "bogus": 1})
+        build_augmentation({"name": "crop_flip", "params": {"bogus": 1}})
+    with pytest.raises(
+        ConfigError, match="belong under params"
+    ):  # the spelling before {name, params}
+        build_augmentation({"name": "crop_flip", "padding": 2})
     with pytest.raises(ConfigError, match="padding"):
-        build_augmentation({"name": "crop_flip", "padding": -1})
+        build_augmentation({"name": "crop_flip", "params": {"padding": -1}})
 
 
 def test_sampled_params_are_in_range() -> None:
@@ -122,7 +126,7 @@ def digits_train():
 
 
 def test_params_depend_on_seed_and_epoch(digits_train) -> None:
-    aug = build_augmentation({"name": "crop_flip", "padding": 2})
+    aug = build_augmentation({"name": "crop_flip", "params": {"padding": 2}})
     ds0 = DistillDataset(digits_train, aug, seed=0)
     ds1 = DistillDataset(digits_train, aug, seed=1)
     ids = range(64)

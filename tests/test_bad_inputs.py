@@ -351,8 +351,8 @@ CASES: dict[str, Case] = {
         _run({"store": STORE}, "kd.yaml"),
         ("there is no knowledge store at runs/store", "crossdistill cache RECIPE")),
     "store-other-preprocessing": Case(
-        _stored(lambda s: None, {"teacher.pipeline": [{"name": "normalize", "mean": [0.5],
-                                                        "std": [0.5]}]}),
+        _stored(lambda s: None, {"teacher.pipeline": [{"name": "normalize", "params": {
+                                                        "mean": [0.5], "std": [0.5]}}]}),
         ("was written for another recipe", "teacher model, outputs, taps or input pipeline")),
     "store-other-data": Case(
         _stored(lambda s: None, {"data.limit_train": 100}),
@@ -410,7 +410,7 @@ CASES: dict[str, Case] = {
         _run({"data.limit_train": 0}),
         ("data.limit_train: Input should be greater than 0",)),
     "augment-bad-param": Case(
-        _run({"data.augment": {"name": "crop_flip", "padding": -1}}),
+        _run({"data.augment": {"name": "crop_flip", "params": {"padding": -1}}}),
         ("crop_flip: padding must be a non-negative integer, got -1",)),
     "augment-unknown": Case(
         _run({"data.augment": {"name": "crop_flipp"}}),
@@ -427,7 +427,8 @@ CASES: dict[str, Case] = {
         ("model 'tiny_models:not_a_module' returned a dict, not a torch Module",)),
     "model-unknown-param": Case(
         _run({"student.params.depthh": 3}),
-        ("cannot build model 'cnn'", "unexpected keyword argument 'depthh'")),
+        ("bad parameters for model 'cnn'", "student.params.depthh: unknown key",
+         "accepts: in_channels, num_classes, width")),
     "model-factory-raises": Case(
         _factory("tiny_models:broken"),
         ("cannot build model 'tiny_models:broken'", "RuntimeError: the factory failed on purpose")),

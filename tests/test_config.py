@@ -74,8 +74,8 @@ def test_digits_normalisation_matches_the_data() -> None:
     images = _load_all()[0] / 255.0
     for path in (ROOT / "recipes" / "digits").glob("*.yaml"):
         (step,) = load_recipe(path).student.pipeline
-        assert step["mean"][0] == pytest.approx(images.mean(), abs=1e-3)
-        assert step["std"][0] == pytest.approx(images.std(), abs=1e-3)
+        assert step.params["mean"][0] == pytest.approx(images.mean(), abs=1e-3)
+        assert step.params["std"][0] == pytest.approx(images.std(), abs=1e-3)
 
 
 # ------------------------------------------------------------------------------- overrides

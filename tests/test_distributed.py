@@ -32,7 +32,9 @@ def recipe_file(tmp_path: Path, teacher: Path, name: str, **changes: Any) -> Pat
     raw.update(name=name, output={"dir": str(tmp_path / "runs")})
     raw["teacher"]["weights"] = str(teacher)
     raw["student"] = {"model": "mlp", "params": {"in_features": 64, "hidden": [32]}}
-    raw["data"].update(limit_train=256, batch_size=64, augment={"name": "crop_flip", "padding": 1})
+    raw["data"].update(
+        limit_train=256, batch_size=64, augment={"name": "crop_flip", "params": {"padding": 1}}
+    )
     raw["train"].update(epochs=2, progress=False, device="cpu")
     for dotted, value in changes.items():
         node = raw

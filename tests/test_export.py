@@ -81,7 +81,7 @@ def test_onnx_matches_student_on_validation_set(kd_run: Path, onnx_export: Path)
     assert parity["student_weights"] == "SHA-256 verified against student.json"
     pre = json.loads((onnx_export / "preprocessing.json").read_text())
     assert pre["input"]["shape"] == [None, 1, 8, 8] and pre["input"]["value_range"] == [0.0, 1.0]
-    assert pre["pipeline"] == [{"name": "normalize", "mean": [0.3053], "std": [0.3759]}]
+    assert pre["pipeline"] == [{"name": "normalize", "params": {"mean": [0.3053], "std": [0.3759]}}]
     assert pre["pipeline_in_graph"] and pre["num_classes"] == 10
     assert pre["outputs"] == [{"name": "logits", "shape": [None, 10]}]
     _no_leftovers(kd_run)
@@ -268,7 +268,7 @@ def test_failed_export_keeps_the_previous_one(
     good = export_run(run, "torchscript")
     before = (good / "model.pt").read_bytes()
 
-    def broken(inputs, folder):
+    def broken(self, inputs, folder):
         (folder / "model.pt").write_bytes(b"half")
         raise RuntimeError("disk full")
 

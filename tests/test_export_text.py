@@ -315,7 +315,7 @@ def test_students_with_a_corpus_tokenizer_export_alike(
         TinyTransformer(str(path), layers=1, dim=16, heads=2, max_length=20, init_from=None),
         StaticEmbedding(str(path), dim=8, out_dim=None, max_length=20),
     ]
-    exporter = EXPORTERS.get("sentence-transformers")
+    exporter = EXPORTERS.build("sentence-transformers")
     for model in models:
         model.eval()
         with torch.no_grad():

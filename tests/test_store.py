@@ -43,7 +43,7 @@ def digits_recipe(tmp_path: Path, **changes: Any) -> Recipe:
     raw: dict[str, Any] = yaml.safe_load((DIGITS / "kd.yaml").read_text())
     raw["teacher"].pop("weights")
     raw["data"].update(
-        augment={"name": "crop_flip", "padding": 1}, augment_slots=3, limit_train=300
+        augment={"name": "crop_flip", "params": {"padding": 1}}, augment_slots=3, limit_train=300
     )
     raw["train"].update(epochs=2, progress=False, device="cpu")
     raw["output"] = {"dir": str(tmp_path / "runs")}
@@ -394,12 +394,12 @@ def test_bad_manifest(written: Recipe, text: str, phrase: str) -> None:
     [
         ({"teacher.params.width": 8}, "teacher weights"),
         (
-            {"teacher.pipeline": [{"name": "normalize", "mean": [0.3], "std": [0.4]}]},
+            {"teacher.pipeline": [{"name": "normalize", "params": {"mean": [0.3], "std": [0.4]}}]},
             "input pipeline",
         ),
         ({"data.limit_train": 299}, "training data"),
         ({"seed": 1}, "augmentation"),
-        ({"data.augment": {"name": "crop_flip", "padding": 2}}, "augmentation"),
+        ({"data.augment": {"name": "crop_flip", "params": {"padding": 2}}}, "augmentation"),
     ],
 )
 def test_store_of_another_recipe_is_refused(written: Recipe, change: dict, part: str) -> None:

@@ -189,7 +189,7 @@ def test_empty_split_and_bad_params(tmp_path: Path) -> None:
             _all(good, **bad)
     with pytest.raises(ConfigError, match="test_fraction must be in"):
         load_source("text_file", "train", path=str(good), test_fraction=1.0)
-    with pytest.raises(ConfigError, match="accepted parameters"):
+    with pytest.raises(ConfigError, match="accepts: path, errors"):
         load_source("text_file", "train", path=str(good), encoding="latin-1")
     with pytest.raises(DataError, match="no split 'validation'"):
         load_source("text_file", "validation", path=str(good))

@@ -27,15 +27,29 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 QUICK_PAIRS = 200  # eval --suite speech-text --quick: the split's first examples
-state = {"debug": False}
+state: dict = {"debug": False, "imports": []}
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option(help="show tracebacks")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            help="a module to import first, so that its plug-ins register (repeatable)",
+        ),
+    ] = None,
+) -> None:
     state["debug"] = debug
+    state["imports"] = list(import_ or [])
     # A hub lookup from a dependency must fail fast instead of hanging: crossdistill is offline.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if state["imports"]:
+        from crossdistill.registry import import_modules
+
+        import_modules(state["imports"], "--import")
 
 
 @app.command()
@@ -84,8 +98,10 @@ def run(
                   f"--master_addr={master_addr}", f"--master_port={master_port}"]
         )  # fmt: skip
         args = [str(recipe), *(f"--set={o}" for o in overrides), *(["--resume"] * resume)]
+        imports = [f"--import={m}" for m in state["imports"]]
         command = [sys.executable, "-m", "torch.distributed.run", *launch,
-                   f"--nproc_per_node={nproc}", "-m", "crossdistill", "run", *args]  # fmt: skip
+                   f"--nproc_per_node={nproc}", "-m", "crossdistill", *imports, "run",
+                   *args]  # fmt: skip
         raise typer.Exit(subprocess.call(command))
     result = run_recipe(load_recipe(recipe, overrides), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -424,7 +440,7 @@ def list_(
     """List registered names."""
     from crossdistill.core.adapters import ADAPTERS
     from crossdistill.data.sources import DATA_SOURCES
-    from crossdistill.data.views import PIPELINE_STEPS
+    from crossdistill.data.steps import PIPELINE_STEPS
     from crossdistill.errors import UnknownNameError
     from crossdistill.losses import LOSSES
     from crossdistill.models import hub, zoo  # noqa: F401  (registers the models)

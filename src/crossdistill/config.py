@@ -24,6 +24,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class PluginSpec(_Strict):
+    """A plug-in: a registered name or ``package.module:Attribute``, and its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _params_nested(cls, raw: Any) -> Any:
+        # the one spelling mistake everybody makes: parameters beside the name
+        if isinstance(raw, dict) and "name" in raw:
+            extra = sorted(set(raw) - set(cls.model_fields))
+            if extra and cls is PluginSpec:
+                raise ValueError(
+                    f"{extra} belong under `params:` (every plug-in is {{name, params}}), e.g. "
+                    f"{{name: {raw['name']}, params: {{{extra[0]}: ...}}}}"
+                )
+        return raw
+
+
 class TapSpec(_Strict):
     """A forward hook: capture ``path``'s output (or input) as ``features/<name>``."""
 
@@ -43,7 +63,7 @@ class ModelSpec(_Strict):
     weights: Path | None = None
     outputs: list[str] | dict[str, str] = Field(default_factory=lambda: ["logits"])
     taps: list[TapSpec] = Field(default_factory=list)
-    pipeline: list[dict[str, Any]] = Field(default_factory=list)
+    pipeline: list[PluginSpec] = Field(default_factory=list)
 
 
 class TeacherSpec(_Strict):
@@ -54,7 +74,7 @@ class TeacherSpec(_Strict):
     weights: Path | None = None
     outputs: list[str] | dict[str, str] = Field(default_factory=lambda: ["logits"])
     taps: list[TapSpec] = Field(default_factory=list)
-    pipeline: list[dict[str, Any]] = Field(default_factory=list)
+    pipeline: list[PluginSpec] = Field(default_factory=list)
     members: list[ModelSpec] = Field(default_factory=list)
     member_weights: list[float] | None = None
 
@@ -68,25 +88,17 @@ class TeacherSpec(_Strict):
         return ModelSpec(**self.model_dump(exclude={"members", "member_weights"}))
 
 
-class AdapterSpec(_Strict):
-    """A registered adapter and its hyper-parameters (its shapes come from the tensors)."""
-
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class LossSpec(_Strict):
-    """A registered loss, its weight in the total, and its hyper-parameters.
+class LossSpec(PluginSpec):
+    """A loss (registered name or ``package.module:Class``), its weight in the total, and its
+    hyper-parameters.
 
     ``adapter`` maps the student tensor the loss reads to the teacher's shape first: ``auto``
-    (chosen from the two shapes), an adapter's name, or ``{name, params}``.
+    (chosen from the two shapes), an adapter's name or import path, or ``{name, params}``.
     """
 
-    name: str
     weight: float = Field(1.0, ge=0)
-    params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None  # the name logged for this term; needed when a loss appears twice
-    adapter: str | AdapterSpec | None = None
+    adapter: str | PluginSpec | None = None
 
     @property
     def term(self) -> str:
@@ -94,11 +106,14 @@ class LossSpec(_Strict):
 
 
 class DataSpec(_Strict):
+    """The data: a source (a registered name or ``package.module:Callable`` returning a Split)
+    and its params, which splits train and evaluate, augmentation and batching."""
+
     source: str
     params: dict[str, Any] = Field(default_factory=dict)
     train_split: str = "train"
     eval_split: str = "test"
-    augment: dict[str, Any] | None = None
+    augment: PluginSpec | None = None
     # K recorded augmentations per example (one picked per epoch); what a knowledge store holds
     augment_slots: PositiveInt | None = None
     batch_size: PositiveInt = 128
@@ -181,6 +196,8 @@ class Recipe(_Strict):
     """One experiment: data, teacher (optional), student, weighted losses, training, evaluation."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # modules imported before anything is built, so that their plug-ins register
+    imports: list[str] = Field(default_factory=list)
     seed: int = 0
     data: DataSpec
     teacher: TeacherSpec | None = None

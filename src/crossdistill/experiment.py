@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import Subset
 
 from crossdistill.config import (
-    AdapterSpec,
     LossSpec,
     ModelSpec,
+    PluginSpec,
     Recipe,
     TeacherSpec,
     dump_recipe,
@@ -32,10 +32,11 @@ from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.data import build_augmentation, example_loader, load_source
 from crossdistill.data.dataset import make_dataset, preview_batch
-from crossdistill.data.views import build_pipeline
+from crossdistill.data.steps import build_pipeline
 from crossdistill.errors import CheckpointError, ConfigError
 from crossdistill.losses import build_loss
-from crossdistill.models.registry import accepts_param, build_model, load_weights
+from crossdistill.models.registry import MODELS, build_model, load_weights
+from crossdistill.registry import import_modules
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
 from crossdistill.store.manifest import data_digest, digest, weights_digest
 from crossdistill.train.checkpoint import list_checkpoints, sha256
@@ -51,7 +52,7 @@ from crossdistill.train.trainer import History, Trainer
 
 def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> ModelWrapper:
     """A Student/Teacher from a model spec: model, weights, pipeline, taps."""
-    model = build_model(spec.model, spec.params)
+    model = build_model(spec.model, spec.params, where)
     if spec.weights is not None:
         load_weights(model, spec.weights, where=f"{where}.weights")
     taps = [Tap(**t.model_dump()) for t in spec.taps]
@@ -69,7 +70,7 @@ def build_teacher(spec: TeacherSpec) -> Teacher:
 
 def build_term(spec: LossSpec, where: str) -> Term:
     """A Distiller term from a recipe's loss entry (the adapter is built later, from shapes)."""
-    adapter = spec.adapter.model_dump() if isinstance(spec.adapter, AdapterSpec) else spec.adapter
+    adapter = spec.adapter.model_dump() if isinstance(spec.adapter, PluginSpec) else spec.adapter
     return Term(spec.term, build_loss(spec.name, spec.params, where=where), spec.weight, adapter)
 
 
@@ -223,6 +224,7 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
             "the recipe has no `store:` section",
             hint="add `store: {path: stores/NAME}` to say where the teacher's outputs go",
         )
+    import_modules(recipe.imports)
     seed_everything(recipe.seed, recipe.train.deterministic)
     distiller = build_distiller(recipe)
     assert distiller.teacher is not None
@@ -284,6 +286,7 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     """Build everything a recipe names, train, evaluate and write the run directory."""
     # Under torchrun every rank runs this; the process group is set up first (gloo or nccl).
     rank, world = distributed_rank()
+    import_modules(recipe.imports)
     seed_everything(recipe.seed, recipe.train.deterministic)
     # Everything that can be wrong is found before the run directory is touched: models,
     # weights, losses, device, data files, and what each loss needs from a real batch.
@@ -326,7 +329,7 @@ def finish_run(
                 "model": spec.model,
                 "params": spec.params,
                 "outputs": spec.outputs,
-                "pipeline": spec.pipeline,
+                "pipeline": [step.model_dump() for step in spec.pipeline],
                 "parameters": sum(p.numel() for p in model.parameters()),
                 # load_student checks it: a flipped byte inside a tensor still parses
                 "sha256": sha256(run_dir / "student.safetensors"),
@@ -355,7 +358,7 @@ def load_student(run_dir: str | Path) -> Student:
             f"`crossdistill run {run_dir / 'config.yaml'} --resume`",
         )
     params = dict(meta["params"])
-    if accepts_param(meta["model"], "init_from"):
+    if MODELS.accepts(meta["model"], "init_from"):
         # the trained weights replace the initialisation: never run a teacher to compute it
         params["init_from"] = None
     spec = ModelSpec(

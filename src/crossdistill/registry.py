@@ -1,11 +1,30 @@
-"""A tiny registry: pluggable objects (losses, models, data sources, pipelines) are registered by
-name in the file that defines them, never listed in an if/elif chain."""
+"""Registries: one rule for every plug-in (losses, models, adapters, data sources, pipeline steps,
+augmentations, export formats, evaluation suites).
+
+A plug-in is a class or a function. It is named in a recipe either by its registered name or by
+its import path, ``package.module:Attribute``, and built by :meth:`Registry.build`: the recipe's
+``params`` are validated against the plug-in's signature (its ``__init__`` for a class), and
+every error names the recipe path (``losses[1].params.temperature``) and what it accepts.
+
+It registers itself in the file that defines it::
+
+    @LOSSES.register("my_loss")
+    class MyLoss(Loss): ...
+
+and that file is imported by one of: the package of the registry (crossdistill's core
+built-ins), an installed package's ``crossdistill.plugins`` entry point (crossdistill's own
+domains, and third-party packages), a recipe's ``imports:`` list, or ``--import MODULE`` on the
+command line. A name not found loads the entry points once and looks again.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import importlib.metadata
 import inspect
+import os
 import pkgutil
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -13,99 +32,248 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 
-from crossdistill.errors import ConfigError, UnknownNameError, did_you_mean
+from crossdistill._util.validation import format_validation_error
+from crossdistill.errors import ConfigError, CrossDistillError, UnknownNameError, did_you_mean
 
 T = TypeVar("T")
+PLUGIN_GROUP = "crossdistill.plugins"
 
 
 class Registry(Generic[T]):
-    """Maps names to objects of one kind (``kind`` is used in error messages)."""
+    """Names → plug-ins of one kind (``kind`` names it in messages).
 
-    def __init__(self, kind: str) -> None:
+    ``base``: a class every plug-in of this kind subclasses (checked for import paths);
+    ``returns``: the type(s) :meth:`build` must produce (checked on every build).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        base: type | None = None,
+        returns: type | tuple[type, ...] | None = None,
+    ) -> None:
         self.kind = kind
+        self.base = base
+        self.returns = returns
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@REGISTRY.register("name")`` on a class or factory."""
+        """Decorator: ``@REGISTRY.register("name")`` on a class or a factory function. The name
+        is kept on the object as ``plugin_name``."""
 
         def add(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
+            with contextlib.suppress(AttributeError, TypeError):  # a builtin keeps no attributes
+                obj.plugin_name = name  # type: ignore[attr-defined]
             return obj
 
         return add
 
     def get(self, name: str) -> T:
-        """The object registered as ``name``; a misspelling lists the close and known names."""
+        """The plug-in registered as ``name``; a misspelling lists the close and known names."""
+        if name not in self._items:
+            load_plugins()
         try:
             return self._items[name]
         except KeyError:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}", hint=did_you_mean(name, self._items)
+                f"unknown {self.kind} {name!r}",
+                hint=f"{did_you_mean(name, self._items)}; a plug-in of your own is named by its "
+                "import path, package.module:Attribute",
             ) from None
 
+    def resolve(self, ref: str | T, where: str = "") -> T:
+        """A registered name, an import path ``package.module:Attribute``, or the plug-in itself
+        (given from Python)."""
+        if not isinstance(ref, str):
+            return ref
+        if ":" not in ref:
+            return self.get(ref)
+        obj = import_object(ref, f"{where or self.kind}: {self.kind} {ref!r}")
+        if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+            raise ConfigError(
+                f"{where or self.kind}: {ref!r} is not a {self.kind}",
+                hint=f"a {self.kind} is a subclass of {self.base.__module__}."
+                f"{self.base.__qualname__}",
+            )
+        if not callable(obj):
+            raise ConfigError(f"{where or self.kind}: {self.kind} {ref!r} is not callable")
+        return obj  # type: ignore[return-value]
+
+    def build(
+        self,
+        ref: str | T,
+        params: Mapping[str, Any] | None = None,
+        where: str = "",
+        **fixed: Any,
+    ) -> Any:
+        """Call the plug-in ``ref`` with ``params`` validated against its signature.
+
+        ``fixed`` are arguments crossdistill supplies rather than the recipe (an adapter's
+        shapes, a data source's split). Errors name ``<where>.params.<field>``.
+        """
+        where = where or self.kind
+        factory = self.resolve(ref, where)
+        label = ref if isinstance(ref, str) else getattr(factory, "__name__", repr(factory))
+        kwargs = validate_params(factory, params or {}, where, f"{self.kind} {label!r}", fixed)
+        try:
+            built = factory(**kwargs, **fixed)  # type: ignore[operator]
+        except CrossDistillError:
+            raise
+        except Exception as exc:  # a bad value the plug-in itself refused, or its own bug
+            raise ConfigError(
+                f"{where}: cannot build {self.kind} {label!r} with params {dict(params or {})}: "
+                f"{type(exc).__name__}: {exc}",
+                hint=f"check {where}.params (--debug shows the traceback)",
+            ) from exc
+        if self.returns is not None and not isinstance(built, self.returns):
+            raise ConfigError(
+                f"{where}: {self.kind} {label!r} returned a {type(built).__name__}, not a "
+                f"{_type_names(self.returns)}"
+            )
+        return built
+
+    def accepts(self, ref: str, param: str) -> bool:
+        """Whether the plug-in ``ref`` takes a keyword parameter ``param``."""
+        return param in _signature(self.resolve(ref)).parameters
+
     def names(self) -> list[str]:
+        """Every registered name, plug-in packages included."""
+        load_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            load_plugins()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
 
-def import_submodules(package: str, path: Iterable[str]) -> None:
-    """Import every module of ``package`` (call from its ``__init__`` with ``__path__``).
+def _type_names(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(f"{t.__module__.partition('.')[0]} {t.__qualname__}" for t in types)
 
-    Each module registers its objects when imported, so adding a loss or an adapter is adding a
-    file: no list to edit elsewhere. Modules whose name starts with ``_`` are helpers, skipped.
-    """
+
+# ------------------------------------------------------------------------ finding plug-ins
+
+
+def import_object(ref: str, what: str) -> Any:
+    """The object an import path ``package.module:Attribute`` (attributes may be dotted) names."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{what}: an import path is package.module:Attribute, got {ref!r}")
+    module = import_module(module_name, what)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UnknownNameError(f"{what}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def import_module(name: str, what: str) -> Any:
+    """``importlib.import_module(name)`` with an error that says who wanted it and how to fix it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{what}: cannot import module {name!r}: {exc}",
+            hint="the module must be importable in this environment (pip install its package, "
+            "or add its folder to PYTHONPATH)",
+        ) from None
+    except Exception as exc:  # a SyntaxError or an error at the module's import time
+        raise ConfigError(
+            f"{what}: cannot import module {name!r}: {type(exc).__name__}: {exc}",
+            hint=f"fix the module (run `python -c 'import {name}'` to see the traceback)",
+        ) from exc
+
+
+def import_modules(names: Iterable[str], where: str = "imports") -> None:
+    """Import the plug-in modules a recipe's ``imports:`` or ``--import`` lists."""
+    for i, name in enumerate(names):
+        import_module(name, f"{where}[{i}]")
+
+
+@functools.cache
+def load_plugins() -> None:
+    """Import every ``crossdistill.plugins`` entry point once (crossdistill's domains, and any
+    installed plug-in package)."""
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        dist = entry.dist.name if entry.dist else "an installed package"
+        import_module(entry.value.partition(":")[0], f"plug-in {entry.name!r} of {dist}")
+
+
+def import_submodules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (call from its ``__init__`` with ``__path__``), so that
+    adding a plug-in is adding a file. Modules whose name starts with ``_`` are helpers."""
     for info in pkgutil.iter_modules(list(path)):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
 
 
+# ------------------------------------------------------------------------ parameters
+
+
+def _signature(obj: Any) -> inspect.Signature:
+    try:
+        return inspect.signature(obj.__init__ if isinstance(obj, type) else obj)
+    except (TypeError, ValueError):  # a builtin or C callable without a readable signature
+        return inspect.Signature()
+
+
 @functools.cache
-def params_model(cls: type) -> type[pydantic.BaseModel]:
-    """A pydantic model of ``cls.__init__``'s keyword arguments (its hyper-parameters)."""
+def params_model(obj: Any) -> type[pydantic.BaseModel]:
+    """A pydantic model of the keyword parameters of ``obj`` (a class's ``__init__``, or a
+    function); extra keys are allowed only when it takes ``**kwargs``."""
+    target = obj.__init__ if isinstance(obj, type) else obj
+    try:  # resolved in the defining module, where names such as `Shape` mean something
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations that do not resolve: every parameter is Any
+        hints = {}
     fields: dict[str, Any] = {}
-    # resolved in the defining module, where names such as `Shape` mean something
-    hints = typing.get_type_hints(cls.__init__)
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+    extra = "forbid"
+    for name, p in _signature(obj).parameters.items():
+        if name == "self" or p.kind is p.VAR_POSITIONAL:
             continue
-        annotation = hints.get(name, Any)
+        if p.kind is p.VAR_KEYWORD:
+            extra = "allow"
+            continue
         default = p.default if p.default is not inspect.Parameter.empty else ...
-        fields[name] = (annotation, default)
+        fields[name] = (hints.get(name, Any), default)
     return pydantic.create_model(
-        f"{cls.__name__}Params",
-        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        f"{getattr(obj, '__name__', 'Plugin')}Params",
+        __config__=pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True),
         **fields,
     )
 
 
-def build_validated(
-    registry: Registry[Any],
-    name: str,
-    params: Mapping[str, Any] | None = None,
-    where: str = "",
-    **fixed: Any,
-) -> Any:
-    """Instantiate the class registered as ``name``, its ``params`` validated against the type
-    hints of its ``__init__`` (errors name ``<where>.params.<field>``). ``fixed`` are arguments
-    supplied by the caller rather than the recipe (e.g. an adapter's tensor shapes)."""
-    cls = registry.get(name)
-    model = params_model(cls)
-    try:
-        validated = model.model_validate({**fixed, **dict(params or {})})
-    except pydantic.ValidationError as exc:
-        from crossdistill._util.validation import format_validation_error
-
-        accepted = [f for f in model.model_fields if f not in fixed]
+def validate_params(
+    obj: Any, params: Mapping[str, Any], where: str, label: str, fixed: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``params`` validated against ``obj``'s signature: the keyword arguments to call it with
+    (only those given, so its own defaults apply), ``fixed`` left for the caller to add."""
+    model = params_model(obj)
+    clash = sorted(set(params) & set(fixed))
+    accepted = [f for f in model.model_fields if f not in fixed]
+    if clash:
         raise ConfigError(
-            f"bad hyper-parameters for {registry.kind} {name!r}:\n"
-            + format_validation_error(exc, prefix=f"{where or registry.kind}.params"),
-            hint=f"{name} accepts: {', '.join(accepted) or 'nothing'}",
+            f"{where}.params sets {clash}, which crossdistill supplies itself",
+            hint=f"{label} accepts: {', '.join(accepted) or 'nothing'}",
+        )
+    # a path object where the signature says str: YAML never gives one, Python callers do
+    values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in params.items()}
+    try:
+        validated = model.model_validate({**fixed, **values})
+    except pydantic.ValidationError as exc:
+        raise ConfigError(
+            f"bad parameters for {label}:\n"
+            + format_validation_error(exc, prefix=f"{where}.params"),
+            hint=f"{label} accepts: {', '.join(accepted) or 'nothing'}",
         ) from None
-    return cls(**{**dict(validated), **fixed})
+    given = {k: getattr(validated, k) for k in validated.model_fields_set if k not in fixed}
+    return {**given, **(validated.model_extra or {})}

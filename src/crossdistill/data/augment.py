@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from crossdistill.config import PluginSpec
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.registry import Registry
 
@@ -32,7 +33,7 @@ class Augmentation(Protocol):
         ...
 
 
-AUGMENTATIONS: Registry[type[Augmentation]] = Registry("augmentation")
+AUGMENTATIONS: Registry[type[Augmentation]] = Registry("augmentation", returns=Augmentation)
 
 
 def _as_params(params: torch.Tensor | np.ndarray, expected: int, name: str) -> list[float]:
@@ -108,25 +109,27 @@ class RandomCropFlip:
         return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
 
 
-def build_augmentation(spec: Mapping[str, Any] | str | Augmentation | None) -> Augmentation:
-    """An augmentation from ``{"name": ..., **params}`` or a bare name; ``None``: the identity."""
+def build_augmentation(
+    spec: PluginSpec | Mapping[str, Any] | str | Augmentation | None,
+) -> Augmentation:
+    """An augmentation from a plug-in spec ``{name, params}`` (a registered name or
+    ``package.module:Class``), a bare name, or an Augmentation; ``None``: the identity."""
     if spec is None:
         return NoAugment()
+    if isinstance(spec, PluginSpec):
+        spec = spec.model_dump()
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping):
         if isinstance(spec, Augmentation):
             return spec
-        raise ConfigError(f"augmentation must be a mapping with a 'name', got {spec!r}")
-    params = dict(spec)
-    if "name" not in params:
+        raise ConfigError(f"augmentation must be a mapping {{name, params}}, got {spec!r}")
+    extra = sorted(set(spec) - {"name", "params"})
+    if "name" not in spec or extra:
         raise ConfigError(
-            f"augmentation {spec!r} has no 'name'",
-            hint=f"known: {', '.join(AUGMENTATIONS.names())}",
+            f"augmentation {dict(spec)!r} is not {{name, params}}"
+            + (f": {extra} belong under params" if extra and "name" in spec else ""),
+            hint=f"e.g. {{name: crop_flip, params: {{padding: 2}}}}; known: "
+            f"{', '.join(AUGMENTATIONS.names())}",
         )
-    name = params.pop("name")
-    cls = AUGMENTATIONS.get(name)
-    try:
-        return cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"augmentation {name!r}: {e}") from None
+    return AUGMENTATIONS.build(spec["name"], spec.get("params"), "data.augment")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,14 +50,15 @@ class ExportInputs:
 
 
 class Exporter:
-    """One export format. Subclasses set ``name``/``filename`` and implement both methods.
+    """One export format, registered with ``@EXPORTERS.register("name")``. Subclasses set
+    ``filename`` and implement both methods.
 
     ``inputs`` names the kinds of student input the format can hold: ``"tensor"`` (a float
     batch) and/or ``"text"`` (raw strings, tokenized by the student itself). ``half`` says
     whether it can store the weights as float16 (``--half``).
     """
 
-    name: str = ""
+    plugin_name: ClassVar[str] = ""  # set by @EXPORTERS.register
     filename: str = ""
     description: str = ""
     inputs: tuple[str, ...] = (TENSOR,)
@@ -74,13 +75,7 @@ class Exporter:
         raise NotImplementedError
 
 
-EXPORTERS: Registry[Exporter] = Registry("export format")
-
-
-def register(cls: type[Exporter]) -> type[Exporter]:
-    """Class decorator: register one instance of an exporter under its ``name``."""
-    EXPORTERS.register(cls.name)(cls())
-    return cls
+EXPORTERS: Registry[type[Exporter]] = Registry("export format", base=Exporter, returns=Exporter)
 
 
 def torch_runner(module: Callable[[Any], Any], threads: int) -> Runner:

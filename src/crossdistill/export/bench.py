@@ -106,7 +106,7 @@ def _wrapper_runner(wrapper: torch.nn.Module, threads: int) -> Runner:
 
 def _export_candidate(folder: Path, threads: int, params: int | None) -> Candidate:
     pre = json.loads((folder / PREPROCESSING).read_text())
-    exporter = EXPORTERS.get(pre["format"])
+    exporter = EXPORTERS.build(pre["format"], where=str(folder / PREPROCESSING))
     files = [p for p in folder.iterdir() if p.name not in (PREPROCESSING, PARITY)]
     params = params if params is not None else pre.get("student", {}).get("parameters")
     return Candidate(folder.name, "export", lambda: exporter.load(folder, threads), files, params)

@@ -118,8 +118,8 @@ def _check_format(exporter: Any, kind: str, run_dir: Path) -> None:
         TENSOR: "tensors, not raw strings",
     }[kind]
     raise ExportError(
-        f"the {exporter.name} format cannot hold the student of {run_dir}: its inputs are "
-        f"{what}, and {exporter.name} takes only {' / '.join(exporter.inputs)} inputs",
+        f"the {exporter.plugin_name} format cannot hold the student of {run_dir}: its inputs are "
+        f"{what}, and {exporter.plugin_name} takes only {' / '.join(exporter.inputs)} inputs",
         hint=f"use --format {' or --format '.join(fitting)}" if fitting else None,
     )
 
@@ -198,7 +198,7 @@ def export_run(
     from crossdistill.config import load_recipe
     from crossdistill.experiment import load_student
 
-    exporter = EXPORTERS.get(fmt)
+    exporter = EXPORTERS.build(fmt, where="--format")
     run_dir = Path(run_dir)
     check_run(run_dir)
     if half and not exporter.half:
@@ -299,7 +299,7 @@ def preprocessing(
 
     split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
     return {
-        "format": exporter.name,
+        "format": exporter.plugin_name,
         "file": exporter.filename,
         "int8": int8,
         "input": info["input"]

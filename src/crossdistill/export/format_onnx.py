@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossdistill.export.base import Exporter, ExportError, ExportInputs, Runner, register
+from crossdistill.export.base import EXPORTERS, Exporter, ExportError, ExportInputs, Runner
 
 OPSET = 18
 INPUT = "input"
@@ -120,9 +120,8 @@ def quantize_static_int8(src: Path, dst: Path, calibration: np.ndarray, tmp: Pat
         extra.unlink()
 
 
-@register
+@EXPORTERS.register("onnx")
 class OnnxExporter(Exporter):
-    name = "onnx"
     filename = "model.onnx"
     description = "torch.onnx (dynamo) of pipeline + student; int8: onnxruntime static QDQ"
 

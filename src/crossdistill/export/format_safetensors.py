@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from crossdistill.data.steps import build_pipeline
 from crossdistill.export.base import (
+    EXPORTERS,
     TENSOR,
     TEXT,
     Exporter,
@@ -29,9 +31,9 @@ from crossdistill.export.base import (
     Runner,
     StudentGraph,
     linear_int8,
-    register,
     torch_runner,
 )
+from crossdistill.models.registry import build_model
 
 META = "model.json"
 
@@ -82,9 +84,8 @@ def load_int8_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     return qmodel
 
 
-@register
+@EXPORTERS.register("safetensors")
 class SafetensorsExporter(Exporter):
-    name = "safetensors"
     filename = "model.safetensors"
     description = "weights + model.json (model, params); pipeline listed in preprocessing.json"
     inputs = (TENSOR, TEXT)  # the model class rebuilds its own tokenizer from model.json
@@ -126,12 +127,9 @@ class SafetensorsExporter(Exporter):
 
 def rebuild(folder: str | Path) -> nn.Module:
     """The model of a safetensors export (pipeline in front), rebuilt only from its files."""
-    from crossdistill.data.views import build_pipeline
-    from crossdistill.models.registry import resolve_model
-
     folder = Path(folder)
     meta = json.loads((folder / META).read_text())
-    model = resolve_model(meta["model"])(**meta["params"])
+    model = build_model(meta["model"], meta["params"], where=str(folder / META))
     state = load_file(str(folder / SafetensorsExporter.filename))
     if meta.get("int8"):
         model = load_int8_state(model, state)

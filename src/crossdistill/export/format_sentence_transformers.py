@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import TEXT_EXTRA, require
-from crossdistill.export.base import TEXT, Exporter, ExportError, ExportInputs, Runner, register
+from crossdistill.export.base import EXPORTERS, TEXT, Exporter, ExportError, ExportInputs, Runner
 
 # the special tokens a fast tokenizer is told about, where the vocabulary has them
 SPECIAL_TOKENS = {
@@ -148,9 +148,8 @@ def _builders() -> dict[type, Callable[[nn.Module, Path], list[nn.Module]]]:
     }
 
 
-@register
+@EXPORTERS.register("sentence-transformers")
 class SentenceTransformersExporter(Exporter):
-    name = "sentence-transformers"
     filename = "modules.json"
     description = "a SentenceTransformer folder (built-in modules, safetensors) of a text student"
     inputs = (TEXT,)

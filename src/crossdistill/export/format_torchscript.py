@@ -13,18 +13,17 @@ from typing import Any
 import torch
 
 from crossdistill.export.base import (
+    EXPORTERS,
     Exporter,
     ExportInputs,
     Runner,
     linear_int8,
-    register,
     torch_runner,
 )
 
 
-@register
+@EXPORTERS.register("torchscript")
 class TorchScriptExporter(Exporter):
-    name = "torchscript"
     filename = "model.pt"
     description = "torch.jit.trace of pipeline + student; int8: dynamic int8 Linear layers"
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from crossdistill.core.knowledge import Knowledge
-from crossdistill.registry import Registry, build_validated
+from crossdistill.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,11 @@ class Loss(nn.Module):
         raise NotImplementedError
 
 
-LOSSES: Registry[type[Loss]] = Registry("loss")
+LOSSES: Registry[type[Loss]] = Registry("loss", base=Loss, returns=Loss)
 
 
-def build_loss(name: str, params: Mapping[str, Any] | None = None, where: str = "loss") -> Loss:
-    """Instantiate the loss registered as ``name`` with validated ``params``."""
-    return build_validated(LOSSES, name, params, where)
+def build_loss(
+    name: str | type[Loss], params: Mapping[str, Any] | None = None, where: str = "loss"
+) -> Loss:
+    """The loss ``name`` (registered, or ``package.module:Class``) with validated ``params``."""
+    return LOSSES.build(name, params, where)

@@ -1,77 +1,39 @@
-"""Model construction from a recipe: registered zoo names or ``package.module:Callable``.
+"""Model construction: the model registry, and weights from safetensors files.
 
-No ``eval``: a reference is either a registered name or an import path resolved with importlib.
+A model is a registered name (the zoo, the hub teachers, plug-in packages) or an import path
+``package.module:Callable``, built through the one plug-in rule of :mod:`crossdistill.registry`.
 Weights load from safetensors only, with errors that say which keys or shapes do not fit.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError
+from crossdistill.errors import CheckpointError
 from crossdistill.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", returns=nn.Module)
 
 
-def resolve_model(ref: str) -> Callable[..., nn.Module]:
-    """A registered name (``"resnet"``) or an import path (``"my_pkg.models:make_net"``)."""
-    if ":" not in ref:
-        import crossdistill.models.hub  # registers the real teachers
-        import crossdistill.models.zoo  # noqa: F401  (registers the zoo)
+def build_model(
+    ref: str | Callable[..., nn.Module],
+    params: Mapping[str, Any] | None = None,
+    where: str = "model",
+) -> nn.Module:
+    """The model ``ref`` (a registered name, ``package.module:Callable``, or the callable itself)
+    built with validated ``params``.
 
-        return MODELS.get(ref)
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"cannot import module {module_name!r} for model {ref!r}: {exc}",
-            hint="the module must be importable from the current environment (pip install it "
-            "or add its folder to PYTHONPATH)",
-        ) from None
-    except Exception as exc:  # a SyntaxError or an error at the module's import time
-        raise ConfigError(
-            f"cannot import module {module_name!r} for model {ref!r}: {type(exc).__name__}: {exc}",
-            hint=f"fix the module (run `python -c 'import {module_name}'` to see the traceback)",
-        ) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UnknownNameError(f"{module_name!r} has no attribute {attr!r} (model {ref!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"model {ref!r} is not callable")
-    return obj
-
-
-def accepts_param(ref: str, name: str) -> bool:
-    """Whether the model ``ref`` takes a keyword parameter ``name`` (``init_from``, ...)."""
-    try:
-        return name in inspect.signature(resolve_model(ref)).parameters
-    except (TypeError, ValueError):  # a builtin or C callable without a readable signature
-        return False
-
-
-def build_model(ref: str, params: Mapping[str, Any] | None = None) -> nn.Module:
-    """Call the model factory with ``params``; a wrong keyword names the accepted ones."""
-    factory = resolve_model(ref)
-    try:
-        model = factory(**dict(params or {}))
-    except Exception as exc:  # a wrong keyword, a bad value, or the factory's own error
-        raise ConfigError(
-            f"cannot build model {ref!r} with params {dict(params or {})}: "
-            f"{'' if isinstance(exc, TypeError) else type(exc).__name__ + ': '}{exc}",
-            hint="check the model's params in the recipe (--debug shows the traceback)",
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model {ref!r} returned a {type(model).__name__}, not a torch Module")
+    A model built from a name or an import path remembers it as ``built_from`` (``{"model",
+    "params"}``, and ``"weights"`` once :func:`load_weights` fills it), so a run that trains it
+    can record how to rebuild it.
+    """
+    model = MODELS.build(ref, params, where)
+    if isinstance(ref, str):
+        model.built_from = {"model": ref, "params": dict(params or {})}
     return model
 
 
@@ -118,3 +80,5 @@ def load_weights(
             "trained with",
         )
     model.load_state_dict(state, strict=strict)
+    if isinstance(getattr(model, "built_from", None), dict):
+        model.built_from["weights"] = str(path)

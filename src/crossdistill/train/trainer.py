@@ -1,9 +1,9 @@
 """The Trainer: optimizer, schedule, seeds, AMP, DDP, progress, metrics.jsonl, checkpoints, resume.
 
 It drives a :class:`~crossdistill.core.distiller.Distiller` and knows nothing about which losses
-exist. Data order and augmentation are functions of (seed, epoch), so a run resumed from a checkpoint
-(at the end of an epoch, or mid-epoch with ``checkpoint_every_steps``) continues exactly as the
-uninterrupted run would.
+exist. Data order and augmentation are functions of (seed, epoch), so a run resumed from a
+checkpoint (at the end of an epoch, or mid-epoch with ``checkpoint_every_steps``) continues
+exactly as the uninterrupted run would.
 
 Under torchrun (a process group is initialised) the Distiller is wrapped in
 DistributedDataParallel with the teacher's parameters and buffers left out: the student,

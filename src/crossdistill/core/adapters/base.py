@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from crossdistill.errors import ShapeError
-from crossdistill.registry import Registry, build_validated
+from crossdistill.registry import Registry
 
 Shape = tuple[int, ...]
 
@@ -32,7 +32,7 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
 
-ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter", base=Adapter, returns=Adapter)
 
 
 def describe(shape: Shape) -> str:
@@ -58,17 +58,17 @@ def build_adapter(
     teacher: Shape,
     where: str = "adapter",
 ) -> Adapter:
-    """An adapter from a recipe's ``adapter:`` value: ``"auto"``, a name, or
+    """An adapter from a recipe's ``adapter:`` value: ``"auto"``, a name or import path, or
     ``{name: ..., params: {...}}``, for tensors of the given shapes (batch excluded)."""
     name, params = (spec, {}) if isinstance(spec, str) else (spec["name"], spec.get("params", {}))
     if name == "auto":
         name = auto_adapter(student, teacher)
-    elif not ADAPTERS.get(name).bridges(tuple(student), tuple(teacher)):
+    elif not ADAPTERS.resolve(name, where).bridges(tuple(student), tuple(teacher)):
         raise ShapeError(
             f"{where}: adapter {name!r} cannot map a student {describe(student)} to a teacher "
             f"{describe(teacher)}",
             hint="use `adapter: auto` to pick one that can",
         )
-    return build_validated(
-        ADAPTERS, name, params, where, student_shape=tuple(student), teacher_shape=tuple(teacher)
+    return ADAPTERS.build(
+        name, params, where, student_shape=tuple(student), teacher_shape=tuple(teacher)
     )

@@ -251,9 +251,9 @@ DIRECTORY_KINDS: tuple[tuple[str, Callable[[Path], bool], Callable[[Path, str], 
 
 
 def _load_registered(name: str, device: str) -> BatchedEncoder:
-    from crossdistill.models.registry import accepts_param, build_model
+    from crossdistill.models.registry import MODELS, build_model
 
-    module = build_model(name, {"device": device} if accepts_param(name, "device") else {})
+    module = build_model(name, {"device": device} if MODELS.accepts(name, "device") else {})
     encoder = TorchEncoder(module, name, device=device)
     try:
         with torch.no_grad():

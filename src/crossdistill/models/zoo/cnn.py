@@ -14,6 +14,7 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+@MODELS.register("cnn")
 class SmallCNN(nn.Module):
     """Three conv stages (``block1..3``, widths w, 2w, 4w; 2× max-pooling after the first two),
     global average pooling (``pool``) and a linear classifier (``fc``)."""
@@ -28,6 +29,3 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(self.block3(self.block2(self.block1(x)))))
-
-
-MODELS.register("cnn")(SmallCNN)

@@ -22,7 +22,7 @@ from torch import nn
 
 from crossdistill.data.ranking import ranking_columns
 from crossdistill.errors import ConfigError
-from crossdistill.models.registry import MODELS, accepts_param, build_model
+from crossdistill.models.registry import MODELS, build_model
 
 Similarity = Literal["cosine", "dot"]
 
@@ -143,6 +143,6 @@ def dual_encoder(
     how a finished run is rebuilt before its weights load).
     """
     params = dict(tower_params or {})
-    if init_from != "tower" and accepts_param(tower, "init_from"):
+    if init_from != "tower" and MODELS.accepts(tower, "init_from"):
         params["init_from"] = init_from
     return DualEncoder(build_model(tower, params), similarity, float(scale), learn_scale, tokens)

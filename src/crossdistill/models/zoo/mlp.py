@@ -10,6 +10,7 @@ from torch import nn
 from crossdistill.models.registry import MODELS
 
 
+@MODELS.register("mlp")
 class MLP(nn.Module):
     """``flatten`` → (Linear, ReLU) × len(hidden) as ``hidden`` → ``fc``."""
 
@@ -27,6 +28,3 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(self.flatten(x)))
-
-
-MODELS.register("mlp")(MLP)

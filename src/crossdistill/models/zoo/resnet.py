@@ -31,6 +31,7 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+@MODELS.register("resnet")
 class ResNet(nn.Module):
     """``stem`` → ``layer1..n`` (stride 2 from the second on) → ``pool`` → ``fc``.
 
@@ -67,6 +68,3 @@ class ResNet(nn.Module):
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{i}")(x)
         return self.fc(self.pool(x))
-
-
-MODELS.register("resnet")(ResNet)

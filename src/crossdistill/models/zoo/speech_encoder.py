@@ -21,6 +21,7 @@ from crossdistill.errors import ConfigError, DataError
 from crossdistill.models.registry import MODELS
 
 
+@MODELS.register("speech_encoder")
 class SpeechEncoder(nn.Module):
     """``forward(waveforms (B, T) at 16 kHz) -> (B, out_dim)``.
 
@@ -115,6 +116,3 @@ class SpeechEncoder(nn.Module):
         weights = mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * weights).sum(1) / weights.sum(1)
         return self.head(pooled)
-
-
-MODELS.register("speech_encoder")(SpeechEncoder)

@@ -18,6 +18,7 @@ from crossdistill.errors import DataError
 from crossdistill.models.registry import MODELS, build_model
 
 
+@MODELS.register("speech_text_towers")
 class SpeechTextTowers(nn.Module):
     """``forward({"speech": (B, T), "text": [str]}) -> {"embedding", "text_embedding"}``.
 
@@ -46,6 +47,3 @@ class SpeechTextTowers(nn.Module):
                 hint="give the data source `student: [text, speech]`",
             )
         return {"embedding": self.speech(view["speech"]), "text_embedding": self.text(view["text"])}
-
-
-MODELS.register("speech_text_towers")(SpeechTextTowers)

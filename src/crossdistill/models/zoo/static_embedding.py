@@ -47,6 +47,7 @@ def load_tokenizer(tokenizer: str) -> Any:
         ) from None
 
 
+@MODELS.register("static_embedding")
 class StaticEmbedding(nn.Module):
     """``forward(texts: list[str]) -> (B, out_dim)`` (``(B, dim)`` when ``out_dim`` is None).
 
@@ -149,6 +150,3 @@ class StaticEmbedding(nn.Module):
     def extra_repr(self) -> str:
         init = "" if self.init_from is None else f", init_from={self.init_from!r}"
         return f"tokenizer={self.tokenizer_name!r}, max_length={self.max_length}{init}"
-
-
-MODELS.register("static_embedding")(StaticEmbedding)

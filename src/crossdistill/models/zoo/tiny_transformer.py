@@ -74,6 +74,7 @@ def minilm_embeddings() -> dict[str, np.ndarray]:
     }
 
 
+@MODELS.register("tiny_transformer")
 class TinyTransformer(nn.Module):
     """``forward(texts: list[str]) -> (B, out_dim)`` (``(B, dim)`` when ``out_dim`` is None).
 
@@ -245,6 +246,3 @@ class TinyTransformer(nn.Module):
     def extra_repr(self) -> str:
         init = "" if self.init_from is None else f", init_from={self.init_from!r}"
         return f"tokenizer={self.tokenizer_name!r}, max_length={self.max_length}{init}"
-
-
-MODELS.register("tiny_transformer")(TinyTransformer)

@@ -56,6 +56,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@MODELS.register("vit")
 class ViT(nn.Module):
     """Patch embedding (a strided conv), a CLS token, learned positions, ``depth`` blocks, and a
     linear head on the CLS token (``pool="cls"``) or on the mean of the patch tokens."""
@@ -93,6 +94,3 @@ class ViT(nn.Module):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)
         x = self.norm(self.blocks(torch.cat([cls, tokens], dim=1) + self.pos_embed))
         return self.head(x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1))
-
-
-MODELS.register("vit")(ViT)

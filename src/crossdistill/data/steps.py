@@ -16,7 +16,7 @@ from torch import nn
 
 from crossdistill.registry import Registry
 
-PIPELINE_STEPS: Registry[type[nn.Module]] = Registry("pipeline step")
+PIPELINE_STEPS: Registry[type[nn.Module]] = Registry("pipeline step", returns=nn.Module)
 
 
 @PIPELINE_STEPS.register("normalize")
@@ -49,10 +49,11 @@ class Resize(nn.Module):
         return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
 
 
-def build_pipeline(steps: Sequence[Mapping[str, Any]] | None) -> nn.Module:
-    """An ``nn.Sequential`` of registered steps from ``[{name: ..., **params}, ...]``."""
+def build_pipeline(steps: Sequence[Any] | None, where: str = "pipeline") -> nn.Module:
+    """An ``nn.Sequential`` of the steps ``[{name, params}, ...]`` (plug-in specs: a registered
+    name or ``package.module:Class``)."""
     modules = []
-    for step in steps or []:
-        params = dict(step)
-        modules.append(PIPELINE_STEPS.get(params.pop("name"))(**params))
+    for i, step in enumerate(steps or []):
+        spec = step if isinstance(step, Mapping) else step.model_dump()
+        modules.append(PIPELINE_STEPS.build(spec["name"], spec.get("params"), f"{where}[{i}]"))
     return nn.Sequential(*modules) if modules else nn.Identity()
