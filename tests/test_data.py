@@ -20,7 +20,7 @@ from crossdistill.data import (
     example_loader,
     load_source,
 )
-from crossdistill.data.dataset import EpochSampler, TensorPairDataset
+from crossdistill.data.dataset import EpochSampler
 from crossdistill.data.sources import digits as digits_source
 from crossdistill.errors import ConfigError, DataError, UnknownNameError
 
@@ -43,7 +43,7 @@ def test_unknown_split_lists_valid_ones(name: str) -> None:
 
 
 def test_array_split_checks_lengths() -> None:
-    with pytest.raises(DataError, match="3 inputs but 2 targets"):
+    with pytest.raises(DataError, match="3 in field 'input', 2 targets"):
         ArraySplit(torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.int64), ["a"], "x/train")
 
 
@@ -259,7 +259,7 @@ def test_as_distill_dataset_wraps_pairs() -> None:
     x = torch.rand(6, 1, 4, 4)
     y = torch.arange(6) % 3
     ds = as_distill_dataset(TensorDataset(x, y))
-    assert isinstance(ds, TensorPairDataset) and len(ds) == 6
+    assert isinstance(ds, DistillDataset) and len(ds) == 6
     ex = ds[2]
     assert ex["id"] == 2
     assert torch.equal(ex["views"]["teacher"], x[2]) and torch.equal(ex["views"]["student"], x[2])

@@ -13,11 +13,9 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from crossdistill.core.wrappers import Student
-from crossdistill.data.dataset import make_dataset
+from crossdistill.data.dataset import DistillDataset, make_dataset
 from crossdistill.data.mine import choose_negatives, mine_negatives
 from crossdistill.data.ranking import (
-    RankingDataset,
-    RankingSplit,
     RetrievalSet,
     ranking_columns,
     ranking_view,
@@ -25,6 +23,7 @@ from crossdistill.data.ranking import (
     write_triples,
 )
 from crossdistill.data.sources import load_source
+from crossdistill.data.split import RankingSplit
 from crossdistill.errors import ConfigError, DataError, KnowledgeError
 from crossdistill.evaluate.retrieval import (
     dense_search,
@@ -62,7 +61,7 @@ def test_ranking_split_checks_its_shape() -> None:
 def test_ranking_examples_collate_to_columns_and_back() -> None:
     split = RankingSplit(QUERIES, ROWS, "toy")
     dataset = make_dataset(split)
-    assert isinstance(dataset, RankingDataset)
+    assert isinstance(dataset, DistillDataset)
     example = dataset[1]
     assert example["views"]["teacher"] == {"query": QUERIES[1], "candidates": tuple(ROWS[1])}
     assert int(example["target"]) == 0  # the positive is candidate 0

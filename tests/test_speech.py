@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from crossdistill.core.knowledge import Knowledge
-from crossdistill.data.dataset import example_loader, make_dataset
-from crossdistill.data.pairs import Clips, PairDataset, PairSplit
+from crossdistill.data.clips import Clips
+from crossdistill.data.dataset import DistillDataset, example_loader, make_dataset
+from crossdistill.data.split import PairSplit
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.evaluate.cross_modal import (
     best_ranks,
@@ -85,7 +86,7 @@ def _split(**kw) -> PairSplit:
 
 def test_pair_dataset_gives_each_side_its_modality() -> None:
     data = make_dataset(_split())
-    assert isinstance(data, PairDataset)
+    assert isinstance(data, DistillDataset)
     example = data[1]
     assert example["views"]["teacher"] == "b"
     torch.testing.assert_close(example["views"]["student"], torch.arange(4, 8).view(1, 2, 2) / 255)
@@ -107,11 +108,15 @@ def test_a_view_may_take_several_modalities() -> None:
 
 
 def test_pair_split_errors_name_the_problem() -> None:
-    with pytest.raises(DataError, match="lengths differ"):
+    with pytest.raises(DataError, match="one entry per example"):
         PairSplit({"text": ["a"], "image": torch.zeros(2, 1)}, None, [], "toy")
-    with pytest.raises(DataError, match="no 'text' modality"):
-        PairSplit({"image": torch.zeros(2, 1)}, None, [], "toy")
-    with pytest.raises(DataError, match="wants modality 'speech'"):
+    # without text, nothing says which side reads what: the split must be told
+    untold = PairSplit({"image": torch.zeros(2, 1), "depth": torch.zeros(2, 1)}, None, [], "toy")
+    with pytest.raises(DataError, match="does not say what the 'teacher' side reads"):
+        make_dataset(untold)
+    told = PairSplit(untold.fields, None, [], "toy", sides={"teacher": "depth", "student": "image"})
+    assert set(make_dataset(told)[0]["views"]) == {"teacher", "student"}
+    with pytest.raises(DataError, match=r"a side reads \['speech'\], which it does not have"):
         _split(sides={"student": "speech"})
 
 

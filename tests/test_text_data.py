@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from crossdistill.data import DATA_SOURCES, NoAugment, RandomCropFlip, load_source
+from crossdistill.data.dataset import DistillDataset
 from crossdistill.data.sources import sentences
 from crossdistill.data.sources.sentences import CLASS_NAMES, parse_gloss, synset_split
-from crossdistill.data.text import TextDataset, TextSplit
+from crossdistill.data.split import TextSplit
 from crossdistill.errors import ConfigError, DataError
 
 WORDNET = Path("/usr/share/wordnet")
@@ -118,7 +119,7 @@ def test_missing_or_broken_wordnet(tmp_path: Path, wordnet: Path) -> None:
 
 
 def test_text_split_validation() -> None:
-    with pytest.raises(DataError, match="2 texts but 1 targets"):
+    with pytest.raises(DataError, match="2 in field 'text', 1 targets"):
         TextSplit(["ab", "cd"], torch.tensor([0]), ["x"], "t")
     with pytest.raises(DataError, match="int64"):
         TextSplit(["ab"], torch.tensor([0.0]), ["x"], "t")
@@ -129,7 +130,7 @@ def test_text_split_validation() -> None:
 
 def test_text_dataset_interface_and_collate() -> None:
     split = TextSplit(["alpha", "beta", "gamma"], torch.tensor([2, 0, 1]), ["a", "b", "c"], "t")
-    ds = TextDataset(split, augmentation=NoAugment(), seed=3, slots=2)
+    ds = DistillDataset(split, augmentation=NoAugment(), seed=3, slots=2)
     assert (len(ds), ds.num_classes, ds.class_names, ds.seed, ds.slots) == (
         3,
         3,
@@ -159,18 +160,18 @@ def test_text_dataset_interface_and_collate() -> None:
         ds[3]
     with pytest.raises(IndexError):
         ds.slot_params(0, 2)
-    with pytest.raises(DataError, match="text takes none"):
+    with pytest.raises(DataError, match="got 3 augmentation parameters, NoAugment"):
         ds.example(0, np.zeros(3))
-    with pytest.raises(ConfigError, match="no augmentations"):
-        TextDataset(split, augmentation=RandomCropFlip())
+    with pytest.raises(ConfigError, match="no tensor field to augment"):
+        DistillDataset(split, augmentation=RandomCropFlip())
     with pytest.raises(ConfigError, match="augment_slots"):
-        TextDataset(split, slots=0)
+        DistillDataset(split, slots=0)
     with pytest.raises(ConfigError, match="distinct"):
-        TextDataset(split, views=("a", "a"))
+        DistillDataset(split, views=("a", "a"))
 
 
 def test_unlabelled_text_dataset_has_no_target() -> None:
-    ds = TextDataset(TextSplit(["alpha"], None, [], "u"), views=("teacher",))
+    ds = DistillDataset(TextSplit(["alpha"], None, [], "u"), views=("teacher",))
     item = ds[0]
     assert sorted(item) == ["aug", "id", "views"] and item["views"] == {"teacher": "alpha"}
     assert "target" not in default_collate([ds[0]])

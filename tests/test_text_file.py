@@ -11,7 +11,8 @@ import pytest
 import crossdistill.data.sources.text_file  # noqa: F401  (registers text_file)
 from crossdistill.config import load_recipe
 from crossdistill.data import DATA_SOURCES, load_source
-from crossdistill.data.text import TextDataset, TextSplit
+from crossdistill.data.dataset import DistillDataset
+from crossdistill.data.split import TextSplit
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.experiment import build_dataset
 
@@ -215,7 +216,7 @@ output: {{dir: {tmp_path / "runs"}}}
     )
     recipe = load_recipe(recipe_file)
     train = build_dataset(recipe, "train", True)
-    assert isinstance(train, TextDataset) and len(train) == 10
+    assert isinstance(train, DistillDataset) and len(train) == 10
     expected = load_source("text_file", "train", path=str(corpus), test_fraction=0.2).texts
     assert train.split.texts == expected[:10]
     example = train[3]

@@ -38,7 +38,7 @@ from crossdistill.losses import build_loss
 from crossdistill.models.registry import MODELS, build_model, load_weights
 from crossdistill.registry import import_modules
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
-from crossdistill.store.manifest import data_digest, digest, weights_digest
+from crossdistill.store.manifest import digest, weights_digest
 from crossdistill.train.checkpoint import list_checkpoints, sha256
 from crossdistill.train.runtime import (
     barrier,
@@ -178,7 +178,7 @@ def store_fingerprint(recipe: Recipe, teacher: Teacher, dataset: Any) -> dict[st
             data.params,
             data.train_split,
             data.limit_train,
-            data_digest(dataset.split),
+            dataset.split.fingerprint(),
             len(dataset),
         ),
         # without augmentation every slot of every example is the same view, whatever the seed:

@@ -13,7 +13,7 @@ training from a store of K slots see exactly the same views.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from crossdistill.data.augment import Augmentation, NoAugment
 from crossdistill.data.checks import check_index, check_slots, check_views, to_float
-from crossdistill.data.pairs import PairDataset, PairSplit
-from crossdistill.data.ranking import RankingDataset, RankingSplit
-from crossdistill.data.sources.base import ArraySplit
-from crossdistill.data.text import TextDataset, TextSplit
+from crossdistill.data.split import DatasetSplit, Split, _fields
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
@@ -39,17 +36,20 @@ def slot_table(seed: int, epoch: int, n: int, slots: int) -> np.ndarray:
 
 
 class DistillDataset(Dataset):
-    """Examples ``{id, views: {"teacher": x, "student": x}, target, aug}`` from an ArraySplit.
+    """Examples ``{id, views: {view: value}, target?, aug}`` of any :class:`Split`.
 
-    ``x`` is float32 ``(C, H, W)`` in [0, 1]; every view gets the same augmented image (each
-    model's own pipeline normalises or resizes it). Call :meth:`set_epoch` before iterating an
-    epoch; DataLoader workers copy the dataset when the iterator starts, so they see it too.
-    ``slots=K`` limits each example to K recorded augmentations (see the module docstring).
+    Each view (``"teacher"``, ``"student"``, ...) gets what the split's sides say it reads: a
+    tensor (uint8 images become float32 in [0, 1]), a string, a waveform, or a dict of several
+    fields. The augmentation transforms the tensor fields the views read; every view of one
+    field sees the same augmented tensor (each model's own pipeline then normalises or resizes
+    it). Call :meth:`set_epoch` before iterating an epoch; DataLoader workers copy the dataset
+    when the iterator starts, so they see it too. ``slots=K`` limits each example to K recorded
+    augmentations (see the module docstring).
     """
 
     def __init__(
         self,
-        split: ArraySplit,
+        split: Split,
         augmentation: Augmentation | None = None,
         seed: int = 0,
         views: Sequence[str] = DEFAULT_VIEWS,
@@ -64,6 +64,16 @@ class DistillDataset(Dataset):
         self._slots_of_epoch: np.ndarray | None = None
         if self.seed < 0:
             raise ConfigError(f"seed must be non-negative, got {seed}")
+        self._sides = {view: split.side(view) for view in self.views}
+        read = dict.fromkeys(f for side in self._sides.values() for f in _fields(side))
+        # the tensor fields are what an augmentation transforms
+        self._tensors = [f for f in read if isinstance(split.fields[f], torch.Tensor)]
+        if self.augmentation.num_params and not self._tensors:
+            raise ConfigError(
+                f"split {split.name!r} has no tensor field to augment (its views read "
+                f"{list(read)}), got {self.augmentation!r}",
+                hint="leave `data.augment` unset for this data",
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -100,13 +110,16 @@ class DistillDataset(Dataset):
 
     def slot_params(self, i: int, k: int) -> np.ndarray:
         """The parameters of recorded augmentation ``k`` of example ``i`` (drawn as epoch ``k``)."""
+        if int(k) < 0 or (self.slots is not None and int(k) >= self.slots):
+            raise IndexError(f"slot {k} out of range for {self.slots} slots")
         return self._draw(check_index(i, len(self)), k)
 
     def _draw(self, i: int, key: int) -> np.ndarray:
         if self.augmentation.num_params == 0:
             return np.empty(0, dtype=np.float64)
         rng = np.random.default_rng([self.seed, key, i])
-        return self.augmentation.sample(rng, tuple(self.split.inputs.shape[1:]))
+        shape = tuple(self.split.fields[self._tensors[0]].shape[1:])
+        return self.augmentation.sample(rng, shape)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -114,16 +127,41 @@ class DistillDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.example(i, self.aug_params(i))
 
-    def example(self, i: int, params: np.ndarray) -> dict[str, Any]:
+    def example(self, i: int, params: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """Example ``i`` seen through the augmentation ``params`` (e.g. recorded in a store)."""
         i = check_index(i, len(self))
-        x = self.augmentation.apply(to_float(self.split.inputs[i]), params)
-        return {
-            "id": i,
-            "views": {name: x for name in self.views},
-            "target": torch.tensor(int(self.split.targets[i]), dtype=torch.int64),
-            "aug": torch.as_tensor(params, dtype=torch.float32),
+        if np.asarray(params).size != self.augmentation.num_params:
+            raise DataError(
+                f"example {i} of {self.split.name!r}: got {np.asarray(params).size} "
+                f"augmentation parameters, {self.augmentation!r} takes "
+                f"{self.augmentation.num_params}",
+                hint="recorded parameters must come from the same data configuration",
+            )
+        values: dict[str, Any] = {}
+
+        def value(field: str) -> Any:
+            if field not in values:
+                x = _as_value(self.split.fields[field][i])
+                if field in self._tensors and self.augmentation.num_params:
+                    x = self.augmentation.apply(x, params)
+                values[field] = x
+            return values[field]
+
+        views = {
+            view: value(side) if isinstance(side, str) else {f: value(f) for f in side}
+            for view, side in self._sides.items()
         }
+        out: dict[str, Any] = {"id": i, "views": views}
+        if self.split.targets is not None:
+            target = torch.as_tensor(self.split.targets[i])
+            out["target"] = target if target.is_floating_point() else target.to(torch.int64)
+        out["aug"] = torch.as_tensor(params, dtype=torch.float32)
+        return out
+
+    def example_size(self, i: int) -> int:
+        """Characters of text the teacher reads in example ``i``: a store writer batches texts
+        of similar length together (0 for tensors: their order is kept)."""
+        return self.split.size(i) if "teacher" in self._sides else 0
 
     def __repr__(self) -> str:
         return (
@@ -133,79 +171,34 @@ class DistillDataset(Dataset):
         )
 
 
-class TensorPairDataset(Dataset):
-    """Adapts a map-style dataset of ``(x, y)`` pairs to distillation examples (no augmentation)."""
-
-    def __init__(self, data: Dataset, views: Sequence[str] = DEFAULT_VIEWS) -> None:
-        if not isinstance(data, Sized):
-            raise DataError(
-                f"training data {type(data).__name__} has no length",
-                hint="pass a map-style dataset (with __len__ and __getitem__), e.g. TensorDataset",
-            )
-        self.data = data
-        self.views = check_views(views)
-        self.augmentation: Augmentation = NoAugment()
-        self.seed = 0
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Kept for interface parity with :class:`DistillDataset`; nothing is epoch-dependent."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        i = check_index(i, len(self))
-        item = self.data[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise DataError(
-                f"example {i} of {type(self.data).__name__} is not an (input, target) pair",
-                hint="each item must be a 2-tuple (x, y), as TensorDataset(x, y) returns",
-            )
-        x, y = item
-        x = to_float(torch.as_tensor(x))
-        target = torch.as_tensor(y)
-        if not target.is_floating_point():
-            target = target.to(torch.int64)
-        return {
-            "id": i,
-            "views": {name: x for name in self.views},
-            "target": target,
-            "aug": torch.empty(0, dtype=torch.float32),
-        }
-
-
-_DATASETS: dict[type, type] = {
-    TextSplit: TextDataset,
-    RankingSplit: RankingDataset,
-    PairSplit: PairDataset,
-}
+def _as_value(x: Any) -> Any:
+    """A field's value as a view holds it: tensors as float32 copies (uint8 images in [0, 1]),
+    NumPy arrays as tensors, everything else (strings, tuples of strings) as it is."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    return to_float(x) if isinstance(x, torch.Tensor) else x
 
 
 def make_dataset(
-    split: Any,
+    split: Split,
     augmentation: Augmentation | None = None,
     seed: int = 0,
     slots: int | None = None,
     views: Sequence[str] = DEFAULT_VIEWS,
-) -> Dataset:
-    """The dataset class that fits ``split``: images/arrays, texts, ranking lists or pairs."""
-    cls = _DATASETS.get(type(split), DistillDataset)
-    return cls(split, augmentation=augmentation, seed=seed, views=views, slots=slots)
+) -> DistillDataset:
+    """The examples of ``split`` (kept for callers that build datasets from recipes)."""
+    return DistillDataset(split, augmentation=augmentation, seed=seed, views=views, slots=slots)
 
 
-def as_distill_dataset(
-    data: Dataset | ArraySplit, views: Sequence[str] = DEFAULT_VIEWS
-) -> DistillDataset | TensorPairDataset:
-    """``data`` as a dataset of distillation examples: a DistillDataset is returned unchanged,
-    an ArraySplit is wrapped without augmentation, any other map-style dataset of ``(x, y)``
-    pairs (e.g. a TensorDataset) is adapted."""
-    if isinstance(data, (DistillDataset, TensorPairDataset)):
+def as_distill_dataset(data: Any, views: Sequence[str] = DEFAULT_VIEWS) -> DistillDataset:
+    """``data`` as a dataset of distillation examples: a DistillDataset is returned unchanged, a
+    Split is wrapped without augmentation, any other map-style dataset of ``(input, target)``
+    pairs (e.g. a TensorDataset) is read through a :class:`DatasetSplit`."""
+    if isinstance(data, DistillDataset):
         return data
-    if isinstance(data, ArraySplit):
-        return DistillDataset(data, views=views)
-    return TensorPairDataset(data, views=views)
+    if not isinstance(data, Split):
+        data = DatasetSplit(data)
+    return DistillDataset(data, views=views)
 
 
 class EpochSampler(Sampler[int]):

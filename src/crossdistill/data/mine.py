@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from crossdistill._util.progress import ProgressBar
-from crossdistill.data.ranking import RankingSplit
+from crossdistill.data.split import RankingSplit
 from crossdistill.errors import ConfigError, KnowledgeError
 
 # (queries, rows of candidates) -> (B, C) scores; ``evaluate.retrieval.cross_scorer`` makes one

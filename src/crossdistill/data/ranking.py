@@ -21,86 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from crossdistill._util.files import atomic_path
-from crossdistill.data.checks import check_index
-from crossdistill.data.text import TextDataset
+from crossdistill.data.split import RankingSplit
 from crossdistill.errors import DataError
-
-
-@dataclass
-class RankingSplit:
-    """Queries, each with ``C`` candidate texts (the positive first)."""
-
-    queries: list[str]
-    candidates: list[list[str]]
-    name: str
-
-    def __post_init__(self) -> None:
-        if len(self.queries) != len(self.candidates):
-            raise DataError(
-                f"ranking split {self.name!r} has {len(self.queries)} queries but "
-                f"{len(self.candidates)} candidate lists"
-            )
-        if not all(isinstance(q, str) for q in self.queries):
-            raise DataError(f"ranking split {self.name!r}: queries must be str")
-        widths = {len(c) for c in self.candidates}
-        if len(widths) > 1:
-            raise DataError(
-                f"ranking split {self.name!r}: queries have {sorted(widths)} candidates; every "
-                "query needs the same number",
-                hint="keep as many negatives per query as the query with the fewest has",
-            )
-        if widths and min(widths) < 2:
-            raise DataError(
-                f"ranking split {self.name!r}: each query needs a positive and at least one "
-                "negative"
-            )
-        for i, row in enumerate(self.candidates):
-            if not all(isinstance(c, str) for c in row):
-                raise DataError(f"ranking split {self.name!r}: candidates of query {i} must be str")
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    @property
-    def num_candidates(self) -> int:
-        return len(self.candidates[0]) if self.candidates else 0
-
-    # A ranking split is a C-way classification whose answer is always 0.
-    @property
-    def class_names(self) -> list[str]:
-        return [f"candidate{j}" for j in range(self.num_candidates)]
-
-    @property
-    def num_classes(self) -> int:
-        return self.num_candidates
-
-
-class RankingDataset(TextDataset):
-    """Ranking examples from a :class:`RankingSplit` (the interface of :class:`TextDataset`, so
-    a knowledge store and the trainer treat them like any other examples)."""
-
-    split: RankingSplit  # type: ignore[assignment]
-
-    def example(self, i: int, params: np.ndarray | torch.Tensor) -> dict[str, Any]:
-        """Example ``i``: the query and its candidates on every view, ``target`` 0."""
-        i = check_index(i, len(self))
-        if np.asarray(params).size != 0:
-            raise DataError(f"ranking example {i}: ranking data takes no augmentation parameters")
-        view = {"query": self.split.queries[i], "candidates": tuple(self.split.candidates[i])}
-        return {
-            "id": i,
-            "views": {name: view for name in self.views},
-            "target": torch.tensor(0, dtype=torch.int64),
-            "aug": torch.empty(0, dtype=torch.float32),
-        }
-
-    def example_size(self, i: int) -> int:
-        """Characters of the query and all its candidates (a store batches similar sizes)."""
-        return len(self.split.queries[i]) + sum(len(c) for c in self.split.candidates[i])
 
 
 def ranking_columns(view: Any, who: str = "model") -> tuple[list[str], list[list[str]]]:

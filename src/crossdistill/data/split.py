@@ -67,14 +67,17 @@ class Split:
     def _check(self) -> None:
         if not self.fields:
             raise DataError(f"split {self.name!r} has no fields")
-        lengths = {f"field {k!r}": len(v) for k, v in self.fields.items()}
-        lengths.update({f"meta {k!r}": len(v) for k, v in self.meta.items()})
+        lengths = {f"in field {k!r}": len(v) for k, v in self.fields.items()}
+        lengths.update({f"in meta {k!r}": len(v) for k, v in self.meta.items()})
         if self.targets is not None:
             lengths["targets"] = len(self.targets)
         if self.groups is not None:
             lengths["groups"] = len(self.groups)
         if len(set(lengths.values())) > 1:
-            raise DataError(f"split {self.name!r}: lengths differ: {lengths}")
+            counts = ", ".join(f"{n} {what}" for what, n in lengths.items())
+            raise DataError(
+                f"split {self.name!r}: every column needs one entry per example, got {counts}"
+            )
         wanted = [*self.sides.values(), *([self.default_side] if self.default_side else [])]
         for side in wanted:
             missing = [f for f in _fields(side) if f not in self.fields]

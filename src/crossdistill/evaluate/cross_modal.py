@@ -168,8 +168,8 @@ def run_paired_suite(
     the space a distilled student was trained into). Class names enter as ``PROMPT``.
     """
     from crossdistill.config import load_recipe
-    from crossdistill.data.pairs import PairSplit
     from crossdistill.data.sources import load_source
+    from crossdistill.data.split import PairSplit
     from crossdistill.evaluate.text.encoders import load_encoder
     from crossdistill.experiment import load_student
 

@@ -128,7 +128,7 @@ def _value_range(recipe: Any, x: torch.Tensor) -> list[float]:
     """[0, 1] for image sources (uint8 scaled by the dataset), [-1, 1] for audio clips, else
     the observed range."""
     from crossdistill.data import load_source
-    from crossdistill.data.pairs import Clips
+    from crossdistill.data.clips import Clips
 
     split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
     inputs = getattr(split, "inputs", None)

@@ -11,11 +11,10 @@ A store without ``manifest.json`` is incomplete and is never read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
@@ -108,16 +107,3 @@ def read_manifest(path: Path, what: str = "manifest") -> Manifest:
             f"{format_validation_error(exc, model=Manifest)}",
             hint="the store is damaged: run `crossdistill cache RECIPE` again to rewrite it",
         ) from None
-
-
-def data_digest(split: Any) -> str:
-    """A SHA-256 of a split's contents: images and targets, or texts."""
-    h = hashlib.sha256()
-    if hasattr(split, "inputs"):
-        h.update(split.inputs.contiguous().numpy().tobytes())
-    if hasattr(split, "texts"):
-        h.update("\x00".join(split.texts).encode("utf-8", "surrogatepass"))
-    targets = getattr(split, "targets", None)
-    if targets is not None:
-        h.update(targets.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

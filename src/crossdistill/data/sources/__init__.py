@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crossdistill.data.sources.base import DATA_SOURCES, SPLITS, ArraySplit, check_split
+from crossdistill.data.sources.base import DATA_SOURCES, SPLITS, check_split
+from crossdistill.data.split import ArraySplit
 from crossdistill.registry import import_submodules
 
 import_submodules(__name__, __path__)

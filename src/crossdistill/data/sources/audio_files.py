@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from crossdistill.data.audio import SAMPLE_RATE, check_clip, load_clip
-from crossdistill.data.pairs import Clips, PairSplit
+from crossdistill.data.clips import Clips
 from crossdistill.data.sources.base import DATA_SOURCES, check_split
 from crossdistill.data.sources.text_file import _BUCKETS, DEFAULT_TEST_FRACTION, hash_bucket
+from crossdistill.data.split import PairSplit
 from crossdistill.errors import ConfigError, DataError
 
 SHOWN = 5  # clips named in a warning before "and N more"

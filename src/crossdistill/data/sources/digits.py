@@ -7,7 +7,8 @@ import functools
 import numpy as np
 import torch
 
-from crossdistill.data.sources.base import DATA_SOURCES, ArraySplit, check_split
+from crossdistill.data.sources.base import DATA_SOURCES, check_split
+from crossdistill.data.split import ArraySplit
 from crossdistill.errors import ConfigError, DataError, require
 
 NUM_EXAMPLES = 1797

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from crossdistill.data.idx import read_idx
-from crossdistill.data.sources.base import DATA_SOURCES, ArraySplit, check_split
+from crossdistill.data.sources.base import DATA_SOURCES, check_split
+from crossdistill.data.split import ArraySplit
 from crossdistill.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"

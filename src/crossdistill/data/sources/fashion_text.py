@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crossdistill.data.pairs import PairSplit
 from crossdistill.data.sources.base import DATA_SOURCES, check_split
 from crossdistill.data.sources.fashion_mnist import CLASS_NAMES as FASHION_NAMES
 from crossdistill.data.sources.fashion_mnist import DEFAULT_ROOT, _decode
 from crossdistill.data.sources.sentences import DEFAULT_ROOT as WORDNET_ROOT
 from crossdistill.data.sources.sentences import INSTALL_HINT, _normalise, parse_gloss
+from crossdistill.data.split import PairSplit
 from crossdistill.errors import ConfigError, DataError
 
 SPLITS = ("train", "test", "probe")

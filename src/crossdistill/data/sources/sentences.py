@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from crossdistill.data.sources.base import DATA_SOURCES, check_split
-from crossdistill.data.text import TextSplit
+from crossdistill.data.split import TextSplit
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_ROOT = "/usr/share/wordnet"

@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 from crossdistill.data.audio import SAMPLE_RATE, read_wav
-from crossdistill.data.pairs import Clips, PairSplit
+from crossdistill.data.clips import Clips
 from crossdistill.data.sources.base import DATA_SOURCES, check_split
 from crossdistill.data.sources.sentences import CLASS_NAMES as LEXNAMES
 from crossdistill.data.sources.sentences import DEFAULT_ROOT as WORDNET_ROOT
 from crossdistill.data.sources.sentences import INSTALL_HINT
+from crossdistill.data.split import PairSplit
 from crossdistill.data.tts import Voice, clip_path, default_voices, generate, read_manifest
 from crossdistill.errors import ConfigError, DataError
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossdistill.data.sources.base import DATA_SOURCES, SPLITS, check_split
-from crossdistill.data.text import TextSplit
+from crossdistill.data.split import TextSplit
 from crossdistill.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

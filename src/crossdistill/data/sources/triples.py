@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from crossdistill.data.ranking import RankingSplit, read_triples
+from crossdistill.data.ranking import read_triples
 from crossdistill.data.sources.base import DATA_SOURCES, check_split
 from crossdistill.data.sources.text_file import _BUCKETS, DEFAULT_TEST_FRACTION, hash_bucket
+from crossdistill.data.split import RankingSplit
 from crossdistill.errors import ConfigError, DataError
 
 

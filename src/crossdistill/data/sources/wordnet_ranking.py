@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossdistill.data.ranking import RankingSplit, RetrievalSet
+from crossdistill.data.ranking import RetrievalSet
 from crossdistill.data.sources.base import DATA_SOURCES, check_split
 from crossdistill.data.sources.sentences import (
     DEFAULT_ROOT,
@@ -35,6 +35,7 @@ from crossdistill.data.sources.sentences import (
     parse_gloss,
     synset_split,
 )
+from crossdistill.data.split import RankingSplit
 from crossdistill.errors import ConfigError, DataError
 
 LEMMAS_IN_DOC = 3
