@@ -132,7 +132,7 @@ def _one_thread() -> None:
 
 
 def _train(recipe: Any) -> tuple[str, float]:
-    from crossdistill.experiment import run_or_reuse
+    from crossdistill.pipeline import run_or_reuse
 
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     run_dir = run_or_reuse(recipe)
@@ -145,7 +145,7 @@ def train_all(recipes: list[Any], jobs: int) -> list[tuple[Path, float]]:
     """Every run (finished ones reused): the stores first, one at a time, then the training in
     ``jobs`` processes of one thread each (two one-thread runs use two cores better than one
     two-thread run). Returns each run's folder and training seconds (epochs only)."""
-    from crossdistill.experiment import cache_recipe
+    from crossdistill.pipeline import cache_recipe
 
     stores = {r.store.path: r for r in recipes if r.store is not None}
     for recipe in stores.values():
@@ -198,7 +198,7 @@ def speech_embedding_rate(run_dir: Path, n: int = 512) -> dict[str, float]:
 
     from crossdistill.data.sources import load_source
     from crossdistill.evaluate.cross_modal import embed_batches
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     model = load_student(run_dir).model
     tower = getattr(model, "speech", model)

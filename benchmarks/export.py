@@ -29,9 +29,9 @@ sys.path.insert(0, str(HERE))
 
 from _common import command_line, machine, markdown_table, write_results  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
-from crossdistill.experiment import run_or_reuse  # noqa: E402
 from crossdistill.export import export_run  # noqa: E402
 from crossdistill.export.bench import bench  # noqa: E402
+from crossdistill.pipeline import run_or_reuse  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 FORMATS = [(f, i) for f in ("safetensors", "torchscript", "onnx") for i in (False, True)]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import command_line, machine, markdown_table, std, write_results  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
-from crossdistill.experiment import run_or_reuse  # noqa: E402
+from crossdistill.pipeline import run_or_reuse  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 

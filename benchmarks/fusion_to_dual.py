@@ -86,7 +86,7 @@ def sha(path: Path) -> str:
 
 def teacher_run(sizes: dict[str, int], quick: bool, out: Path) -> Path:
     from crossdistill.config import load_recipe
-    from crossdistill.experiment import run_or_reuse
+    from crossdistill.pipeline import run_or_reuse
 
     overrides = [f"data.params.max_queries={sizes['teacher_queries']}", "train.progress=false"]
     if quick:
@@ -112,7 +112,7 @@ def mine(teacher: Path, sizes: dict[str, int], out: Path) -> dict[str, Any]:
 
 def train(name: str, seed: int, teacher: Path, triples: Path, out: Path, quick: bool) -> Path:
     from crossdistill.config import load_recipe
-    from crossdistill.experiment import cache_recipe, run_or_reuse
+    from crossdistill.pipeline import cache_recipe, run_or_reuse
 
     recipe_file, extra = STUDENTS[name]
     overrides = [
@@ -141,7 +141,7 @@ def rerank_scores(
     import numpy as np
 
     from crossdistill.evaluate.retrieval import cross_scorer, rerank
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     key = hashlib.sha256(f"{sha(teacher / 'student.safetensors')} {rset.name}".encode())
     cache = out / f"rerank-{key.hexdigest()[:16]}.npy"

@@ -100,20 +100,19 @@ from _common import (  # noqa: E402
     write_results,
 )
 from crossdistill import load_recipe  # noqa: E402
-from crossdistill.config import Recipe, validate_recipe  # noqa: E402
-from crossdistill.data import build_augmentation, example_loader, load_source  # noqa: E402
-from crossdistill.data.dataset import DistillDataset, preview_batch  # noqa: E402
-from crossdistill.errors import CrossDistillError  # noqa: E402
-from crossdistill.experiment import (  # noqa: E402
+from crossdistill.build import (  # noqa: E402
     Head,
     build_dataset,
     build_distiller,
     build_loaders,
-    cache_recipe,
-    run_or_reuse,
     store_codecs,
     store_fingerprint,
 )
+from crossdistill.config import Recipe, validate_recipe  # noqa: E402
+from crossdistill.data import build_augmentation, example_loader, load_source  # noqa: E402
+from crossdistill.data.dataset import DistillDataset, preview_batch  # noqa: E402
+from crossdistill.errors import CrossDistillError  # noqa: E402
+from crossdistill.pipeline import cache_recipe, run_or_reuse  # noqa: E402
 from crossdistill.store import KnowledgeStore  # noqa: E402
 from crossdistill.train.runtime import seed_everything, to_device  # noqa: E402
 from crossdistill.train.trainer import Trainer, lr_factor  # noqa: E402

@@ -126,8 +126,8 @@ def train_student(name: str, args: argparse.Namespace, out: Path, seed: int) -> 
     """``crossdistill run`` of the student's recipe (reused when finished), then its
     sentence-transformers export; returns the export directory."""
     from crossdistill.config import load_recipe
-    from crossdistill.experiment import cache_recipe, run_or_reuse
     from crossdistill.export.export import export_run
+    from crossdistill.pipeline import cache_recipe, run_or_reuse
 
     overrides = [
         f"output.dir={out / 'text'}",

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from crossdistill import CrossDistillError, load_recipe, load_student
 from crossdistill.evaluate.latency import latency_ms
-from crossdistill.experiment import run_or_reuse
+from crossdistill.pipeline import run_or_reuse
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "fashion_mnist"
 

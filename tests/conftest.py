@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from crossdistill.config import Recipe, load_recipe
-from crossdistill.experiment import run_recipe
+from crossdistill.pipeline import run_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"

@@ -28,8 +28,9 @@ from safetensors.torch import save_file
 
 from crossdistill.config import dump_recipe, load_recipe
 from crossdistill.errors import CheckpointError
-from crossdistill.experiment import cache_recipe, run_recipe
 from crossdistill.models.zoo.cnn import SmallCNN
+from crossdistill.pipeline import cache_recipe, run_recipe
+from crossdistill.runs import Run
 from crossdistill.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 DIGITS = Path(__file__).resolve().parent.parent / "recipes" / "digits"
@@ -217,7 +218,7 @@ def _resumed(
         shutil.copytree(ws.runs / "previous", run)
         original = ws.recipe(changes={"name": "resumed"}, name="original.yaml")
         dump_recipe(load_recipe(original), run / "config.yaml")
-        damage(ws, list_checkpoints(run)[-1])
+        damage(ws, list_checkpoints(Run(run).checkpoints)[-1])
         recipe = ws.recipe(changes={"name": "resumed", **(changes or {})})
         return ["run", str(recipe), "--resume"]
 
@@ -560,7 +561,7 @@ def test_non_finite_keeps_the_last_good_checkpoint(outcomes: dict[str, Outcome],
     out = outcomes[case]
     run_dir = out.ws.runs / "diverges"
     assert out.result.returncode == 2
-    checkpoints = list_checkpoints(run_dir)
+    checkpoints = list_checkpoints(Run(run_dir).checkpoints)
     assert [p.name for p in checkpoints] == ["epoch-0001"]
     assert str(checkpoints[0]) in out.stderr
     state = load_checkpoint(checkpoints[0])  # checksums verified

@@ -11,7 +11,7 @@ from torch import nn
 
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, ShapeError
-from crossdistill.evaluate.suites import evaluate_embeddings, evaluate_student
+from crossdistill.evaluate.evaluators import evaluate_embeddings, evaluate_student
 
 
 class Counting(nn.Module):

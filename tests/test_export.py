@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from crossdistill.build import build_eval_loader
 from crossdistill.config import load_recipe
 from crossdistill.errors import CheckpointError
-from crossdistill.experiment import build_eval_loader, load_student, run_recipe
 from crossdistill.export import export_run
 from crossdistill.export.bench import bench
+from crossdistill.pipeline import run_recipe
+from crossdistill.runs import load_student
 
 ROOT = Path(__file__).resolve().parent.parent
 Cli = Callable[..., subprocess.CompletedProcess]

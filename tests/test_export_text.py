@@ -18,9 +18,10 @@ from torch import nn
 
 import crossdistill.models.zoo.tiny_transformer  # noqa: F401  (registers tiny_transformer)
 from crossdistill.config import Recipe, load_recipe
-from crossdistill.experiment import load_student, run_recipe
 from crossdistill.export import ExportError, export_run
 from crossdistill.export.format_sentence_transformers import SentenceTransformersExporter
+from crossdistill.pipeline import run_recipe
+from crossdistill.runs import load_student
 
 pytestmark = [
     pytest.mark.skipif(

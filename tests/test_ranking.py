@@ -25,13 +25,13 @@ from crossdistill.data.ranking import (
 from crossdistill.data.sources import load_source
 from crossdistill.data.split import RankingSplit
 from crossdistill.errors import ConfigError, DataError, KnowledgeError
+from crossdistill.evaluate.evaluators import _Ranking
 from crossdistill.evaluate.retrieval import (
     dense_search,
     ranking_metrics,
     ranks_of,
     rerank,
 )
-from crossdistill.evaluate.suites import _Ranking
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
 needs_wordnet = pytest.mark.skipif(
@@ -437,8 +437,8 @@ def test_a_dual_encoder_run_trains_from_the_store_and_exports_its_tower(
 
     from crossdistill import load_student, run_recipe
     from crossdistill.evaluate.text.encoders import load_encoder
-    from crossdistill.experiment import cache_recipe
     from crossdistill.export import export_run
+    from crossdistill.pipeline import cache_recipe
 
     recipe = _tiny_pipeline_recipe(tiny_bert, tmp_path, ["losses.0.name=listwise_kl"])
     cache_recipe(recipe, progress=False)
@@ -474,3 +474,24 @@ def test_a_minilm_tower_exports_as_its_own_sentence_transformers_modules(tmp_pat
     loaded = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
     assert loaded.max_seq_length == 32
     np.testing.assert_allclose(loaded.encode(QUERIES), expected, atol=1e-5)
+
+
+def test_two_triples_files_give_two_fingerprints_and_a_store_serves_only_its_own(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """A re-mined triples file at the same path is other data: its store is refused."""
+    from crossdistill.errors import StoreError
+    from crossdistill.pipeline import cache_recipe, run_recipe
+
+    recipe = _tiny_pipeline_recipe(tiny_bert, tmp_path, ["losses.0.name=listwise_kl"])
+    path = tmp_path / "t.jsonl"
+    before = load_source("triples", "train", path=str(path), test_fraction=0.25)
+    cache_recipe(recipe, progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:  # the same queries and positives, other (re-mined) negatives
+        row["negatives"][0] += " (re-mined)"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    after = load_source("triples", "train", path=str(path), test_fraction=0.25)
+    assert before.queries == after.queries and before.fingerprint() != after.fingerprint()
+    with pytest.raises(StoreError, match="training data"):
+        run_recipe(recipe)

@@ -9,7 +9,7 @@ import pytest
 
 from crossdistill import load_recipe, load_student, run_recipe
 from crossdistill.data.sources import DATA_SOURCES
-from crossdistill.experiment import cache_recipe
+from crossdistill.pipeline import cache_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from crossdistill.config import load_recipe
-from crossdistill.experiment import run_recipe
+from crossdistill.pipeline import run_recipe
 from crossdistill.report import ReportError, load_run, write_report
 from crossdistill.report import report as report_module
 from crossdistill.report.data import read_metrics

@@ -14,8 +14,8 @@ import yaml
 
 from conftest import DIGITS
 from crossdistill.config import validate_recipe
-from crossdistill.experiment import cache_recipe, run_recipe
 from crossdistill.export import export_run
+from crossdistill.pipeline import cache_recipe, run_recipe
 
 PICKLE_PROTOCOL = b"\x80"  # protocol 2+ pickles start with PROTO (0x80) and a version byte
 ZIP = b"PK\x03\x04"  # torch.save's default container holds a data.pkl

@@ -354,7 +354,7 @@ def test_load_student_never_recomputes_the_init(
 
     from safetensors.torch import save_file
 
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     params = {"tokenizer": str(word_tokenizer), "dim": 3, "out_dim": None, "init_from": FAKE}
     trained = StaticEmbedding(**params)

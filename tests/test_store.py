@@ -20,18 +20,12 @@ import yaml
 from torch.utils.data import DataLoader
 
 from conftest import CLI_ENV, DIGITS, tree_hashes
+from crossdistill.build import build_dataset, build_distiller, store_codecs, store_fingerprint
 from crossdistill.config import Recipe, load_recipe, validate_recipe
 from crossdistill.core.knowledge import Knowledge
 from crossdistill.errors import ConfigError, ShapeError, StoreError
-from crossdistill.experiment import (
-    build_dataset,
-    build_distiller,
-    cache_recipe,
-    run_recipe,
-    store_codecs,
-    store_fingerprint,
-)
 from crossdistill.losses import build_loss
+from crossdistill.pipeline import cache_recipe, run_recipe
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
 
 TESTS = Path(__file__).resolve().parent

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 import crossdistill.data.sources.text_file  # noqa: F401  (registers text_file)
+from crossdistill.build import build_dataset
 from crossdistill.config import load_recipe
 from crossdistill.data import DATA_SOURCES, load_source
 from crossdistill.data.dataset import DistillDataset
 from crossdistill.data.split import TextSplit
 from crossdistill.errors import ConfigError, DataError
-from crossdistill.experiment import build_dataset
 
 
 def _file(tmp_path: Path, data: bytes, name: str = "corpus.txt") -> Path:

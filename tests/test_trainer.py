@@ -16,11 +16,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from crossdistill import Distiller, Knowledge, Loss, Student, Term, Trainer, build_loss
+from crossdistill.build import build_distiller
 from crossdistill.config import Recipe, ScheduleSpec, TrainSpec, load_recipe
 from crossdistill.data import load_source
 from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
-from crossdistill.experiment import build_distiller, load_student, run_recipe
 from crossdistill.losses import LOSSES
+from crossdistill.pipeline import run_recipe
+from crossdistill.runs import Run, load_student
 from crossdistill.train.checkpoint import list_checkpoints, load_checkpoint
 from crossdistill.train.trainer import lr_factor
 
@@ -109,7 +111,10 @@ def test_resume_continues_bit_identically(make_kd: MakeRecipe) -> None:
     leftover.mkdir()
     (leftover / "trainable.safetensors").write_bytes(b"half-written")
     _finals(run_dir)
-    assert [p.name for p in list_checkpoints(run_dir)] == ["epoch-0001", "epoch-0002"]
+    assert [p.name for p in list_checkpoints(Run(run_dir).checkpoints)] == [
+        "epoch-0001",
+        "epoch-0002",
+    ]
 
     result = run_recipe(recipe, resume=True)
     assert (run_dir / "student.safetensors").read_bytes() == reference
@@ -172,7 +177,7 @@ def test_checkpoints_are_safetensors_and_json_only(make_kd: MakeRecipe) -> None:
     assert {p.suffix for p in files} <= {".safetensors", ".json", ".jsonl", ".yaml"}
     for p in files:
         assert not p.read_bytes().startswith(b"\x80"), f"{p} looks like a pickle"
-    checkpoints = list_checkpoints(recipe.run_dir)
+    checkpoints = list_checkpoints(Run(recipe.run_dir).checkpoints)
     assert [p.name for p in checkpoints] == ["epoch-0001", "epoch-0002", "epoch-0003"]
     for ckpt in checkpoints:
         assert sorted(p.name for p in ckpt.iterdir()) == [
@@ -193,7 +198,7 @@ def test_checkpoints_are_safetensors_and_json_only(make_kd: MakeRecipe) -> None:
 def test_keep_checkpoints_prunes_old_ones(make_kd: MakeRecipe) -> None:
     recipe = make_kd("train.keep_checkpoints=1", source="teacher.yaml")
     run_recipe(recipe)
-    assert [p.name for p in list_checkpoints(recipe.run_dir)] == ["epoch-0003"]
+    assert [p.name for p in list_checkpoints(Run(recipe.run_dir).checkpoints)] == ["epoch-0003"]
 
 
 def test_tmp_leftovers_are_not_checkpoints(tmp_path: Path) -> None:
@@ -201,8 +206,8 @@ def test_tmp_leftovers_are_not_checkpoints(tmp_path: Path) -> None:
     (root / "epoch-0001").mkdir(parents=True)
     (root / "epoch-0002.tmp").mkdir()
     (root / "epoch-0003").write_text("not a folder")
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0001"]
-    assert list_checkpoints(tmp_path / "nothing") == []
+    assert [p.name for p in list_checkpoints(Run(tmp_path / "run").checkpoints)] == ["epoch-0001"]
+    assert list_checkpoints(Run(tmp_path / "nothing").checkpoints) == []
 
 
 def _flip_byte(path: Path, offset: int = -20) -> None:
@@ -281,7 +286,7 @@ def test_non_finite_loss_stops_training(make_kd: MakeRecipe, nan_loss: str) -> N
     assert "['boom']" in text and "epoch 2" in text
     first = recipe.run_dir / "checkpoints" / "epoch-0001"
     assert str(first) in text
-    assert list_checkpoints(recipe.run_dir) == [first]
+    assert list_checkpoints(Run(recipe.run_dir).checkpoints) == [first]
     assert not (recipe.run_dir / "student.safetensors").exists()
     with pytest.raises(CheckpointError, match="has not finished"):
         load_student(recipe.run_dir)

@@ -11,9 +11,12 @@ from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.knowledge import Knowledge
 from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import EnsembleTeacher, Student, Teacher
+from crossdistill.data import Split, load_source
 from crossdistill.errors import CrossDistillError
-from crossdistill.experiment import load_student, run_recipe
 from crossdistill.losses import LOSSES, Loss, build_loss
+from crossdistill.models.registry import build_model
+from crossdistill.pipeline import cache_recipe, run_recipe
+from crossdistill.runs import Run, load_student
 from crossdistill.train.trainer import Trainer
 
 __version__ = "0.1.0"
@@ -26,14 +29,19 @@ __all__ = [
     "Knowledge",
     "Loss",
     "Recipe",
+    "Run",
+    "Split",
     "Student",
     "Tap",
     "Teacher",
     "Term",
     "Trainer",
     "build_loss",
+    "build_model",
+    "cache_recipe",
     "distill",
     "load_recipe",
+    "load_source",
     "load_student",
     "run_recipe",
 ]

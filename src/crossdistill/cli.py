@@ -76,7 +76,7 @@ def run(
     """
     from crossdistill.config import load_recipe
     from crossdistill.errors import ConfigError
-    from crossdistill.experiment import run_recipe
+    from crossdistill.pipeline import run_recipe
 
     # JSON-quoted so that YAML reads the name as a string even when it looks like a number
     overrides = list(set_ or []) + ([f"name={json.dumps(name)}"] if name else [])
@@ -117,7 +117,7 @@ def cache(
     """Write the knowledge store a recipe names: the teacher's outputs on every training
     example and recorded augmentation. Rerun after a crash: it continues where it stopped."""
     from crossdistill.config import load_recipe
-    from crossdistill.experiment import cache_recipe
+    from crossdistill.pipeline import cache_recipe
     from crossdistill.store import KnowledgeStore
 
     path = cache_recipe(load_recipe(recipe, set_))
@@ -238,9 +238,9 @@ def eval_(
 
 
 def _eval_task(model: str, split: str | None, **_: object) -> None:
-    from crossdistill.evaluate.suites import evaluate_run
+    from crossdistill.suites import evaluate
 
-    metrics = evaluate_run(Path(model), split=split)
+    metrics = evaluate("task", model, split=split)
     _print_metrics(metrics, f"eval {model}")
     typer.echo(json.dumps(metrics))
 

@@ -134,6 +134,9 @@ class Registry(Generic[T]):
                 f"{where}: {self.kind} {label!r} returned a {type(built).__name__}, not a "
                 f"{_type_names(self.returns)}"
             )
+        if isinstance(ref, str):  # what built it: a run records it, to build it again
+            with contextlib.suppress(AttributeError, TypeError):
+                built.plugin_spec = {"name": ref, "params": dict(params or {})}
         return built
 
     def accepts(self, ref: str, param: str) -> bool:

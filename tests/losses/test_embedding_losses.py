@@ -32,12 +32,12 @@ from torch import nn
 # registers cosine, margin_mse, listwise_kl until losses/__init__ imports the two families
 import crossdistill.losses.embedding
 import crossdistill.losses.ranking  # noqa: F401
+from crossdistill.build import build_term
 from crossdistill.config import LossSpec
 from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.knowledge import Knowledge
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.experiment import build_term
 from crossdistill.losses import LOSSES, build_loss
 
 NEW = ["cosine", "sim_mse", "infonce", "margin_mse", "listwise_kl"]

@@ -87,7 +87,7 @@ def mine_to_file(
     from crossdistill.data.ranking import write_triples
     from crossdistill.data.sources import load_source
     from crossdistill.evaluate.retrieval import cross_scorer
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     data = load_source(source, split, **params)
     if not isinstance(data, RankingSplit):

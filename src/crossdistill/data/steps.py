@@ -52,8 +52,13 @@ class Resize(nn.Module):
 def build_pipeline(steps: Sequence[Any] | None, where: str = "pipeline") -> nn.Module:
     """An ``nn.Sequential`` of the steps ``[{name, params}, ...]`` (plug-in specs: a registered
     name or ``package.module:Class``)."""
-    modules = []
+    modules, specs = [], []
     for i, step in enumerate(steps or []):
-        spec = step if isinstance(step, Mapping) else step.model_dump()
+        spec = dict(step) if isinstance(step, Mapping) else step.model_dump()
         modules.append(PIPELINE_STEPS.build(spec["name"], spec.get("params"), f"{where}[{i}]"))
-    return nn.Sequential(*modules) if modules else nn.Identity()
+        specs.append({"name": spec["name"], "params": dict(spec.get("params") or {})})
+    if not modules:
+        return nn.Identity()
+    pipeline = nn.Sequential(*modules)
+    pipeline.plugin_spec = specs  # what a run records to build it again
+    return pipeline

@@ -1,5 +1,12 @@
-"""Evaluation: metrics for distilled students."""
+"""Evaluation: batch metric accumulators and evaluators (a student over a loader -> metrics),
+and latency timing. Nothing here knows a run directory; suites (``crossdistill.suites``)
+evaluate runs through these."""
 
+from crossdistill.evaluate.evaluators import (
+    evaluate_classification,
+    evaluate_embeddings,
+    evaluate_student,
+)
 from crossdistill.evaluate.metrics import (
     MetricAccumulator,
     accuracy,
@@ -15,6 +22,9 @@ __all__ = [
     "accuracy",
     "agreement",
     "classification_metrics",
+    "evaluate_classification",
+    "evaluate_embeddings",
+    "evaluate_student",
     "expected_calibration_error",
     "kl_divergence",
     "topk_accuracy",

@@ -171,7 +171,7 @@ def run_paired_suite(
     from crossdistill.data.sources import load_source
     from crossdistill.data.split import PairSplit
     from crossdistill.evaluate.text.encoders import load_encoder
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "config.yaml")

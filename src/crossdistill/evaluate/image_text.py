@@ -106,7 +106,7 @@ def evaluate_image_run(
     from crossdistill.data.sources import load_source
     from crossdistill.data.sources.fashion_text import CLASS_PROMPTS, held_out_ids
     from crossdistill.evaluate.text.encoders import load_encoder
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "config.yaml")

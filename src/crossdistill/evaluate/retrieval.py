@@ -233,7 +233,7 @@ def run_retrieval_suite(
     retriever's top ``depth`` re-ranked. ``quick``: 100 queries against 2,000 entries."""
     from crossdistill.data.sources.wordnet_ranking import wordnet_retrieval_set
     from crossdistill.evaluate.text.encoders import load_encoder
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     rset = wordnet_retrieval_set(
         queries or (100 if quick else 1000), corpus or (2000 if quick else 10_000)

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.files import write_json
 from crossdistill.errors import CheckpointError
 from crossdistill.evaluate.latency import call_times
 from crossdistill.export.base import EXPORTERS, Runner, torch_runner
 from crossdistill.export.export import PARITY, PREPROCESSING
-
-BENCH = "bench.json"
+from crossdistill.runs import Run
 
 
 @dataclass
@@ -112,18 +112,16 @@ def _export_candidate(folder: Path, threads: int, params: int | None) -> Candida
     return Candidate(folder.name, "export", lambda: exporter.load(folder, threads), files, params)
 
 
-def run_candidates(run_dir: Path, threads: int) -> tuple[list[Candidate], Any]:
-    """Teacher (if any), student and every export of a run, plus the recipe."""
-    from crossdistill.config import load_recipe
-    from crossdistill.experiment import build_teacher, load_student
-
-    recipe = load_recipe(run_dir / "config.yaml")
-    meta = json.loads((run_dir / "student.json").read_text())
+def run_candidates(run: Run, threads: int) -> list[Candidate]:
+    """Teacher (if the run has one), student and every export of a finished run."""
+    recipe = run.config
+    meta = run.student_meta()
     out: list[Candidate] = []
-    if recipe.teacher is not None:
+    teacher = run.teacher()
+    if teacher is not None:
+        assert recipe.teacher is not None
         specs = recipe.teacher.members or [recipe.teacher]
         weights = [Path(s.weights) for s in specs if s.weights is not None]
-        teacher = build_teacher(recipe.teacher)
         out.append(
             Candidate(
                 "teacher",
@@ -138,27 +136,22 @@ def run_candidates(run_dir: Path, threads: int) -> tuple[list[Candidate], Any]:
         Candidate(
             "student",
             "student",
-            lambda: _wrapper_runner(load_student(run_dir), threads),
-            [run_dir / "student.safetensors"],
+            lambda: _wrapper_runner(run.student(), threads),
+            [run.student_file],
             meta.get("parameters"),
         )
     )
-    root = run_dir / "export"
-    if root.is_dir():
-        for folder in sorted(root.iterdir()):
+    if run.exports.is_dir():
+        for folder in sorted(run.exports.iterdir()):
             if folder.is_dir() and (folder / PREPROCESSING).is_file():
                 out.append(_export_candidate(folder, threads, meta.get("parameters")))
-    return out, recipe
+    return out
 
 
-def _eval_views(recipe: Any, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    from crossdistill.experiment import build_eval_loader
-
-    data = recipe.data.model_copy(update={"limit_eval": limit})
-    loader = build_eval_loader(recipe.model_copy(update={"data": data}), torch.device("cpu"))
+def _eval_views(run: Run, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     views: dict[str, list[torch.Tensor]] = {}
     targets = []
-    for batch in loader:
+    for batch in run.eval_data(limit=limit):
         for name, x in batch["views"].items():
             views.setdefault(name, []).append(x)
         targets.append(batch["target"])
@@ -187,15 +180,11 @@ def bench(
     from rich.progress import Progress
 
     path = Path(path)
-    is_run = (path / "config.yaml").is_file()
+    is_run = Run(path).exists
     if is_run:
-        if not (path / "student.json").is_file():
-            raise CheckpointError(
-                f"{path} has no student.json: the run has not finished",
-                hint=f"finish it with `crossdistill run {path / 'config.yaml'} --resume`",
-            )
-        candidates, recipe = run_candidates(path, threads)
-        views, targets = _eval_views(recipe, examples)
+        run = Run.open(path)
+        candidates = run_candidates(run, threads)
+        views, targets = _eval_views(run, examples)
     elif (path / PREPROCESSING).is_file():
         candidates = [_export_candidate(path, threads, None)]
         shape = json.loads((path / PREPROCESSING).read_text())["input"]["shape"][1:]
@@ -260,5 +249,5 @@ def bench(
         "results": results,
     }
     if is_run:
-        (path / BENCH).write_text(json.dumps(report, indent=1))
+        write_json(Run(path).bench_file, report)
     return report

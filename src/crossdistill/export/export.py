@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from crossdistill._util.files import replace_dir
-from crossdistill.errors import CheckpointError, CrossDistillError
+from crossdistill.data import Clips, Split
+from crossdistill.errors import CrossDistillError, DataError
 from crossdistill.export.base import (
     EXPORTERS,
     TENSOR,
@@ -34,58 +35,32 @@ from crossdistill.export.base import (
     StudentGraph,
     torch_runner,
 )
+from crossdistill.runs import Run
 
 PREPROCESSING = "preprocessing.json"
 PARITY = "parity.json"
 
 
-def export_dir(run_dir: Path, fmt: str, int8: bool, half: bool = False) -> Path:
-    """Where an export lands by default: ``RUN_DIR/export/<format>[-int8][-fp16]``."""
-    return Path(run_dir) / "export" / (fmt + ("-int8" if int8 else "") + ("-fp16" if half else ""))
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def check_run(run_dir: Path) -> None:
-    """A finished run: config.yaml, student.safetensors and student.json present."""
-    from crossdistill.train.checkpoint import list_checkpoints
-
-    if not (run_dir / "config.yaml").is_file():
-        raise ExportError(
-            f"{run_dir} is not a run directory (no config.yaml)",
-            hint="pass the folder that `crossdistill run` printed",
-        )
-    missing = [n for n in ("student.safetensors", "student.json") if not (run_dir / n).is_file()]
-    if not missing:
-        return
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        raise CheckpointError(
-            f"{run_dir} has no {' / '.join(missing)}: the run has not finished "
-            f"(its last checkpoint is {checkpoints[-1].name})",
-            hint=f"finish it with `crossdistill run {run_dir / 'config.yaml'} --resume`",
-        )
-    raise CheckpointError(
-        f"{run_dir} has neither {' / '.join(missing)} nor a checkpoint: nothing to export",
-        hint=f"train it with `crossdistill run {run_dir / 'config.yaml'}`",
-    )
-
-
-def _batches(recipe: Any, split: str, limit: int) -> torch.Tensor | list[str]:
+def _batches(run: Run, split: str, limit: int) -> torch.Tensor | list[str]:
     """Up to ``limit`` unaugmented student inputs of ``split``, in order: a tensor, or the
     list of strings of a text source."""
-    from crossdistill.experiment import build_eval_loader
-
-    data = recipe.data.model_copy(update={"eval_split": split, "limit_eval": limit})
-    loader = build_eval_loader(recipe.model_copy(update={"data": data}), torch.device("cpu"))
-    xs = [batch["views"]["student"] for batch in loader]
+    xs = [batch["views"]["student"] for batch in run.eval_data(split, limit=limit)]
     if xs and isinstance(xs[0], dict):  # ranking batches: their queries' and candidates' texts
         texts = [t for v in xs for t in [*v["query"], *(c for col in v["candidates"] for c in col)]]
         return list(dict.fromkeys(texts))[:limit]
     if xs and isinstance(xs[0], list):  # text batches collate to lists of str
         return [text for batch in xs for text in batch][:limit]
     return torch.cat(xs)[:limit]
+
+
+def _calibration(run: Run, limit: int) -> tuple[torch.Tensor | list[str], str]:
+    """Training inputs for static int8, and the split they came from: the evaluation split
+    when the run keeps no training data (a run trained from Python on in-memory data)."""
+    recipe = run.config
+    try:
+        return _batches(run, recipe.data.train_split, limit), recipe.data.train_split
+    except DataError:
+        return _batches(run, recipe.data.eval_split, limit), recipe.data.eval_split
 
 
 def _input_kind(x: torch.Tensor | list[str]) -> str:
@@ -108,7 +83,7 @@ def text_input(model: Any) -> dict[str, Any]:
     }
 
 
-def _check_format(exporter: Any, kind: str, run_dir: Path) -> None:
+def _check_format(exporter: Any, kind: str, run: Run) -> None:
     """An ExportError when ``exporter`` cannot hold a student taking ``kind`` inputs."""
     if kind in exporter.inputs:
         return
@@ -118,22 +93,17 @@ def _check_format(exporter: Any, kind: str, run_dir: Path) -> None:
         TENSOR: "tensors, not raw strings",
     }[kind]
     raise ExportError(
-        f"the {exporter.plugin_name} format cannot hold the student of {run_dir}: its inputs are "
+        f"the {exporter.plugin_name} format cannot hold the student of {run.path}: its inputs are "
         f"{what}, and {exporter.plugin_name} takes only {' / '.join(exporter.inputs)} inputs",
         hint=f"use --format {' or --format '.join(fitting)}" if fitting else None,
     )
 
 
-def _value_range(recipe: Any, x: torch.Tensor) -> list[float]:
+def _value_range(split: Split, x: torch.Tensor) -> list[float]:
     """[0, 1] for image sources (uint8 scaled by the dataset), [-1, 1] for audio clips, else
     the observed range."""
-    from crossdistill.data import load_source
-    from crossdistill.data.clips import Clips
-
-    split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
-    inputs = getattr(split, "inputs", None)
-    if inputs is None and hasattr(split, "sides"):  # paired data: what the student reads
-        inputs = split.modalities.get(split.sides.get("student"))
+    side = split.side("student")
+    inputs = split.fields[side] if isinstance(side, str) else None
     if isinstance(inputs, Clips):
         return [-1.0, 1.0]
     if isinstance(inputs, torch.Tensor) and inputs.dtype == torch.uint8:
@@ -179,7 +149,7 @@ def _run_batched(runner: Any, x: np.ndarray | list[str], batch: int = 256) -> li
 
 
 def export_run(
-    run_dir: str | Path,
+    run_dir: str | Path | Run,
     fmt: str,
     int8: bool = False,
     out: str | Path | None = None,
@@ -195,22 +165,18 @@ def export_run(
     Raises :class:`ExportError` / :class:`CheckpointError` with a hint on any problem, leaving
     nothing under the target name.
     """
-    from crossdistill.config import load_recipe
-    from crossdistill.experiment import load_student
-
     exporter = EXPORTERS.build(fmt, where="--format")
-    run_dir = Path(run_dir)
-    check_run(run_dir)
+    run = Run.open(run_dir)
     if half and not exporter.half:
         able = [name for name in EXPORTERS.names() if EXPORTERS.get(name).half]
         raise ExportError(
             f"the {fmt} export cannot store float16 weights",
             hint=f"export without --half, or use --format {' or --format '.join(able)}",
         )
-    target = Path(out) if out is not None else export_dir(run_dir, fmt, int8, half)
-    recipe = load_recipe(run_dir / "config.yaml")
-    student = load_student(run_dir).cpu().eval()  # checks student.safetensors' SHA-256
-    meta = json.loads((run_dir / "student.json").read_text())
+    target = Path(out) if out is not None else run.export_dir(fmt, int8, half)
+    recipe = run.config
+    student = run.student().cpu().eval()  # checks student.safetensors' SHA-256
+    meta = run.student_meta()
     integrity = (
         "SHA-256 verified against student.json"
         if "sha256" in meta
@@ -223,10 +189,10 @@ def export_run(
         names, model = ["embedding"], tower
         graph = StudentGraph(torch.nn.Identity(), tower, names).eval()
 
-    x = _batches(recipe, recipe.data.eval_split, parity_examples)
+    x = _batches(run, recipe.data.eval_split, parity_examples)
     kind = _input_kind(x)
-    _check_format(exporter, kind, run_dir)
-    calibration = _batches(recipe, recipe.data.train_split, calibration_examples) if int8 else x[:0]
+    _check_format(exporter, kind, run)
+    calibration, calibrated_on = _calibration(run, calibration_examples) if int8 else (x[:0], None)
     # a batch at a time, as the export runs: a text student pads each batch to its longest text
     reference = _run_batched(torch_runner(graph, torch.get_num_threads()), _numpy(x))
 
@@ -255,7 +221,7 @@ def export_run(
             raise
         except Exception as exc:
             raise ExportError(
-                f"the {fmt} export of {run_dir} was written but cannot be run: {exc}",
+                f"the {fmt} export of {run.path} was written but cannot be run: {exc}",
                 hint="report this with `crossdistill --debug export ...`",
             ) from exc
         result = {
@@ -269,10 +235,13 @@ def export_run(
             **parity(reference, exported, names, text=kind == TEXT),
             "export_seconds": round(seconds, 3),
         }
+        if calibrated_on is not None:
+            result["calibration_split"] = calibrated_on
         (tmp / PARITY).write_text(json.dumps(result, indent=1))
         if kind == TEXT:
             info["input"] = {**text_input(model), **info.get("input", {})}
-        pre = preprocessing(recipe, meta, x, reference, names, exporter, info, int8)
+        split = run.eval_data().dataset.split
+        pre = preprocessing(recipe, split, meta, x, reference, names, exporter, info, int8)
         (tmp / PREPROCESSING).write_text(json.dumps(pre, indent=1))
         replace_dir(tmp, target)
     except BaseException:
@@ -283,6 +252,7 @@ def export_run(
 
 def preprocessing(
     recipe: Any,
+    split: Split,
     meta: dict[str, Any],
     x: torch.Tensor | list[str],
     reference: list[np.ndarray],
@@ -295,9 +265,6 @@ def preprocessing(
 
     For a text student ``info["input"]`` describes the input (raw strings, the tokenizer, max
     length, truncation; see :func:`text_input`)."""
-    from crossdistill.data import load_source
-
-    split = load_source(recipe.data.source, recipe.data.eval_split, **recipe.data.params)
     return {
         "format": exporter.plugin_name,
         "file": exporter.filename,
@@ -308,7 +275,7 @@ def preprocessing(
             "name": "input",
             "shape": [None, *x.shape[1:]],
             "dtype": "float32",
-            "value_range": _value_range(recipe, x),
+            "value_range": _value_range(split, x),
             "layout": "NCHW" if x.dim() == 4 else None,
             "note": "raw inputs as crossdistill's data source yields them (images: uint8 / 255); "
             "the pipeline below runs "

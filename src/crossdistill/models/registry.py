@@ -27,14 +27,11 @@ def build_model(
     """The model ``ref`` (a registered name, ``package.module:Callable``, or the callable itself)
     built with validated ``params``.
 
-    A model built from a name or an import path remembers it as ``built_from`` (``{"model",
-    "params"}``, and ``"weights"`` once :func:`load_weights` fills it), so a run that trains it
-    can record how to rebuild it.
+    A model built from a name or an import path remembers it as ``plugin_spec`` (``{"name",
+    "params"}``, and ``"weights"`` once :func:`load_weights` fills them), so a run that trains
+    it can record how to rebuild it.
     """
-    model = MODELS.build(ref, params, where)
-    if isinstance(ref, str):
-        model.built_from = {"model": ref, "params": dict(params or {})}
-    return model
+    return MODELS.build(ref, params, where)
 
 
 def load_weights(
@@ -80,5 +77,5 @@ def load_weights(
             "trained with",
         )
     model.load_state_dict(state, strict=strict)
-    if isinstance(getattr(model, "built_from", None), dict):
-        model.built_from["weights"] = str(path)
+    if isinstance(getattr(model, "plugin_spec", None), dict):
+        model.plugin_spec["weights"] = str(path)

@@ -17,6 +17,8 @@ import torch
 import yaml
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.evaluate.latency import latency_ms
+from crossdistill.runs import Run
 
 # Keys of a "step" record that are not loss terms.
 STEP_META = frozenset({"time", "kind", "epoch", "step", "lr"})
@@ -130,13 +132,14 @@ def load_run(run_dir: str | Path) -> RunData:
             f"{run_dir} {'is not a folder' if run_dir.exists() else 'does not exist'}",
             hint="pass the run directory that `crossdistill run` printed, e.g. runs/<name>",
         )
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    files = Run(run_dir)
+    config_path = files.config_file
+    if not files.exists:
         raise ReportError(
             f"{run_dir} is not a run directory (no config.yaml)",
             hint="pass the run directory that `crossdistill run` printed, e.g. runs/<name>",
         )
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = files.metrics_file
     if not metrics_path.is_file():
         raise ReportError(
             f"{run_dir} has no metrics.jsonl: the run never logged a training step",
@@ -154,7 +157,7 @@ def load_run(run_dir: str | Path) -> RunData:
     except yaml.YAMLError:
         config = None
     if not isinstance(config, dict):
-        notes.append("config.yaml is not a YAML mapping; it is shown as it is.")
+        notes.append(f"{config_path.name} is not a YAML mapping; it is shown as it is.")
         config = {}
     run = RunData(run_dir, run_dir.resolve().name, config_text, config, records, notes)
     for rec in run.of_kind("error"):
@@ -163,7 +166,7 @@ def load_run(run_dir: str | Path) -> RunData:
             f"{rec.get('error', 'error')}."
         )
     evals = run.of_kind("eval")
-    final_path = run_dir / "eval.json"
+    final_path = files.eval_file()
     final: Any = None
     if final_path.is_file():
         try:
@@ -173,8 +176,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if not isinstance(final, dict):
         final = {k: v for k, v in evals[-1].items() if k not in STEP_META} if evals else {}
     run.final = {k: v for k, v in final.items() if isinstance(v, (int, float))}
-    weights = run_dir / "student.safetensors"
-    meta = run_dir / "student.json"
+    weights, meta = files.student_file, files.student_json
     if weights.is_file() and meta.is_file():
         run.student = json.loads(meta.read_text())
         run.size_bytes = weights.stat().st_size
@@ -190,16 +192,11 @@ def measure(run: RunData, max_examples: int, threads: int) -> None:
     """Confusion matrix on the eval split (bounded) and batch-1 CPU latency of the student."""
     if not run.finished:
         return
-    from crossdistill.config import load_recipe
-    from crossdistill.evaluate.latency import latency_ms
-    from crossdistill.experiment import build_eval_loader, load_student
-
     device = torch.device("cpu")
     try:
-        # workers would only add start-up time for a few batches
-        recipe = load_recipe(run.run_dir / "config.yaml", ["data.num_workers=0"])
-        student = load_student(run.run_dir).to(device).eval()
-        loader = build_eval_loader(recipe, device)
+        files = Run.open(run.run_dir)
+        student = files.student().to(device).eval()
+        loader = files.eval_data()  # no workers: they would only add start-up time
     except CrossDistillError as exc:
         run.notes.append(f"the student could not be evaluated: {exc.message}")
         return
@@ -250,7 +247,7 @@ def write_tensorboard(run: RunData) -> str:
             "TensorBoard event files were not written: tensorboard is not installed "
             "(pip install tensorboard)."
         )
-    target = run.run_dir / "tensorboard"
+    target = Run(run.run_dir).tensorboard_dir
     target.mkdir(exist_ok=True)
     for old in target.glob("events.out.tfevents.*"):  # a report rewrites its own events
         old.unlink()

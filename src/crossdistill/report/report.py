@@ -23,6 +23,7 @@ from crossdistill.report.data import (
 )
 from crossdistill.report.figures import RC, pareto_front
 from crossdistill.report.page import render_page
+from crossdistill.runs import Run
 
 
 def render_report(
@@ -68,7 +69,7 @@ def write_report(
                 "several runs need an output file",
                 hint="pass --out report.html (one run defaults to RUN_DIR/report.html)",
             )
-        out = runs[0].run_dir / "report.html"
+        out = Run(runs[0].run_dir).report_file
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"--out {out} is a folder", hint="give a file name like report.html")

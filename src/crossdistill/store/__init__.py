@@ -3,7 +3,7 @@
 ``write_store`` runs the teacher over a dataset (K recorded augmentations per example) into
 checksummed safetensors shards; ``KnowledgeStore`` reads them memory-mapped; ``StoreDataset``
 serves training examples whose teacher Knowledge comes from the store. The recipe-level entry
-points are ``crossdistill cache RECIPE`` and ``crossdistill.experiment.cache_recipe``.
+points are ``crossdistill cache RECIPE`` and ``crossdistill.pipeline.cache_recipe``.
 """
 
 from __future__ import annotations

@@ -146,17 +146,17 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     return state
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (``*.tmp`` leftovers are ignored)."""
-    root = run_dir / "checkpoints"
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints in the folder ``root``, oldest first (``*.tmp`` leftovers are
+    ignored)."""
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints (0 keeps all)."""
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints in ``root`` (0 keeps all)."""
     if keep <= 0:
         return
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

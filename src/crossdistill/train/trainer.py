@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,7 @@ from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.core.distiller import Distiller
 from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
-from crossdistill.evaluate.suites import evaluate_student
+from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
 from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
 
@@ -71,10 +71,26 @@ class History:
     eval: list[dict[str, float]] = field(default_factory=list)
 
 
+class Outputs(Protocol):
+    """Where a Trainer writes (a :class:`crossdistill.runs.Run` is one)."""
+
+    @property
+    def metrics_file(self) -> Path: ...
+
+    @property
+    def checkpoints(self) -> Path: ...
+
+
+# (student, loader, teacher, device, amp dtype, topk) -> {metric: value}
+Evaluator = Callable[..., dict[str, float]]
+
+
 class Trainer:
     """Trains ``distiller``'s student (and adapters) with the settings of a recipe's ``train:``.
 
-    ``run_dir`` receives ``metrics.jsonl`` and ``checkpoints/``; without one nothing is written.
+    ``run`` receives the metrics (``run.metrics_file``) and checkpoints (``run.checkpoints``);
+    without one nothing is written. ``evaluator`` scores the student on the evaluation loader
+    (default: :func:`crossdistill.evaluate.evaluate_student`).
     """
 
     def __init__(
@@ -82,13 +98,15 @@ class Trainer:
         distiller: Distiller,
         spec: TrainSpec | None = None,
         *,
-        run_dir: Path | None = None,
+        run: Outputs | None = None,
         eval_spec: EvalSpec | None = None,
         fingerprint: str = "",
+        evaluator: Evaluator = evaluate_student,
     ) -> None:
         self.spec = spec or TrainSpec()
         self.eval_spec = eval_spec or EvalSpec()
-        self.run_dir = run_dir
+        self.run = run
+        self.evaluator = evaluator
         self.fingerprint = fingerprint
         if not distiller.ready:
             raise ConfigError(
@@ -172,7 +190,7 @@ class Trainer:
         # steps are counted from 1: the failing step is the one after the last completed
         failing = self.step + 1 if since is None else self.step
         when = f"step {failing}" if since is None else f"steps {since + 1}..{self.step}"
-        found = ckpt.list_checkpoints(self.run_dir) if self.run_dir else []
+        found = ckpt.list_checkpoints(self.run.checkpoints) if self.run else []
         last = found[-1] if found else None
         self._log(
             {
@@ -204,9 +222,9 @@ class Trainer:
         history = History()
         if not self.main:
             eval_loader = None
-        if self.run_dir is not None and self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics_file = (self.run_dir / "metrics.jsonl").open("a")
+        if self.run is not None and self.main:
+            self.run.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            self._metrics_file = self.run.metrics_file.open("a")
         try:
             if resume:
                 self.resume()
@@ -312,8 +330,9 @@ class Trainer:
         return total / max(count, 1)
 
     def evaluate(self, loader: Any) -> dict[str, float]:
-        """Accuracy, top-k, calibration, and agreement with the teacher when there is one."""
-        return evaluate_student(
+        """The evaluator's metrics (by default accuracy, top-k, calibration, and agreement with
+        the teacher when there is one)."""
+        return self.evaluator(
             self.distiller.student,
             loader,
             self.distiller.teacher,
@@ -332,13 +351,13 @@ class Trainer:
             states: list[Any] = [None] * self.world
             dist.all_gather_object(states, {k: v.cpu() for k, v in rng.items()})
             rng = {f"rank{r}.{k}": v for r, state in enumerate(states) for k, v in state.items()}
-        if self.run_dir is None or not self.main:
+        if self.run is None or not self.main:
             return None
         name = f"epoch-{self.epoch:04d}"
         if self.batch_in_epoch:
             name += f"-step-{self.step:08d}"
         path = ckpt.save_checkpoint(
-            self.run_dir / "checkpoints" / name,
+            self.run.checkpoints / name,
             trainable=self.distiller.trainable().state_dict(),
             optimizer=self.optimizer.state_dict(),
             rng=rng,
@@ -353,12 +372,12 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
             },
         )
-        ckpt.prune_checkpoints(self.run_dir, self.spec.keep_checkpoints)
+        ckpt.prune_checkpoints(self.run.checkpoints, self.spec.keep_checkpoints)
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of ``run_dir``; False when there is none yet."""
-        found = ckpt.list_checkpoints(self.run_dir) if self.run_dir else []
+        """Load the newest checkpoint of the run; False when there is none yet."""
+        found = ckpt.list_checkpoints(self.run.checkpoints) if self.run else []
         if not found:
             return False
         state = ckpt.load_checkpoint(found[-1])

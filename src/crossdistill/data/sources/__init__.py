@@ -18,4 +18,7 @@ __all__ = ["DATA_SOURCES", "SPLITS", "ArraySplit", "check_split", "load_source"]
 def load_source(source: str | Callable[..., Any], split: str, /, **params: Any) -> Any:
     """The ``split`` of the data source ``source`` (a registered name, ``package.module:Callable``
     or the callable itself), built with ``params`` validated against its signature."""
-    return DATA_SOURCES.build(source, params, "data", split=split)
+    built = DATA_SOURCES.build(source, params, "data", split=split)
+    if isinstance(source, str):  # a run trained on it from Python records where it came from
+        built.origin = {"source": source, "params": dict(params), "split": split}
+    return built

@@ -185,7 +185,7 @@ def _is_run(path: Path) -> bool:
 
 
 def _load_run(path: Path, device: str) -> BatchedEncoder:
-    from crossdistill.experiment import load_student
+    from crossdistill.runs import load_student
 
     outputs = json.loads((path / "student.json").read_text()).get("outputs", [])
     student = load_student(path)

@@ -1,10 +1,12 @@
-"""Evaluation suites: a student (and its teacher) on a data split → metrics."""
+"""Evaluators: a student (and its teacher) over a loader of evaluation batches -> metrics.
+
+They know batches and Knowledge, not runs, recipes or the trainer: the trainer calls
+:func:`evaluate_student` every epoch, and the ``task`` suite calls it on a finished run.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -265,28 +267,3 @@ def evaluate_student(
         return _Embeddings()
 
     return _evaluate(student, loader, teacher, device, amp, pick)
-
-
-def evaluate_run(run_dir: str | Path, split: str | None = None) -> dict[str, float]:
-    """Evaluate a finished run's student on its recipe's eval split; writes eval-<split>.json."""
-    from crossdistill.config import load_recipe
-    from crossdistill.errors import CheckpointError
-    from crossdistill.experiment import build_eval_loader, build_teacher, load_student
-    from crossdistill.train.runtime import amp_dtype, select_device
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a run directory (no config.yaml)",
-            hint="pass the folder that `crossdistill run` printed",
-        )
-    recipe = load_recipe(run_dir / "config.yaml", [f"data.eval_split={split}"] if split else None)
-    device = select_device(recipe.train.device)
-    student = load_student(run_dir).to(device)
-    teacher = build_teacher(recipe.teacher).to(device) if recipe.teacher else None
-    loader = build_eval_loader(recipe, device)
-    amp = amp_dtype(recipe.train.amp, device)  # the same precision as evaluation in training
-    metrics = evaluate_student(student, loader, teacher, device, amp, recipe.eval.topk)
-    out = run_dir / f"eval-{recipe.data.eval_split}.json"
-    out.write_text(json.dumps(metrics, indent=1))
-    return metrics

@@ -1,0 +1,142 @@
+"""From a recipe to a finished Run (``run_recipe``), a written knowledge store
+(``cache_recipe``), or whichever of the two is missing (``run_or_reuse``): the code that
+``crossdistill run`` / ``cache`` and the benchmarks end in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from crossdistill.build import (
+    build_dataset,
+    build_distiller,
+    build_loaders,
+    store_codecs,
+    store_fingerprint,
+)
+from crossdistill.config import Recipe
+from crossdistill.data.dataset import preview_batch
+from crossdistill.errors import ConfigError
+from crossdistill.evaluate import evaluate_student
+from crossdistill.registry import import_modules
+from crossdistill.runs import Run
+from crossdistill.store import write_store
+from crossdistill.train.runtime import (
+    barrier,
+    distributed_rank,
+    seed_everything,
+    select_device,
+    to_device,
+)
+from crossdistill.train.trainer import History, Trainer
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns: the run, its history, the trained student model."""
+
+    run: Run
+    history: History
+    student: nn.Module
+    metrics: dict[str, float]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+
+def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
+    """Write (or finish) the knowledge store a recipe names; returns its path.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each rank writes its share of the shards and rank 0
+    writes the manifest once all are done.
+    """
+    if recipe.store is None:
+        raise ConfigError(
+            "the recipe has no `store:` section",
+            hint="add `store: {path: stores/NAME}` to say where the teacher's outputs go",
+        )
+    import_modules(recipe.imports)
+    seed_everything(recipe.seed, recipe.train.deterministic)
+    distiller = build_distiller(recipe)
+    assert distiller.teacher is not None
+    device = select_device(recipe.train.device)
+    teacher = distiller.teacher.to(device)
+    dataset = build_dataset(recipe, recipe.data.train_split, True)
+    rank, world = distributed_rank()
+    write_store(
+        recipe.store.path,
+        teacher,
+        dataset,
+        store_codecs(recipe, distiller),
+        store_fingerprint(recipe, teacher, dataset),
+        shard_size=recipe.store.shard_size,
+        batch_size=recipe.store.batch_size,
+        rank=rank,
+        world_size=world,
+        progress=progress and recipe.train.progress and rank == 0,
+    )
+    return recipe.store.path
+
+
+def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
+    """Build everything a recipe names, train, evaluate, and finish its Run."""
+    # Under torchrun every rank runs this; the process group is set up first (gloo or nccl).
+    rank, world = distributed_rank()
+    import_modules(recipe.imports)
+    seed_everything(recipe.seed, recipe.train.deterministic)
+    # Everything that can be wrong is found before the run directory is touched: models,
+    # weights, losses, device, data files, and what each loss needs from a real batch.
+    distiller = build_distiller(recipe)
+    device = select_device(recipe.train.device)
+    train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher, rank, world)
+    distiller.to(device).check(
+        to_device(preview_batch(train_loader.dataset), device),
+        num_classes=getattr(train_loader.dataset, "num_classes", None),
+    )
+    run = Run(recipe.run_dir)
+    trainer = Trainer(
+        distiller,
+        recipe.train,
+        run=run,
+        eval_spec=recipe.eval,
+        fingerprint=recipe.fingerprint(),
+        evaluator=evaluate_student,
+    )
+    if rank != 0:  # rank 0 alone owns the run directory
+        barrier()  # the other ranks read checkpoints from it when resuming
+        history = trainer.fit(train_loader, eval_loader, resume=resume)
+        barrier()  # every rank returns a finished run
+        return RunResult(run, history, distiller.student.model, _last(history))
+    with run.writing(recipe, resume):
+        barrier()
+        history = trainer.fit(train_loader, eval_loader, resume=resume)
+        run.finish(distiller, recipe.student, _last(history), epochs=trainer.epoch)
+    barrier()
+    return RunResult(run, history, distiller.student.model, _last(history))
+
+
+def _last(history: History) -> dict[str, float]:
+    return history.eval[-1] if history.eval else {}
+
+
+def run_or_reuse(recipe: Recipe) -> Path:
+    """The run directory of ``recipe``, training only what is missing.
+
+    A finished run of the same resolved recipe is reused; a started one is resumed; a run
+    directory made by a different recipe is refused rather than overwritten.
+    """
+    run = Run(recipe.run_dir)
+    if run.exists:
+        if run.recipe().fingerprint() != recipe.fingerprint():
+            raise ConfigError(
+                f"{run.path} holds a run of a different recipe",
+                hint="delete it, or give this run another name with --set name=...",
+            )
+        if run.finished:
+            return run.path
+        return run_recipe(recipe, resume=True).run_dir
+    return run_recipe(recipe).run_dir

@@ -1,0 +1,412 @@
+"""The Run: one run directory and everything one experiment leaves in it.
+
+A run directory holds::
+
+    config.yaml            the resolved recipe (what the run was made by)
+    run.lock               locked while a process writes the run (its PID inside)
+    metrics.jsonl          every loss term per logged step, every evaluation
+    checkpoints/           epoch-NNNN/ (see crossdistill.train.checkpoint)
+    student.safetensors    the student alone, at the end
+    student.json           how to rebuild it: model, params, outputs, pipeline, size, SHA-256
+    eval.json              the last evaluation of training ({"epoch": N, metric: value})
+    eval-<name>.json       later evaluations (``crossdistill eval``)
+    bench.json, report.html, tensorboard/, export/<format>/, data/
+
+This module is the only one that knows those names: every command that takes a run takes a
+:class:`Run`. The files a run finishes with are written atomically, so an interrupted run never
+looks finished.
+
+A run folder is data, not code: opening one never imports a module its files name (a recipe's
+``imports:`` is not followed when a run is reopened; pass ``--import`` for plug-ins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+from crossdistill._util.files import write_atomic, write_json
+from crossdistill._util.hashing import sha256_file
+from crossdistill.build import build_eval_loader, build_teacher, build_wrapper
+from crossdistill.config import ModelSpec, Recipe, dump_recipe, load_recipe
+from crossdistill.core.distiller import Distiller
+from crossdistill.core.wrappers import Student, Teacher
+from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError
+from crossdistill.models.registry import MODELS
+from crossdistill.train import checkpoint as ckpt
+
+
+class RunLockedError(CheckpointError):
+    """Another process is writing the run directory."""
+
+
+class Run:
+    """One run directory (see the module docstring for its layout)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "run.lock"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def student_file(self) -> Path:
+        return self.path / "student.safetensors"
+
+    @property
+    def student_json(self) -> Path:
+        return self.path / "student.json"
+
+    @property
+    def bench_file(self) -> Path:
+        return self.path / "bench.json"
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def data_dir(self) -> Path:
+        """Data kept with the run (the evaluation split of a run trained from Python)."""
+        return self.path / "data"
+
+    @property
+    def exports(self) -> Path:
+        return self.path / "export"
+
+    def eval_file(self, name: str | None = None) -> Path:
+        """``eval.json`` (training's last evaluation), or ``eval-<name>.json``."""
+        return self.path / ("eval.json" if name is None else f"eval-{name}.json")
+
+    def export_dir(self, fmt: str, int8: bool = False, half: bool = False) -> Path:
+        """Where an export lands by default: ``export/<format>[-int8][-fp16]``."""
+        return self.exports / (fmt + ("-int8" if int8 else "") + ("-fp16" if half else ""))
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def exists(self) -> bool:
+        """Whether the folder is a run (it has a config.yaml)."""
+        return self.config_file.is_file()
+
+    @property
+    def finished(self) -> bool:
+        """Whether training ended: the student and how to rebuild it are there."""
+        return self.student_file.is_file() and self.student_json.is_file()
+
+    def checkpoint_list(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        return ckpt.list_checkpoints(self.checkpoints)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | Run, finished: bool = True) -> Run:
+        """The run at ``path``; a clear error when it is not a run, or (``finished``) when its
+        training has not ended."""
+        run = path if isinstance(path, Run) else cls(path)
+        if not run.exists:
+            raise CheckpointError(
+                f"{run.path} is not a run directory (no config.yaml)",
+                hint="pass the folder that `crossdistill run` printed",
+            )
+        if finished and not run.finished:
+            missing = [p.name for p in (run.student_file, run.student_json) if not p.is_file()]
+            found = run.checkpoint_list()
+            if found:
+                raise CheckpointError(
+                    f"{run.path} has no {' / '.join(missing)}: the run has not finished "
+                    f"(its last checkpoint is {found[-1].name})",
+                    hint=f"finish it with `crossdistill run {run.config_file} --resume`",
+                )
+            raise CheckpointError(
+                f"{run.path} has neither {' / '.join(missing)} nor a checkpoint: the run has "
+                "not finished",
+                hint=f"train it with `crossdistill run {run.config_file}`",
+            )
+        return run
+
+    # ------------------------------------------------------------------ contents
+
+    def recipe(self, overrides: list[str] | None = None) -> Recipe:
+        """The recipe the run was made by (its config.yaml), with ``overrides``."""
+        return load_recipe(self.config_file, overrides)
+
+    @functools.cached_property
+    def config(self) -> Recipe:
+        return self.recipe()
+
+    def student_meta(self) -> dict[str, Any]:
+        """student.json: how to rebuild the student."""
+        if not self.finished:
+            Run.open(self)  # says why: not a run, or not finished
+        try:
+            meta = json.loads(self.student_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(
+                f"{self.student_json} cannot be read: {exc}",
+                hint=f"rewrite it from the last checkpoint: delete student.safetensors, then "
+                f"`crossdistill run {self.config_file} --resume`",
+            ) from None
+        if not isinstance(meta, dict) or "model" not in meta:
+            raise CheckpointError(f"{self.student_json} does not describe a student")
+        return meta
+
+    def student(self) -> Student:
+        """The trained student, with its input pipeline (its weights' SHA-256 checked)."""
+        meta = self.student_meta()
+        if meta["model"] is None:
+            raise CheckpointError(
+                f"the student of {self.path} (a {meta.get('class', 'module')}) was built in "
+                "Python, and crossdistill cannot rebuild it: only its weights are kept",
+                hint=f"build it yourself and load {self.student_file} with "
+                "safetensors.torch.load_file; to make runs rebuildable, build students with "
+                "crossdistill.build_model(NAME or 'package.module:Callable', params)",
+            )
+        if "sha256" in meta and sha256_file(self.student_file) != meta["sha256"]:
+            raise CheckpointError(
+                f"{self.student_file} is corrupted: its SHA-256 differs from the one in "
+                "student.json",
+                hint=f"rewrite it from the last checkpoint: delete student.safetensors, then "
+                f"`crossdistill run {self.config_file} --resume`",
+            )
+        params = dict(meta.get("params") or {})
+        with self._plugins():
+            if MODELS.accepts(meta["model"], "init_from"):
+                # the trained weights replace the initialisation: never run a teacher for it
+                params["init_from"] = None
+            spec = ModelSpec(
+                model=meta["model"],
+                params=params,
+                outputs=meta.get("outputs", ["logits"]),
+                pipeline=meta.get("pipeline", []),
+                weights=self.student_file,
+            )
+            return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
+
+    def teacher(self) -> Teacher | None:
+        """The run's teacher, as its recipe names it (None when it has none)."""
+        if self.config.teacher is None:
+            return None
+        with self._plugins():
+            return build_teacher(self.config.teacher)
+
+    def eval_data(
+        self, split: str | None = None, limit: int | None = None, device: Any = "cpu"
+    ) -> Any:
+        """A loader over the recipe's evaluation split (or ``split``), unaugmented, in order,
+        at most ``limit`` examples."""
+        overrides = ["data.num_workers=0"]
+        overrides += [f"data.eval_split={json.dumps(split)}"] if split else []
+        overrides += [f"data.limit_eval={limit}"] if limit else []
+        with self._plugins():
+            return build_eval_loader(self.recipe(overrides), torch.device(device))
+
+    def final_metrics(self) -> dict[str, Any]:
+        """eval.json: training's last evaluation (empty when the run has none)."""
+        try:
+            data = json.loads(self.eval_file().read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_eval(self, name: str | None, result: dict[str, Any]) -> Path:
+        """Write an evaluation result as ``eval[-<name>].json``, atomically."""
+        path = self.eval_file(name)
+        write_json(path, result, indent=2)
+        return path
+
+    @contextlib.contextmanager
+    def _plugins(self) -> Iterator[None]:
+        """Name the modules the recipe imports when one of its plug-ins is missing."""
+        try:
+            yield
+        except UnknownNameError as exc:
+            imports = self.config.imports if self.exists else []
+            if not imports:
+                raise
+            flags = " ".join(f"--import {m}" for m in imports)
+            raise UnknownNameError(
+                exc.message,
+                hint=f"this run's recipe imports {imports}; crossdistill never imports code a "
+                f"run folder names: pass `crossdistill {flags} ...` (or import them in Python)",
+            ) from None
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def writing(self, recipe: Recipe, resume: bool = False) -> Iterator[Run]:
+        """Hold the run for writing: create it (or check that ``resume`` may continue it),
+        lock it against other processes, write config.yaml; the lock is released at the end.
+
+        Refused: a run that exists when not resuming, a finished run without a checkpoint, a
+        run started by a different recipe, a run another process holds.
+        """
+        if self.path.is_dir():  # refused before the folder is touched, and again once locked
+            self._check_writable(recipe, resume)
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = _Lock(self.lock_file)
+        except BaseException:
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        try:
+            self._check_writable(recipe, resume)
+            dump_recipe(recipe, self.config_file)
+        except BaseException:
+            lock.release()
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    def _check_writable(self, recipe: Recipe, resume: bool) -> None:
+        others = [p for p in self.path.iterdir() if p.name != self.lock_file.name]
+        if others and not resume:
+            raise ConfigError(
+                f"run directory {self.path} already exists",
+                hint="pass --resume to continue it, or --name NEW to start another run",
+            )
+        if resume and self.student_file.exists() and not self.checkpoint_list():
+            raise ConfigError(f"{self.path} is a finished run with no checkpoint to resume from")
+        if resume and self.exists:
+            before = self.recipe().fingerprint()
+            if before != recipe.fingerprint():
+                # refused before anything is written: config.yaml must keep describing the run
+                raise CheckpointError(
+                    f"{self.path} was started by a different recipe (fingerprint {before} vs "
+                    f"{recipe.fingerprint()})",
+                    hint="resume with the recipe and overrides the run started with, or give "
+                    "the new run another name",
+                )
+
+    def finish(
+        self,
+        distiller: Distiller,
+        spec: ModelSpec | None,
+        metrics: dict[str, float],
+        epochs: int,
+    ) -> None:
+        """Write the student alone (safetensors + how to rebuild it) and the final metrics,
+        each atomically; student.json last, since it is what makes the run finished.
+
+        ``spec`` None: a student crossdistill cannot rebuild (a module built in Python); its
+        weights are kept, and student.json says so."""
+        model = distiller.student.model
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        write_atomic(self.student_file, save(state))
+        fields = {"model", "params", "outputs", "pipeline"}
+        meta = {
+            **(
+                spec.model_dump(mode="json", include=fields)
+                if spec is not None
+                else {"model": None, "class": _class_path(model)}
+            ),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            # Run.student() checks it: a flipped byte inside a tensor still parses
+            "sha256": sha256_file(self.student_file),
+        }
+        write_json(self.eval_file(), {"epoch": epochs, **metrics})
+        write_json(self.student_json, meta)
+
+
+def _class_path(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``path``, which names the holder; released (and the file
+    removed) by :meth:`release`, or by the kernel when the process dies, so a killed run never
+    leaves a stale lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        while True:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
+                os.close(self.fd)
+                raise RunLockedError(
+                    f"run directory {path.parent} is locked by {_holder(holder)}: another "
+                    "process is writing it",
+                    hint="wait for that process to finish (or stop it); two processes must not "
+                    "write one run",
+                ) from None
+            # the holder before us may have removed the file between our open and our lock:
+            # then we hold a lock nobody else can see, and must lock the file anew
+            try:
+                if os.stat(path).st_ino == os.fstat(self.fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+        record = {
+            "pid": os.getpid(),
+            "command": " ".join(sys.argv)[:200],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(record).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # while still locked: nobody can take the old inode
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"PID {info['pid']} ({info['command']}, since {info['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def load_student(path: str | os.PathLike[str] | Run) -> Student:
+    """The trained student of the finished run at ``path``, with its input pipeline."""
+    return (path if isinstance(path, Run) else Run(path)).student()

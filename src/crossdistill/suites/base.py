@@ -1,0 +1,88 @@
+"""The :class:`Suite` interface and its registry.
+
+A suite evaluates a *target* (a run directory, or for some suites a model folder or a registered
+model name) and returns a JSON-able dict. It declares its options as a pydantic model, so that
+``crossdistill eval`` takes them as ``--name value`` flags (``--quick`` for a bool) and refuses
+the ones it does not declare; and it renders its result for the terminal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pydantic
+from rich.console import Console
+from rich.table import Table
+
+from crossdistill._util.files import write_json
+from crossdistill._util.validation import format_validation_error
+from crossdistill.errors import ConfigError
+from crossdistill.registry import Registry
+from crossdistill.runs import Run
+
+
+class NoOptions(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class Suite:
+    """One evaluation suite, registered with ``@SUITES.register("name")``.
+
+    Subclasses set ``Options`` (a pydantic model with ``extra="forbid"``; each field is a
+    ``--field`` flag), implement :meth:`run`, and may override :meth:`render` and
+    :meth:`result_name` (the ``eval-<name>.json`` a run directory keeps the result in).
+    """
+
+    plugin_name: ClassVar[str] = ""  # set by @SUITES.register
+    Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
+
+    def options(self, given: dict[str, Any]) -> Any:
+        """``given`` (flag name → value) validated as this suite's options."""
+        try:
+            return self.Options.model_validate(given)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(
+                f"bad options for --suite {self.plugin_name}:\n"
+                + format_validation_error(exc, model=self.Options),
+                hint=f"--suite {self.plugin_name} takes: {option_list(self)}",
+            ) from None
+
+    def run(self, target: str, options: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def result_name(self, target: str, options: Any) -> str:
+        return self.plugin_name
+
+    def render(self, result: dict[str, Any], console: Console) -> None:
+        """The result's numbers as a two-column table."""
+        table = Table(title=f"{self.plugin_name} {result.get('model', '')}".strip())
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+
+SUITES: Registry[type[Suite]] = Registry("evaluation suite", base=Suite, returns=Suite)
+
+
+def option_list(suite: Suite) -> str:
+    flags = [f"--{name.replace('_', '-')}" for name in suite.Options.model_fields]
+    return ", ".join(flags) or "no options"
+
+
+def evaluate(
+    suite: str, target: str | Path, out: str | Path | None = None, **options: Any
+) -> dict[str, Any]:
+    """Run ``suite`` on ``target``; the result is written to ``out`` or, when the target is a
+    folder (a run, a model), to its ``eval-<name>.json`` (atomically), and returned."""
+    runner: Suite = SUITES.build(suite, where="--suite")
+    opts = runner.options(options)
+    result = runner.run(str(target), opts)
+    if out is None and Path(target).is_dir():  # a run, or a model folder
+        out = Run(target).eval_file(runner.result_name(str(target), opts))
+    if out is not None:
+        write_json(Path(out), result, indent=2)
+    return result

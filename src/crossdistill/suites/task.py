@@ -1,0 +1,47 @@
+"""``task``: a finished run's student on its recipe's evaluation split (or ``--split``):
+accuracy, top-k and calibration for a classifier, ranking or embedding agreement otherwise, and
+agreement with the teacher when the run has one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+
+from crossdistill.evaluate import evaluate_student
+from crossdistill.runs import Run
+from crossdistill.suites.base import SUITES, Suite
+from crossdistill.train.runtime import amp_dtype, select_device
+
+
+class TaskOptions(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    split: str | None = None  # default: the recipe's eval split
+
+
+@SUITES.register("task")
+class TaskSuite(Suite):
+    """The run's own task, as training evaluated it (same metrics, same precision)."""
+
+    Options = TaskOptions
+
+    def run(self, target: str, options: TaskOptions) -> dict[str, Any]:
+        run = Run.open(target)
+        recipe = run.recipe([f"data.eval_split={options.split}"] if options.split else None)
+        device = select_device(recipe.train.device)
+        student = run.student().to(device)
+        teacher = run.teacher()
+        loader = run.eval_data(options.split, device=device)
+        amp = amp_dtype(recipe.train.amp, device)  # the same precision as in training
+        return evaluate_student(
+            student,
+            loader,
+            None if teacher is None else teacher.to(device),
+            device,
+            amp,
+            recipe.eval.topk,
+        )
+
+    def result_name(self, target: str, options: TaskOptions) -> str:
+        return options.split or Run.open(target).config.data.eval_split
