@@ -37,11 +37,11 @@ sys.path.insert(0, str(HERE))
 from _common import command_line, machine, markdown_table, write_results  # noqa: E402
 from _common import std as sample_std  # noqa: E402
 from crossdistill import load_recipe  # noqa: E402
+from crossdistill._util.device import select_device  # noqa: E402
 from crossdistill.build import build_distiller, build_loaders  # noqa: E402
 from crossdistill.config import Recipe  # noqa: E402
 from crossdistill.data.dataset import preview_batch  # noqa: E402
 from crossdistill.pipeline import run_or_reuse  # noqa: E402
-from crossdistill.train.runtime import select_device  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 PAIRS = {  # pair name: (student recipe, teacher recipe)

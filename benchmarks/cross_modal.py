@@ -157,7 +157,7 @@ def train_all(recipes: list[Any], jobs: int) -> list[tuple[Path, float]]:
 
 
 def speech_metrics(run_dir: Path) -> dict[str, float]:
-    from crossdistill.evaluate.cross_modal import run_paired_suite
+    from crossdistill.domains.speech.suite import run_paired_suite
 
     voices = run_paired_suite(run_dir, "test_voices")
     heldout = run_paired_suite(run_dir, "test")
@@ -197,7 +197,7 @@ def speech_embedding_rate(run_dir: Path, n: int = 512) -> dict[str, float]:
     import torch
 
     from crossdistill.data.sources import load_source
-    from crossdistill.evaluate.cross_modal import embed_batches
+    from crossdistill.evaluate.paired import embed_batches
     from crossdistill.runs import load_student
 
     model = load_student(run_dir).model
@@ -218,8 +218,8 @@ def speech_embedding_rate(run_dir: Path, n: int = 512) -> dict[str, float]:
 
 def generation_rate(pairs: int = 160) -> dict[str, Any]:
     """Synthetic pairs per second: a fresh sample spoken by every default voice in turn."""
-    from crossdistill.data.sources.speech_text import spoken_words
-    from crossdistill.data.tts import default_voices, generate
+    from crossdistill.domains.speech.speech_text import spoken_words
+    from crossdistill.domains.speech.tts import default_voices, generate
 
     words, voices = spoken_words(), default_voices()
     items = [(words[(37 * i) % len(words)][0], voices[i % len(voices)]) for i in range(pairs)]
@@ -408,7 +408,7 @@ def main() -> None:
 
     image_rows = []
     for name in args.image:
-        from crossdistill.evaluate.image_text import evaluate_image_run
+        from crossdistill.domains.vision.image_text import evaluate_image_run
 
         per_seed = []
         for seed, (run_dir, seconds) in zip(seeds, runs[name], strict=True):

@@ -96,7 +96,7 @@ def teacher_run(sizes: dict[str, int], quick: bool, out: Path) -> Path:
 
 def mine(teacher: Path, sizes: dict[str, int], out: Path) -> dict[str, Any]:
     """The triples file (mined once per teacher: its name carries the teacher's hash)."""
-    from crossdistill.data.mine import mine_to_file
+    from crossdistill.domains.ranking.mine import mine_to_file
 
     path = out / f"triples-{sha(teacher / 'student.safetensors')}.jsonl"
     summary_path = path.with_suffix(".summary.json")
@@ -140,7 +140,7 @@ def rerank_scores(
     (NumPy) under a name carrying the teacher's hash and the retrieval set."""
     import numpy as np
 
-    from crossdistill.evaluate.retrieval import cross_scorer, rerank
+    from crossdistill.domains.ranking.retrieval import cross_scorer, rerank
     from crossdistill.runs import load_student
 
     key = hashlib.sha256(f"{sha(teacher / 'student.safetensors')} {rset.name}".encode())
@@ -249,9 +249,9 @@ def main() -> None:
     os.chdir(ROOT)
 
     from _common import provenance, write_results
-    from crossdistill.data.sources.wordnet_ranking import wordnet_retrieval_set
-    from crossdistill.evaluate.retrieval import dense_search, parameter_count
-    from crossdistill.evaluate.text.encoders import load_encoder
+    from crossdistill.domains.ranking.retrieval import dense_search, parameter_count
+    from crossdistill.domains.ranking.wordnet_ranking import wordnet_retrieval_set
+    from crossdistill.domains.text.suite.encoders import load_encoder
 
     began = time.perf_counter()
     sizes = QUICK if args.quick else FULL

@@ -100,6 +100,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 from crossdistill import load_recipe  # noqa: E402
+from crossdistill._util.device import to_device  # noqa: E402
 from crossdistill.build import (  # noqa: E402
     Head,
     build_dataset,
@@ -114,7 +115,7 @@ from crossdistill.data.dataset import DistillDataset, preview_batch  # noqa: E40
 from crossdistill.errors import CrossDistillError  # noqa: E402
 from crossdistill.pipeline import cache_recipe, run_or_reuse  # noqa: E402
 from crossdistill.store import KnowledgeStore  # noqa: E402
-from crossdistill.train.runtime import seed_everything, to_device  # noqa: E402
+from crossdistill.train.runtime import seed_everything  # noqa: E402
 from crossdistill.train.trainer import Trainer, lr_factor  # noqa: E402
 
 RECIPES = HERE.parent / "recipes"

@@ -174,7 +174,7 @@ def training_record(export: Path) -> dict[str, Any]:
 
 def ensure_tokenizer(out: Path) -> dict[str, Any]:
     """The 16k Unigram vocabulary of the corpus (trained once; reused when present)."""
-    from crossdistill.data.tokenizers import train_tokenizer_from_source
+    from crossdistill.domains.text.tokenizers import train_tokenizer_from_source
 
     path = out / "tokenizers" / Path(TOKENIZER).name
     if path.is_file():
@@ -317,9 +317,9 @@ def main() -> None:
     import torch
 
     from _common import command_line, machine, neighbours, write_results
-    from crossdistill.data.sources.sentences import read_sentences
-    from crossdistill.evaluate.text.encoders import load_encoder
-    from crossdistill.evaluate.text.suite import CachedEncoder, run_text_suite
+    from crossdistill.domains.text.sentences import read_sentences
+    from crossdistill.domains.text.suite.encoders import load_encoder
+    from crossdistill.domains.text.suite.suite import CachedEncoder, run_text_suite
 
     torch.set_num_threads(args.threads)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench")).resolve()

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from crossdistill.data import audio
-from crossdistill.data.audio import (
+from crossdistill.domains.speech import audio
+from crossdistill.domains.speech.audio import (
     SAMPLE_RATE,
     LogMel,
     SpecAugment,

@@ -16,10 +16,10 @@ import torch
 import yaml
 from torch import nn
 
-import crossdistill.models.zoo.tiny_transformer  # noqa: F401  (registers tiny_transformer)
+import crossdistill.domains.text.tiny_transformer  # noqa: F401  (registers tiny_transformer)
 from crossdistill.config import Recipe, load_recipe
+from crossdistill.domains.text.format_sentence_transformers import SentenceTransformersExporter
 from crossdistill.export import ExportError, export_run
-from crossdistill.export.format_sentence_transformers import SentenceTransformersExporter
 from crossdistill.pipeline import run_recipe
 from crossdistill.runs import load_student
 
@@ -304,10 +304,10 @@ def test_students_with_a_corpus_tokenizer_export_alike(
 ) -> None:
     """A tokenizer trained on the corpus ([PAD], [UNK], no [CLS]/[SEP]) survives the trip to
     sentence-transformers: the fast-tokenizer wrapper adds no special tokens of its own."""
-    from crossdistill.data.tokenizers import train_tokenizer
+    from crossdistill.domains.text.static_embedding import StaticEmbedding
+    from crossdistill.domains.text.tiny_transformer import TinyTransformer
+    from crossdistill.domains.text.tokenizers import train_tokenizer
     from crossdistill.export.base import EXPORTERS, ExportInputs
-    from crossdistill.models.zoo.static_embedding import StaticEmbedding
-    from crossdistill.models.zoo.tiny_transformer import TinyTransformer
 
     path = train_tokenizer(corpus, out=tmp_path / "tokenizer.json", kind=kind, vocab_size=400)
     texts = corpus[-40:] + EXTRA

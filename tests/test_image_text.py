@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crossdistill.domains.vision.image_text import image_text_metrics
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate.image_text import image_text_metrics
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 WORDNET = Path("/usr/share/wordnet/index.noun")
@@ -42,7 +42,8 @@ def test_splits_hold_the_held_out_classes_out_of_training() -> None:
 
 @needs_data
 def test_texts_are_deterministic_and_come_from_their_class_pool() -> None:
-    from crossdistill.data.sources import fashion_text, load_source
+    from crossdistill.data.sources import load_source
+    from crossdistill.domains.vision import fashion_text
 
     pool = fashion_text.all_texts()
     a = load_source("fashion_text", "test")
@@ -59,7 +60,7 @@ def test_texts_are_deterministic_and_come_from_their_class_pool() -> None:
 
 @needs_data
 def test_pools_hold_templates_and_wordnet_glosses() -> None:
-    from crossdistill.data.sources.fashion_text import CLASS_PROMPTS, class_texts
+    from crossdistill.domains.vision.fashion_text import CLASS_PROMPTS, class_texts
 
     sneaker = class_texts(7)
     assert "sneaker: a canvas shoe with a pliable rubber sole" in sneaker
@@ -74,7 +75,7 @@ def test_pools_hold_templates_and_wordnet_glosses() -> None:
 
 
 def test_bad_held_out_names_are_refused_with_the_valid_ones() -> None:
-    from crossdistill.data.sources.fashion_text import held_out_ids
+    from crossdistill.domains.vision.fashion_text import held_out_ids
 
     assert held_out_ids(["sneaker", "Trouser"]) == [1, 7]
     with pytest.raises(ConfigError, match="not a Fashion-MNIST class") as info:
@@ -141,7 +142,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_tiny_run_evaluates_every_metric_in_range(tiny_run: Path) -> None:
-    from crossdistill.evaluate.image_text import evaluate_image_run
+    from crossdistill.domains.vision.image_text import evaluate_image_run
 
     out = evaluate_image_run(tiny_run)
     for key in (

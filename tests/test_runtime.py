@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from crossdistill import distill
+from crossdistill._util.device import amp_dtype, select_device, to_device
 from crossdistill.errors import ConfigError
-from crossdistill.train.runtime import amp_dtype, seed_everything, select_device, to_device
+from crossdistill.train.runtime import seed_everything
 
 
 def test_auto_device_is_cpu_without_cuda() -> None:

@@ -17,8 +17,9 @@ from crossdistill.core.knowledge import Knowledge
 from crossdistill.data.clips import Clips
 from crossdistill.data.dataset import DistillDataset, example_loader, make_dataset
 from crossdistill.data.split import PairSplit
+from crossdistill.domains.speech.speech_encoder import SpeechEncoder
 from crossdistill.errors import ConfigError, DataError
-from crossdistill.evaluate.cross_modal import (
+from crossdistill.evaluate.paired import (
     best_ranks,
     chance,
     cross_retrieval,
@@ -27,7 +28,6 @@ from crossdistill.evaluate.cross_modal import (
     zero_shot,
 )
 from crossdistill.losses.registry import build_loss
-from crossdistill.models.zoo.speech_encoder import SpeechEncoder
 
 WORDNET = Path("/usr/share/wordnet/index.noun")
 needs_tts = pytest.mark.skipif(
@@ -205,7 +205,7 @@ def test_speech_text_without_tts_says_how_to_install(
 
 @needs_wordnet
 def test_spoken_words_are_common_nouns_of_the_nine_classes() -> None:
-    from crossdistill.data.sources.speech_text import CLASSES, spoken_words
+    from crossdistill.domains.speech.speech_text import CLASSES, spoken_words
 
     words = dict(spoken_words())
     assert len(words) > 2000
@@ -258,7 +258,7 @@ def test_speech_encoder_rejects_other_inputs() -> None:
 
 
 def test_speech_text_towers_embed_both_sides() -> None:
-    from crossdistill.models.zoo.speech_text_towers import SpeechTextTowers
+    from crossdistill.domains.speech.speech_text_towers import SpeechTextTowers
 
     towers = SpeechTextTowers(
         speech_params={"channels": (32,), "attention_layers": 0, "out_dim": 24},
@@ -386,7 +386,7 @@ def speech_run(speech_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_eval_speech_text_on_a_run(speech_run: Path, cli, tmp_path: Path) -> None:
     import json
 
-    from crossdistill.evaluate.cross_modal import run_paired_suite
+    from crossdistill.domains.speech.suite import run_paired_suite
 
     result = run_paired_suite(speech_run, "test")
     assert result["set"] == "speech_text/test" and result["modality"] == "speech"

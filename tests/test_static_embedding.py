@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from crossdistill.domains.text.init_static import cache_dir, token_surfaces
+from crossdistill.domains.text.static_embedding import StaticEmbedding
 from crossdistill.errors import ConfigError, DataError
-from crossdistill.models.init_static import cache_dir, token_surfaces
 from crossdistill.models.registry import MODELS
-from crossdistill.models.zoo.static_embedding import StaticEmbedding
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -307,7 +307,7 @@ def test_init_from_minilm_with_a_trained_unigram_tokenizer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A corpus-trained vocabulary (not the teacher's) initialised from the real teacher."""
-    from crossdistill.data.tokenizers import train_tokenizer
+    from crossdistill.domains.text.tokenizers import train_tokenizer
     from crossdistill.models.registry import build_model
 
     monkeypatch.setenv("CROSSDISTILL_CACHE", str(tmp_path / "cache"))

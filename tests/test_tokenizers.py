@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from crossdistill.data.tokenizers import KINDS, train_tokenizer, train_tokenizer_from_source
+from crossdistill.domains.text.tokenizers import KINDS, train_tokenizer, train_tokenizer_from_source
 from crossdistill.errors import ConfigError, DataError
 
 tokenizers = pytest.importorskip("tokenizers")

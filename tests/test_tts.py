@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crossdistill.data import tts
-from crossdistill.data.audio import SAMPLE_RATE, read_wav
-from crossdistill.data.tts import (
+from crossdistill.domains.speech import tts
+from crossdistill.domains.speech.audio import SAMPLE_RATE, read_wav
+from crossdistill.domains.speech.tts import (
     INSTALL_HINT,
     SpeechError,
     Voice,

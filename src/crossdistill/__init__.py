@@ -1,25 +1,46 @@
 """crossdistill: knowledge distillation across architectures and modalities.
 
-The public surface is small: ``distill()`` for Python users, ``crossdistill run recipe.yaml`` for
-the command line; both end in the same code. The nouns (Knowledge, Tap, Teacher, Student, Loss,
-Distiller, Trainer) are importable from here for users who assemble their own loop.
+The public surface is small: :func:`distill` for Python users, ``crossdistill run recipe.yaml``
+for the command line; both end in the same code and leave a :class:`Run`. The nouns (Knowledge,
+Tap, Teacher, Student, Loss, Distiller, Trainer, Split) and the registries' entry points are
+importable from here for users who assemble their own loop or bring their own plug-ins.
+
+Names are loaded on first use (PEP 562), so that importing one submodule, or starting the
+command line, does not import the whole library.
 """
 
-from crossdistill.api import distill
-from crossdistill.config import Recipe, load_recipe
-from crossdistill.core.distiller import Distiller, Term
-from crossdistill.core.knowledge import Knowledge
-from crossdistill.core.taps import Tap
-from crossdistill.core.wrappers import EnsembleTeacher, Student, Teacher
-from crossdistill.data import Split, load_source
-from crossdistill.errors import CrossDistillError
-from crossdistill.losses import LOSSES, Loss, build_loss
-from crossdistill.models.registry import build_model
-from crossdistill.pipeline import cache_recipe, run_recipe
-from crossdistill.runs import Run, load_student
-from crossdistill.train.trainer import Trainer
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from crossdistill._version import __version__
+
+# public name -> the module that defines it
+_PUBLIC = {
+    "distill": "crossdistill.api",
+    "Recipe": "crossdistill.config",
+    "load_recipe": "crossdistill.config",
+    "Distiller": "crossdistill.core.distiller",
+    "Term": "crossdistill.core.distiller",
+    "Knowledge": "crossdistill.core.knowledge",
+    "Tap": "crossdistill.core.taps",
+    "EnsembleTeacher": "crossdistill.core.wrappers",
+    "Student": "crossdistill.core.wrappers",
+    "Teacher": "crossdistill.core.wrappers",
+    "Split": "crossdistill.data",
+    "load_source": "crossdistill.data",
+    "CrossDistillError": "crossdistill.errors",
+    "LOSSES": "crossdistill.losses",
+    "Loss": "crossdistill.losses",
+    "build_loss": "crossdistill.losses",
+    "build_model": "crossdistill.models.registry",
+    "cache_recipe": "crossdistill.pipeline",
+    "run_recipe": "crossdistill.pipeline",
+    "Run": "crossdistill.runs",
+    "load_student": "crossdistill.runs",
+    "Trainer": "crossdistill.train.trainer",
+}
 
 __all__ = [
     "LOSSES",
@@ -36,6 +57,7 @@ __all__ = [
     "Teacher",
     "Term",
     "Trainer",
+    "__version__",
     "build_loss",
     "build_model",
     "cache_recipe",
@@ -45,3 +67,31 @@ __all__ = [
     "load_student",
     "run_recipe",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'crossdistill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from crossdistill.api import distill
+    from crossdistill.config import Recipe, load_recipe
+    from crossdistill.core.distiller import Distiller, Term
+    from crossdistill.core.knowledge import Knowledge
+    from crossdistill.core.taps import Tap
+    from crossdistill.core.wrappers import EnsembleTeacher, Student, Teacher
+    from crossdistill.data import Split, load_source
+    from crossdistill.errors import CrossDistillError
+    from crossdistill.losses import LOSSES, Loss, build_loss
+    from crossdistill.models.registry import build_model
+    from crossdistill.pipeline import cache_recipe, run_recipe
+    from crossdistill.runs import Run, load_student
+    from crossdistill.train.trainer import Trainer

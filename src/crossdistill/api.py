@@ -17,6 +17,7 @@ import pydantic
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from crossdistill._util.device import select_device, to_device
 from crossdistill._util.validation import format_validation_error
 from crossdistill.build import build_term
 from crossdistill.config import (
@@ -40,8 +41,9 @@ from crossdistill.errors import ConfigError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import Loss
 from crossdistill.models.registry import MODELS
+from crossdistill.registry import plugin_name
 from crossdistill.runs import Run
-from crossdistill.train.runtime import seed_everything, select_device, to_device
+from crossdistill.train.runtime import seed_everything
 from crossdistill.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def _terms(losses: Sequence[LossArg | Loss]) -> tuple[list[Term], list[LossSpec]
         if isinstance(item, Loss):
             terms.append(Term(type(item).__name__, item))
             given = getattr(item, "plugin_spec", None) or {}
-            specs.append(LossSpec(name=_class_ref(type(item)), params=given.get("params", {})))
+            specs.append(LossSpec(name=plugin_name(type(item)), params=given.get("params", {})))
             continue
         spec = _loss_spec(item, f"losses[{i}]")
         terms.append(build_term(spec, f"losses[{i}]"))
@@ -173,7 +175,7 @@ def distill(
         seed=seed,
         data=data,
         teacher=teacher_spec(teacher) if teacher is not None else None,
-        student=student_spec or ModelSpec(model=_class_ref(type(wrapped.model))),
+        student=student_spec or ModelSpec(model=plugin_name(type(wrapped.model))),
         losses=loss_specs,
         train=spec,
         eval=eval_spec,
@@ -198,11 +200,6 @@ def distill(
 # ------------------------------------------------------------------ what a run records
 
 
-def _class_ref(cls: type) -> str:
-    """A class's registered name, or its import path."""
-    return getattr(cls, "plugin_name", None) or f"{cls.__module__}:{cls.__qualname__}"
-
-
 def _model_ref(model: nn.Module) -> dict[str, Any] | None:
     """How to rebuild ``model``: what built it (``build_model``), or its class when that is
     importable and built without arguments gives a model of the same shapes."""
@@ -219,7 +216,7 @@ def _model_ref(model: nn.Module) -> dict[str, Any] | None:
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in fresh.state_dict().items()}:
         return None
-    return {"model": _class_ref(cls), "params": {}}
+    return {"model": plugin_name(cls), "params": {}}
 
 
 def model_spec(wrapper: ModelWrapper) -> ModelSpec | None:

@@ -32,7 +32,8 @@ def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> Model
     if spec.weights is not None:
         load_weights(model, spec.weights, where=f"{where}.weights")
     taps = [Tap(**t.model_dump()) for t in spec.taps]
-    return cls(model, outputs=spec.outputs, taps=taps, pipeline=build_pipeline(spec.pipeline))
+    pipeline = build_pipeline(spec.pipeline, f"{where}.pipeline")
+    return cls(model, outputs=spec.outputs, taps=taps, pipeline=pipeline)
 
 
 def build_teacher(spec: TeacherSpec) -> Teacher:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from crossdistill._util.device import select_device, to_device
 from crossdistill.build import (
     build_dataset,
     build_distiller,
@@ -24,13 +25,7 @@ from crossdistill.evaluate import evaluate_student
 from crossdistill.registry import import_modules
 from crossdistill.runs import Run
 from crossdistill.store import write_store
-from crossdistill.train.runtime import (
-    barrier,
-    distributed_rank,
-    seed_everything,
-    select_device,
-    to_device,
-)
+from crossdistill.train.runtime import barrier, distributed_rank, seed_everything
 from crossdistill.train.trainer import History, Trainer
 
 

@@ -157,6 +157,17 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
+def plugin_name(obj: Any) -> str:
+    """The name a recipe gives ``obj`` (a plug-in, or an instance of a plug-in class): its
+    registered name, or its import path ``package.module:Qualname``. A subclass of a registered
+    plug-in is not that plug-in: only a name registered on the class itself counts."""
+    target = obj if isinstance(obj, type) or inspect.isfunction(obj) else type(obj)
+    own = vars(target).get("plugin_name") if isinstance(target, type) else None
+    if not isinstance(target, type):
+        own = getattr(target, "plugin_name", None)
+    return own or f"{target.__module__}:{target.__qualname__}"
+
+
 def _type_names(types: type | tuple[type, ...]) -> str:
     types = types if isinstance(types, tuple) else (types,)
     return " or ".join(f"{t.__module__.partition('.')[0]} {t.__qualname__}" for t in types)

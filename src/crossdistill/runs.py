@@ -43,6 +43,7 @@ from crossdistill.build import build_eval_loader, build_teacher, build_wrapper
 from crossdistill.config import ModelSpec, Recipe, dump_recipe, load_recipe
 from crossdistill.core.distiller import Distiller
 from crossdistill.core.wrappers import Student, Teacher
+from crossdistill.data import Split, load_source
 from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError
 from crossdistill.models.registry import MODELS
 from crossdistill.train import checkpoint as ckpt
@@ -236,6 +237,12 @@ class Run:
         overrides += [f"data.limit_eval={limit}"] if limit else []
         with self._plugins():
             return build_eval_loader(self.recipe(overrides), torch.device(device))
+
+    def split(self, name: str | None = None) -> Split:
+        """Split ``name`` (default: the evaluation split) of the recipe's data source."""
+        data = self.config.data
+        with self._plugins():
+            return load_source(data.source, name or data.eval_split, **data.params)
 
     def final_metrics(self) -> dict[str, Any]:
         """eval.json: training's last evaluation (empty when the run has none)."""

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from crossdistill._util.device import autocast, to_device
 from crossdistill.core.knowledge import EMBEDDING, LOGITS, SCORES, TEXT_EMBEDDING
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.evaluate.metrics import MetricAccumulator
-from crossdistill.train.runtime import autocast, to_device
 
 
 class _Classification:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,6 @@ class Exporter:
     whether it can store the weights as float16 (``--half``).
     """
 
-    plugin_name: ClassVar[str] = ""  # set by @EXPORTERS.register
     filename: str = ""
     description: str = ""
     inputs: tuple[str, ...] = (TENSOR,)

@@ -35,6 +35,7 @@ from crossdistill.export.base import (
     StudentGraph,
     torch_runner,
 )
+from crossdistill.registry import plugin_name
 from crossdistill.runs import Run
 
 PREPROCESSING = "preprocessing.json"
@@ -93,8 +94,8 @@ def _check_format(exporter: Any, kind: str, run: Run) -> None:
         TENSOR: "tensors, not raw strings",
     }[kind]
     raise ExportError(
-        f"the {exporter.plugin_name} format cannot hold the student of {run.path}: its inputs are "
-        f"{what}, and {exporter.plugin_name} takes only {' / '.join(exporter.inputs)} inputs",
+        f"the {plugin_name(exporter)} format cannot hold the student of {run.path}: its inputs are "
+        f"{what}, and {plugin_name(exporter)} takes only {' / '.join(exporter.inputs)} inputs",
         hint=f"use --format {' or --format '.join(fitting)}" if fitting else None,
     )
 
@@ -266,7 +267,7 @@ def preprocessing(
     For a text student ``info["input"]`` describes the input (raw strings, the tokenizer, max
     length, truncation; see :func:`text_input`)."""
     return {
-        "format": exporter.plugin_name,
+        "format": plugin_name(exporter),
         "file": exporter.filename,
         "int8": int8,
         "input": info["input"]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crossdistill._util.files import write_atomic
+from crossdistill._version import __version__
 from crossdistill.errors import require
 from crossdistill.report.data import (
     DEFAULT_MAX_EXAMPLES,
@@ -38,9 +39,6 @@ def render_report(
     ``notes`` (HTML) go in the warning box at the top, ``footnotes`` (text) in the footer.
     """
     matplotlib = require("matplotlib", "crossdistill report", "pip install matplotlib", ReportError)
-
-    from crossdistill import __version__
-
     with matplotlib.rc_context(RC):
         return render_page(runs, notes, threads, max_examples, __version__, footnotes)
 

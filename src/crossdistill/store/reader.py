@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill._util.hashing import sha256_file as sha256
 from crossdistill.errors import StoreError
 from crossdistill.store.manifest import MANIFEST, PLAN, Manifest, read_manifest
 from crossdistill.store.shards import map_shard
-from crossdistill.train.checkpoint import sha256
 
 REWRITE = "run `crossdistill cache RECIPE` again: it rewrites the damaged shards and keeps the rest"
 
@@ -24,6 +24,11 @@ class KnowledgeStore:
     rows is read (``verify=False`` skips it), so a corrupted byte is found before its rows are
     used, and the error names the shard.
     """
+
+    @staticmethod
+    def complete(path: str | Path) -> bool:
+        """Whether the store at ``path`` is complete (its manifest is written last)."""
+        return (Path(path) / MANIFEST).is_file()
 
     def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path)

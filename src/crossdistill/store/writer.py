@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from crossdistill._util.device import to_device
+from crossdistill._util.hashing import sha256_file as sha256
 from crossdistill._util.progress import ProgressBar
 from crossdistill.core.knowledge import Knowledge
 from crossdistill.core.wrappers import Teacher
@@ -32,8 +34,6 @@ from crossdistill.store.manifest import (
     read_manifest,
 )
 from crossdistill.store.shards import write_json, write_shard
-from crossdistill.train.checkpoint import sha256
-from crossdistill.train.runtime import to_device
 
 
 def shard_name(j: int) -> str:

@@ -18,7 +18,7 @@ from rich.table import Table
 from crossdistill._util.files import write_json
 from crossdistill._util.validation import format_validation_error
 from crossdistill.errors import ConfigError
-from crossdistill.registry import Registry
+from crossdistill.registry import Registry, plugin_name
 from crossdistill.runs import Run
 
 
@@ -34,7 +34,6 @@ class Suite:
     :meth:`result_name` (the ``eval-<name>.json`` a run directory keeps the result in).
     """
 
-    plugin_name: ClassVar[str] = ""  # set by @SUITES.register
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
 
     def options(self, given: dict[str, Any]) -> Any:
@@ -43,20 +42,21 @@ class Suite:
             return self.Options.model_validate(given)
         except pydantic.ValidationError as exc:
             raise ConfigError(
-                f"bad options for --suite {self.plugin_name}:\n"
+                f"bad options for --suite {plugin_name(self)}:\n"
                 + format_validation_error(exc, model=self.Options),
-                hint=f"--suite {self.plugin_name} takes: {option_list(self)}",
+                hint=f"--suite {plugin_name(self)} takes: {option_list(self)}",
             ) from None
 
     def run(self, target: str, options: Any) -> dict[str, Any]:
         raise NotImplementedError
 
     def result_name(self, target: str, options: Any) -> str:
-        return self.plugin_name
+        """The ``<name>`` of ``eval-<name>.json`` (a suite named by import path: its class)."""
+        return vars(type(self)).get("plugin_name") or type(self).__name__.lower()
 
     def render(self, result: dict[str, Any], console: Console) -> None:
         """The result's numbers as a two-column table."""
-        table = Table(title=f"{self.plugin_name} {result.get('model', '')}".strip())
+        table = Table(title=f"{plugin_name(self)} {result.get('model', '')}".strip())
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in result.items():

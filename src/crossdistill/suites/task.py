@@ -8,10 +8,10 @@ from typing import Any
 
 import pydantic
 
+from crossdistill._util.device import amp_dtype, select_device
 from crossdistill.evaluate import evaluate_student
 from crossdistill.runs import Run
 from crossdistill.suites.base import SUITES, Suite
-from crossdistill.train.runtime import amp_dtype, select_device
 
 
 class TaskOptions(pydantic.BaseModel):

@@ -26,13 +26,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from crossdistill._util.device import amp_dtype, autocast, select_device, to_device
 from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.core.distiller import Distiller
 from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
-from crossdistill.train.runtime import amp_dtype, autocast, select_device, to_device
 
 
 def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:

@@ -4,4 +4,6 @@ Each module imports its heavy dependencies (sentence-transformers, ...) only whe
 called, so registering them costs nothing.
 """
 
-from crossdistill.models.hub import cross_encoder, minilm, sentence_transformer  # noqa: F401  (registers them)
+from crossdistill.registry import import_submodules
+
+import_submodules(__name__, __path__)

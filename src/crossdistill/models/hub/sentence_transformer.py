@@ -25,6 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from crossdistill.errors import TEXT_EXTRA, ConfigError, require
+from crossdistill.models.hub.minilm import encoder
 from crossdistill.models.registry import MODELS
 
 INSTALL_HINT = f"pip install sentence-transformers  {TEXT_EXTRA}"
@@ -65,6 +66,5 @@ def sentence_transformer(
     Texts longer than ``max_length`` tokens are truncated; with ``normalize`` the embeddings have
     unit L2 norm; ``eager_attention`` lets taps read its attention distributions.
     """
-    from crossdistill.models.hub.minilm import encoder
 
     return encoder(load_sentence_transformer(path, device), max_length, normalize, eager_attention)

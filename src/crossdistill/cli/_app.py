@@ -1,0 +1,66 @@
+"""The typer app every command registers on, the console, and the options of the whole
+command line (``--debug``, ``--import``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Knowledge distillation across architectures and modalities.",
+)
+console = Console(stderr=True)
+state: dict[str, Any] = {"debug": False, "imports": []}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import",
+            help="a module to import first, so that its plug-ins register (repeatable)",
+        ),
+    ] = None,
+) -> None:
+    state["debug"] = debug
+    state["imports"] = list(import_ or [])
+    # A hub lookup from a dependency must fail fast instead of hanging: crossdistill is offline.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if state["imports"]:
+        from crossdistill.registry import import_modules
+
+        import_modules(state["imports"], "--import")
+
+
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    """A two-column table of ``metrics`` on stderr."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (values parsed as YAML) as a dict; a malformed one names the flag."""
+    from crossdistill.config import apply_override
+
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item or item.startswith("="):
+            from crossdistill.errors import ConfigError
+
+            raise ConfigError(f"{flag} {item!r} is not KEY=VALUE", hint=f"e.g. {flag} path=a.txt")
+        apply_override(params, item)
+    return params
