@@ -172,10 +172,13 @@ class DistillDataset(Dataset):
 
 
 def _as_value(x: Any) -> Any:
-    """A field's value as a view holds it: tensors as float32 copies (uint8 images in [0, 1]),
-    NumPy arrays as tensors, everything else (strings, tuples of strings) as it is."""
+    """A field's value as a view holds it, never aliasing the split's data: tensors as float32
+    copies (uint8 images in [0, 1]), NumPy arrays as tensors, lists as tuples, everything else
+    (strings) as it is."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
+    if isinstance(x, list):
+        return tuple(x)
     return to_float(x) if isinstance(x, torch.Tensor) else x
 
 

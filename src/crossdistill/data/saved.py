@@ -126,15 +126,19 @@ def _side(side: Any) -> Any:
     return side if isinstance(side, str) else tuple(side)
 
 
+def _plain(item: Any) -> Any:
+    return str(item) if isinstance(item, np.str_) else item
+
+
 def _column(column: Any, what: str) -> tuple[str, Any]:
     """``(kind, value)`` of a column as it is saved: a tensor, clips, or JSON-able texts."""
     if isinstance(column, torch.Tensor):
         return "tensor", column.detach().cpu()
-    if isinstance(column, np.ndarray) and column.dtype != object:
+    if isinstance(column, np.ndarray) and column.dtype.kind in "biuf":
         return "tensor", torch.from_numpy(np.ascontiguousarray(column))
     if isinstance(column, Clips):
         return "clips", column
-    items = [column[i] for i in range(len(column))]
+    items = [_plain(column[i]) for i in range(len(column))]
     if all(isinstance(x, str) for x in items):
         return "texts", items
     if all(isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x) for x in items):

@@ -240,7 +240,8 @@ class PairSplit(Split):
 
 class RankingSplit(Split):
     """Queries, each with ``C`` candidate texts, the positive first. Every side reads
-    ``{"query": str, "candidates": (str, ...)}``; the target is always 0 (a ranking split is a
+    ``{"query": str, "candidates": (str, ...)}`` (a batch's default collate transposes the
+    candidates into ``C`` columns of ``B`` texts); the target is always 0 (a ranking split is a
     C-way classification whose answer is the first candidate)."""
 
     def __init__(self, queries: list[str], candidates: list[list[str]], name: str) -> None:
@@ -267,7 +268,7 @@ class RankingSplit(Split):
                 raise DataError(f"ranking split {name!r}: candidates of query {i} must be str")
         width = len(candidates[0]) if candidates else 0
         super().__init__(
-            {"query": queries, "candidates": _Rows(candidates)},
+            {"query": queries, "candidates": candidates},
             name=name,
             targets=torch.zeros(len(queries), dtype=torch.int64),
             class_names=[f"candidate{j}" for j in range(width)],
@@ -280,32 +281,11 @@ class RankingSplit(Split):
 
     @property
     def candidates(self) -> list[list[str]]:
-        return self.fields["candidates"].rows
+        return self.fields["candidates"]
 
     @property
     def num_candidates(self) -> int:
         return self.num_classes
-
-
-class _Rows:
-    """Candidate lists served as tuples: a batch's default collate then transposes them into
-    ``C`` columns of ``B`` texts."""
-
-    def __init__(self, rows: list[list[str]]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[str, ...]:
-        return tuple(self.rows[i])
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for row in self.rows:
-            h.update(b"\x03")
-            update_with(h, row)
-        return h.hexdigest()
 
 
 class DatasetSplit(Split):
