@@ -1,4 +1,6 @@
 """Models: the model registry, the reference zoo, real pretrained teachers (``hub``), and weights
 loading. Importing this package registers the zoo and the hub models."""
 
-from crossdistill.models import hub, zoo  # noqa: F401  (registers the built-in models)
+from crossdistill.registry import import_submodules
+
+import_submodules(__name__, __path__)  # the zoo and the hub register their models

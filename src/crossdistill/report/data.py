@@ -125,20 +125,16 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read a run directory (config, metrics, student files); raises :class:`ReportError`."""
+    """Read a run directory (config, metrics, student files), finished or not; a folder that
+    is no run, or a run that never logged a step, is an error."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(
             f"{run_dir} {'is not a folder' if run_dir.exists() else 'does not exist'}",
             hint="pass the run directory that `crossdistill run` printed, e.g. runs/<name>",
         )
-    files = Run(run_dir)
+    files = Run.open(run_dir, finished=False)
     config_path = files.config_file
-    if not files.exists:
-        raise ReportError(
-            f"{run_dir} is not a run directory (no config.yaml)",
-            hint="pass the run directory that `crossdistill run` printed, e.g. runs/<name>",
-        )
     metrics_path = files.metrics_file
     if not metrics_path.is_file():
         raise ReportError(

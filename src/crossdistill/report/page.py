@@ -28,6 +28,7 @@ from crossdistill.report.figures import (
     fig_per_epoch,
     pareto_front,
 )
+from crossdistill.runs import Run
 
 CSS = """
 :root { --fg:#1F2430; --muted:#5D6675; --line:#E3E7ED; --bg:#F5F6F8; --accent:#4C72B0; }
@@ -492,7 +493,7 @@ def _confusion_section(runs: Sequence[RunData], max_examples: int) -> str:
 def _config_section(runs: Sequence[RunData]) -> str:
     configs = "".join(
         f"<details{' open' if len(runs) == 1 else ''}><summary>{_swatch(run)} "
-        f"<span class=muted>— {e(str(run.run_dir / 'config.yaml'))}</span></summary>"
+        f"<span class=muted>— {e(str(Run(run.run_dir).config_file))}</span></summary>"
         f"<pre>{e(run.config_text)}</pre></details>"
         for run in runs
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from crossdistill.store.codec import KeyCodec
 from crossdistill.store.dataset import StoreDataset
-from crossdistill.store.manifest import Manifest, weights_digest
+from crossdistill.store.manifest import Manifest
 from crossdistill.store.reader import KnowledgeStore
 from crossdistill.store.writer import write_store
 
@@ -19,6 +19,5 @@ __all__ = [
     "KnowledgeStore",
     "Manifest",
     "StoreDataset",
-    "weights_digest",
     "write_store",
 ]

@@ -19,7 +19,6 @@ from typing import Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from crossdistill._util.hashing import digest, weights_digest  # noqa: F401  (re-exported)
 from crossdistill._util.validation import format_validation_error
 from crossdistill.errors import StoreError
 from crossdistill.store.codec import KeyCodec

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from crossdistill._util.files import write_atomic
+from crossdistill._util.hashing import weights_digest
 from crossdistill._util.progress import ProgressBar
 from crossdistill.errors import ConfigError, DataError, UnknownNameError
 from crossdistill.models.registry import build_model
-from crossdistill.store.manifest import weights_digest
 
 log = logging.getLogger(__name__)
 

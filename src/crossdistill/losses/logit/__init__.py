@@ -1,3 +1,5 @@
 """Logit losses: one registered loss per module."""
 
-from crossdistill.losses.logit import ce, dist, dkd, kd, logit_std_kd, nkd, ofa  # noqa: F401
+from crossdistill.registry import import_submodules
+
+import_submodules(__name__, __path__)

@@ -28,7 +28,6 @@ any other text (a static model gives the zero vector). Encoding runs in eval mod
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -37,12 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
-import crossdistill.models.hub
-import crossdistill.models.zoo  # noqa: F401  (registers the models)
 from crossdistill.errors import ConfigError, DataError, did_you_mean
 from crossdistill.models.hub.sentence_transformer import load_sentence_transformer
 from crossdistill.models.registry import MODELS, build_model
-from crossdistill.runs import load_student
+from crossdistill.runs import Run
 
 MAX_CHARS = 100_000
 KINDS_HINT = (
@@ -186,13 +183,13 @@ class Model2VecEncoder(BatchedEncoder):
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "student.json").is_file()
+    return Run(path).student_json.is_file()
 
 
 def _load_run(path: Path, device: str) -> BatchedEncoder:
-
-    outputs = json.loads((path / "student.json").read_text()).get("outputs", [])
-    student = load_student(path)
+    run = Run(path)
+    outputs = run.student_meta().get("outputs", [])
+    student = run.student()
     tower = getattr(student.model, "text_encoder", None)
     if tower is not None:  # a dual encoder: texts go through its tower
         return TorchEncoder(tower, str(path), device=device)
