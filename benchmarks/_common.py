@@ -1,7 +1,11 @@
-"""Helpers shared by the benchmark scripts: the machine, the command, the result files.
+"""Helpers shared by the benchmark scripts: the runs over seeds, the machine, the command, the
+result files.
 
-A benchmark builds a JSON-able ``result`` dict (including ``command_line()`` and ``machine()``),
-a markdown table and a line of notes, then calls ``write_results(name, result, table, notes)``,
+A benchmark that compares recipes lists them as ``Variant``s and calls ``run_variants``, which
+trains (or reuses) each variant at each seed and hands every finished run to the script's reader;
+``mean_std`` and ``format_mean_std`` turn the per-seed values into numbers and table cells.
+It then builds a JSON-able ``result`` dict (including ``command_line()`` and ``machine()``),
+a markdown table and a line of notes, and calls ``write_results(name, result, table, notes)``,
 which writes ``benchmarks/results/<name>.json`` and ``<name>.md``. Scripts give quick runs a
 distinct name (``<name>.quick``) so that a quick run never overwrites a full result.
 """
@@ -14,11 +18,17 @@ import platform
 import shlex
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from crossdistill._util.files import write_atomic
+
+if TYPE_CHECKING:  # imported when used: text.py sets thread counts before torch loads
+    from crossdistill.config import Recipe
+    from crossdistill.runs import Run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # crossdistill child processes: one intra-op thread, offline, lines not wrapped by rich
@@ -76,6 +86,95 @@ def std(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0.0 for one seed) of per-seed values."""
+    return statistics.mean(values), std(values)
+
+
+def format_mean_std(mean: float, std: float | None = None, digits: int = 4) -> str:
+    """A table cell: ``mean ± std``, or ``mean`` alone when ``std`` is None."""
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+# ----------------------------------------------------------------------------- runs over seeds
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a comparison: its label (also in its run names), recipe file and overrides."""
+
+    label: str
+    recipe: Path
+    overrides: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A finished run of one variant at one seed, as ``run_variants`` hands it to the reader."""
+
+    label: str
+    seed: int
+    recipe: Recipe
+    run: Run
+    seconds: float  # in run_or_reuse: the training, or next to nothing when the run is reused
+
+
+def run_variants(
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    read: Callable[[Trial], Mapping[str, Any]],
+    *,
+    common: Sequence[str] = (),
+    prefix: str = "",
+    outer: Literal["seed", "variant"] = "seed",
+    prepare: Callable[[Recipe], object] | None = None,
+    failed: Callable[[str, int, Exception], bool] | None = None,
+) -> dict[str, dict[str, list[Any]]]:
+    """Train (or reuse) every variant at every seed; ``{label: {metric: [value per seed]}}``.
+
+    The run of a variant at a seed is named ``<prefix><label>_seed<seed>`` and made by its recipe
+    with the overrides ``common``, the variant's, ``seed=`` and ``name=``, in that order, so a
+    finished run of the same recipe is reused. ``outer`` is the outer loop: every variant of a
+    seed before the next seed, or every seed of a variant before the next variant.
+    ``prepare(recipe)`` runs before each training (writing a store, say). ``read`` gets each
+    run as soon as it is ready (print its progress line there) and returns its metrics by name.
+    When training raises and ``failed(label, seed, error)`` returns True, that run is left out
+    (a diverged loss is a result too) and the others go on; otherwise the error propagates.
+    """
+    from crossdistill import pipeline
+    from crossdistill.config import load_recipe
+    from crossdistill.runs import Run
+
+    if outer == "seed":
+        order = [(variant, seed) for seed in seeds for variant in variants]
+    else:
+        order = [(variant, seed) for variant in variants for seed in seeds]
+    found: dict[str, dict[str, list[Any]]] = {variant.label: {} for variant in variants}
+    for variant, seed in order:
+        recipe = load_recipe(
+            variant.recipe,
+            [
+                *common,
+                *variant.overrides,
+                f"seed={seed}",
+                f"name={prefix}{variant.label}_seed{seed}",
+            ],
+        )
+        if prepare is not None:
+            prepare(recipe)
+        start = time.perf_counter()
+        try:
+            run_dir = pipeline.run_or_reuse(recipe)
+        except Exception as error:
+            if failed is not None and failed(variant.label, seed, error):
+                continue
+            raise
+        trial = Trial(variant.label, seed, recipe, Run(run_dir), time.perf_counter() - start)
+        for metric, value in read(trial).items():
+            found[variant.label].setdefault(metric, []).append(value)
+    return found
+
+
 def summarize(seconds: Sequence[float]) -> dict[str, Any]:
     """Median, quartiles (linear interpolation, as numpy's default) and min of timings, in ms."""
     ms = sorted(1000.0 * s for s in seconds)
@@ -120,8 +219,6 @@ def results_markdown(name: str, result: dict[str, Any], table: str, notes: str =
 def provenance(began: float) -> dict[str, Any]:
     """The closing keys of every result: seconds since ``began`` (a ``time.perf_counter()``),
     the processes sharing the cores, the machine and the command line."""
-    import time
-
     return {
         "total_s": round(time.perf_counter() - began, 1),
         "neighbours": neighbours(),

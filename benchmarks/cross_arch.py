@@ -21,9 +21,9 @@ Writes benchmarks/results/cross_arch[.quick].json and .md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine, markdown_table, write_results  # noqa: E402
-from _common import std as sample_std  # noqa: E402
+from _common import (  # noqa: E402
+    Trial,
+    Variant,
+    command_line,
+    format_mean_std,
+    machine,
+    markdown_table,
+    mean_std,
+    run_variants,
+    write_results,
+)
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill._util.device import select_device  # noqa: E402
 from crossdistill.build import build_distiller, build_loaders  # noqa: E402
 from crossdistill.config import Recipe  # noqa: E402
 from crossdistill.data.dataset import preview_batch  # noqa: E402
 from crossdistill.pipeline import run_or_reuse  # noqa: E402
+from crossdistill.runs import Run  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 PAIRS = {  # pair name: (student recipe, teacher recipe)
@@ -49,10 +59,6 @@ PAIRS = {  # pair name: (student recipe, teacher recipe)
     "vit_to_cnn": ("vit_to_cnn.yaml", "vit_teacher.yaml"),
 }
 VARIANTS = ("scratch", "kd", "kd_feature")
-
-
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
 
 
 def variant_overrides(recipe: Recipe, variant: str) -> list[str]:
@@ -65,6 +71,12 @@ def variant_overrides(recipe: Recipe, variant: str) -> list[str]:
     if variant == "kd":
         return [f"losses={json.dumps(logit)}"]
     return ["teacher=null", 'losses=[{"name": "ce"}]']
+
+
+def read_accuracy(pair: str, trial: Trial) -> dict[str, Any]:
+    acc = float(trial.run.final_metrics()["accuracy"])
+    print(f"{pair} seed {trial.seed} {trial.label}: {acc:.4f}", flush=True)
+    return {"acc": acc, "params": int(trial.run.student_meta()["parameters"])}
 
 
 def adapter_parameters(recipe: Recipe) -> dict[str, Any]:
@@ -103,32 +115,25 @@ def main() -> None:
     result: dict[str, Any] = {"pairs": {}}
     rows = []
     for pair, (student_recipe, teacher_recipe) in PAIRS.items():
-        teacher_run = run_or_reuse(load_recipe(RECIPES / teacher_recipe, teacher_common))
-        weights = teacher_run / "student.safetensors"
-        base = [*student_common, f"teacher.weights={weights}"]
+        teacher = Run(run_or_reuse(load_recipe(RECIPES / teacher_recipe, teacher_common)))
+        base = [*student_common, f"teacher.weights={teacher.student_file}"]
         recipe = load_recipe(RECIPES / student_recipe, base)
-        accs: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for seed in seeds:
-            for variant in VARIANTS:
-                run = load_recipe(
-                    RECIPES / student_recipe,
-                    [
-                        *base,
-                        *variant_overrides(recipe, variant),
-                        f"seed={seed}",
-                        f"name=fashion_mnist_{pair}_{variant}_seed{seed}",
-                    ],
-                )
-                run_dir = run_or_reuse(run)
-                accs[variant].append(float(_json(run_dir / "eval.json")["accuracy"]))
-                print(f"{pair} seed {seed} {variant}: {accs[variant][-1]:.4f}", flush=True)
-        mean = {v: statistics.mean(a) for v, a in accs.items()}
-        std = {v: sample_std(a) for v, a in accs.items()}
+        found = run_variants(
+            [Variant(v, RECIPES / student_recipe, variant_overrides(recipe, v)) for v in VARIANTS],
+            seeds,
+            functools.partial(read_accuracy, pair),
+            common=base,
+            prefix=f"fashion_mnist_{pair}_",
+        )
+        accs = {v: found[v]["acc"] for v in VARIANTS}
+        stats = {v: mean_std(accs[v]) for v in VARIANTS}
+        mean = {v: m for v, (m, _) in stats.items()}
+        std = {v: s for v, (_, s) in stats.items()}
         entry = {
             "student_epochs": recipe.train.epochs,
-            "teacher_acc": float(_json(teacher_run / "eval.json")["accuracy"]),
-            "teacher_params": int(_json(teacher_run / "student.json")["parameters"]),
-            "student_params": int(_json(run_dir / "student.json")["parameters"]),
+            "teacher_acc": float(teacher.final_metrics()["accuracy"]),
+            "teacher_params": int(teacher.student_meta()["parameters"]),
+            "student_params": found[VARIANTS[-1]]["params"][-1],
             **{f"{v}_acc": accs[v] for v in VARIANTS},
             **{f"{v}_mean": mean[v] for v in VARIANTS},
             **{f"{v}_std": std[v] for v in VARIANTS},
@@ -146,7 +151,7 @@ def main() -> None:
                 (
                     pair,
                     v,
-                    f"{mean[v]:.4f} ± {std[v]:.4f}",
+                    format_mean_std(mean[v], std[v]),
                     f"{entry['student_params']:,}",
                     f"{entry['adapter_params']:,}" if v == "kd_feature" else "",
                 )

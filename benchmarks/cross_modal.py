@@ -107,7 +107,9 @@ def train_seconds(run_dir: Path) -> float:
     """The sum of a run's epoch times (its metrics.jsonl), also when the run is reused."""
     import json
 
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    from crossdistill.runs import Run
+
+    lines = Run(run_dir).metrics_file.read_text().splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     return sum(r["seconds"] for r in records if r.get("kind") == "epoch")
 
@@ -266,12 +268,10 @@ def check_targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> tuple[str, str]:
-    from _common import markdown_table
+    from _common import format_mean_std, markdown_table
 
     def cell(r: dict[str, Any], key: str) -> str:
-        if key not in r:
-            return "—"
-        return f"{r[key]:.3f}" + (f" ± {r[key + '_std']:.3f}" if key + "_std" in r else "")
+        return format_mean_std(r[key], r.get(f"{key}_std"), 3) if key in r else "—"
 
     speech_cols = [
         "r_at_1",

@@ -32,6 +32,7 @@ from crossdistill import load_recipe  # noqa: E402
 from crossdistill.export import export_run  # noqa: E402
 from crossdistill.export.bench import bench  # noqa: E402
 from crossdistill.pipeline import run_or_reuse  # noqa: E402
+from crossdistill.runs import Run  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 FORMATS = [(f, i) for f in ("safetensors", "torchscript", "onnx") for i in (False, True)]
@@ -41,12 +42,12 @@ KEYS = ("p50_ms_b1", "p95_ms_b1", "throughput_b64", "size_mb", "params", "peak_m
 def kd_run(out: str) -> Path:
     """The seed-0 KD run of benchmarks/fashion_mnist.py (reused when it exists)."""
     common = [f"output.dir={out}", "train.progress=false"]
-    teacher = run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common))
+    teacher = Run(run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common)))
     recipe = load_recipe(
         RECIPES / "kd.yaml",
         [
             *common,
-            f"teacher.weights={teacher / 'student.safetensors'}",
+            f"teacher.weights={teacher.student_file}",
             "seed=0",
             "name=fashion_mnist_kd_seed0",
         ],
@@ -100,7 +101,7 @@ def main() -> None:
         "first 1000 test images, measured at export time; teacher: the student's agreement "
         "with the teacher on the same images",
         "int8": {
-            name: json.loads((run_dir / "export" / name / "preprocessing.json").read_text())[
+            name: json.loads((Run(run_dir).exports / name / "preprocessing.json").read_text())[
                 "quantization"
             ]
             for name in parity

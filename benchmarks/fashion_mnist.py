@@ -14,11 +14,10 @@ Writes benchmarks/results/fashion_mnist[.quick].json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,19 +25,36 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine, markdown_table, std, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    Trial,
+    Variant,
+    command_line,
+    format_mean_std,
+    machine,
+    markdown_table,
+    mean_std,
+    run_variants,
+    write_results,
+)
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill.pipeline import run_or_reuse  # noqa: E402
+from crossdistill.runs import Run  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 
 
-def _accuracy(run_dir: Path) -> float:
-    return float(json.loads((run_dir / "eval.json").read_text())["accuracy"])
+def _accuracy(run: Run) -> float:
+    return float(run.final_metrics()["accuracy"])
 
 
-def _params(run_dir: Path) -> int:
-    return int(json.loads((run_dir / "student.json").read_text())["parameters"])
+def _params(run: Run) -> int:
+    return int(run.student_meta()["parameters"])
+
+
+def _read(trial: Trial) -> dict[str, Any]:
+    acc = _accuracy(trial.run)
+    print(f"seed {trial.seed} {trial.label}: test accuracy {acc:.4f}", flush=True)
+    return {"acc": acc, "params": _params(trial.run), "epochs": trial.recipe.train.epochs}
 
 
 def main() -> None:
@@ -54,38 +70,31 @@ def main() -> None:
     if args.quick:
         common += ["train.epochs=3"]
 
-    teacher_run = run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common))
-    weights = teacher_run / "student.safetensors"
-    scratch, kd, epochs = [], [], None
-    for seed in seeds:
-        for kind, extra, sink in (
-            ("scratch", [], scratch),
-            ("kd", [f"teacher.weights={weights}"], kd),
-        ):
-            recipe = load_recipe(
-                RECIPES / f"{kind}.yaml",
-                [*common, *extra, f"seed={seed}", f"name=fashion_mnist_{kind}_seed{seed}"],
-            )
-            epochs = recipe.train.epochs
-            run_dir = run_or_reuse(recipe)
-            sink.append(_accuracy(run_dir))
-            student_params = _params(run_dir)
-            print(f"seed {seed} {kind}: test accuracy {sink[-1]:.4f}", flush=True)
+    teacher = Run(run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common)))
+    students = [
+        Variant("scratch", RECIPES / "scratch.yaml"),
+        Variant("kd", RECIPES / "kd.yaml", [f"teacher.weights={teacher.student_file}"]),
+    ]
+    found = run_variants(students, seeds, _read, common=common, prefix="fashion_mnist_")
+    scratch, kd = found["scratch"]["acc"], found["kd"]["acc"]
+    student_params, epochs = found["kd"]["params"][-1], found["kd"]["epochs"][-1]
+    scratch_mean, scratch_std = mean_std(scratch)
+    kd_mean, kd_std = mean_std(kd)
 
     result = {
-        "teacher_acc": _accuracy(teacher_run),
+        "teacher_acc": _accuracy(teacher),
         # a finished teacher run of the same recipe is reused (run_or_reuse checks that its
         # config.yaml has the same fingerprint); its metrics.jsonl shows how it was trained
-        "teacher_run": str(teacher_run),
-        "teacher_params": _params(teacher_run),
+        "teacher_run": str(teacher.path),
+        "teacher_params": _params(teacher),
         "student_params": student_params,
         "scratch_acc": scratch,
         "kd_acc": kd,
-        "scratch_mean": statistics.mean(scratch),
-        "scratch_std": std(scratch),
-        "kd_mean": statistics.mean(kd),
-        "kd_std": std(kd),
-        "kd_gain_pt": 100 * (statistics.mean(kd) - statistics.mean(scratch)),
+        "scratch_mean": scratch_mean,
+        "scratch_std": scratch_std,
+        "kd_mean": kd_mean,
+        "kd_std": kd_std,
+        "kd_gain_pt": 100 * (kd_mean - scratch_mean),
         "epochs": epochs,
         "teacher_epochs": load_recipe(RECIPES / "teacher.yaml", common).train.epochs,
         "seeds": seeds,
@@ -101,16 +110,8 @@ def main() -> None:
     }
     rows = [
         ("teacher (ResNet)", f"{result['teacher_acc']:.4f}", f"{result['teacher_params']:,}"),
-        (
-            "student from scratch",
-            f"{result['scratch_mean']:.4f} ± {result['scratch_std']:.4f}",
-            f"{student_params:,}",
-        ),
-        (
-            "student + KD",
-            f"{result['kd_mean']:.4f} ± {result['kd_std']:.4f}",
-            f"{student_params:,}",
-        ),
+        ("student from scratch", format_mean_std(scratch_mean, scratch_std), f"{student_params:,}"),
+        ("student + KD", format_mean_std(kd_mean, kd_std), f"{student_params:,}"),
     ]
     table = markdown_table(["model", "test accuracy (last epoch)", "parameters"], rows)
     notes = (

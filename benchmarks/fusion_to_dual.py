@@ -42,7 +42,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _common import Trial
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -97,8 +100,9 @@ def teacher_run(sizes: dict[str, int], quick: bool, out: Path) -> Path:
 def mine(teacher: Path, sizes: dict[str, int], out: Path) -> dict[str, Any]:
     """The triples file (mined once per teacher: its name carries the teacher's hash)."""
     from crossdistill.domains.ranking.mine import mine_to_file
+    from crossdistill.runs import Run
 
-    path = out / f"triples-{sha(teacher / 'student.safetensors')}.jsonl"
+    path = out / f"triples-{sha(Run(teacher).student_file)}.jsonl"
     summary_path = path.with_suffix(".summary.json")
     if summary_path.is_file() and path.is_file():
         return json.loads(summary_path.read_text())
@@ -110,29 +114,6 @@ def mine(teacher: Path, sizes: dict[str, int], out: Path) -> dict[str, Any]:
     return summary
 
 
-def train(name: str, seed: int, teacher: Path, triples: Path, out: Path, quick: bool) -> Path:
-    from crossdistill.config import load_recipe
-    from crossdistill.pipeline import cache_recipe, run_or_reuse
-
-    recipe_file, extra = STUDENTS[name]
-    overrides = [
-        f"name={name}_seed{seed}",
-        f"seed={seed}",
-        f"output.dir={out / 'runs'}",
-        f"data.params.path={triples}",
-        f"teacher.weights={teacher / 'student.safetensors'}",
-        f"store.path={out / 'stores' / triples.stem}",
-        "train.progress=false",
-        *extra,
-    ]
-    recipe = load_recipe(RECIPES / recipe_file, overrides)
-    cache_recipe(recipe, progress=False)  # the first student writes the store
-    start = time.perf_counter()
-    run_dir = run_or_reuse(recipe)
-    print(f"{name} seed {seed}: ready in {time.perf_counter() - start:.0f} s", flush=True)
-    return run_dir
-
-
 def rerank_scores(
     teacher: Path, rset: Any, first: Any, out: Path, threads: int
 ) -> tuple[Any, dict[str, Any]]:
@@ -141,9 +122,9 @@ def rerank_scores(
     import numpy as np
 
     from crossdistill.domains.ranking.retrieval import cross_scorer, rerank
-    from crossdistill.runs import load_student
+    from crossdistill.runs import Run, load_student
 
-    key = hashlib.sha256(f"{sha(teacher / 'student.safetensors')} {rset.name}".encode())
+    key = hashlib.sha256(f"{sha(Run(teacher).student_file)} {rset.name}".encode())
     cache = out / f"rerank-{key.hexdigest()[:16]}.npy"
     cached = np.load(cache) if cache.is_file() else None
     cross = load_student(teacher)
@@ -204,7 +185,7 @@ def check_targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> tuple[str, str]:
-    from _common import markdown_table
+    from _common import format_mean_std, markdown_table
 
     headers = ["system", "MRR@10", "nDCG@10", "R@1", "R@10", "ms/query", "index s", "params"]
     body = []
@@ -212,7 +193,10 @@ def render(result: dict[str, Any]) -> tuple[str, str]:
         body.append(
             [
                 r["name"],
-                *(_cell(r, key) for key in ("mrr_at_10", "ndcg_at_10", "r_at_1", "r_at_10")),
+                *(
+                    format_mean_std(r[key], r.get(f"{key}_std"), 3)
+                    for key in ("mrr_at_10", "ndcg_at_10", "r_at_1", "r_at_10")
+                ),
                 f"{r['ms_per_query']:.1f}",
                 f"{r.get('index_build_s', 0):.1f}",
                 f"{r['params'] / 1e6:.1f}M",
@@ -233,11 +217,6 @@ def render(result: dict[str, Any]) -> tuple[str, str]:
     return markdown_table(headers, body), " ".join(notes)
 
 
-def _cell(r: dict[str, Any], key: str) -> str:
-    """``mean`` or ``mean ± std`` of a row's metric."""
-    return f"{r[key]:.3f}" + (f" ± {r[key + '_std']:.3f}" if key + "_std" in r else "")
-
-
 def _mark(ok: bool) -> str:
     return "met" if ok else "**MISSED**"
 
@@ -248,10 +227,12 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     os.chdir(ROOT)
 
-    from _common import provenance, write_results
+    from _common import Variant, provenance, run_variants, write_results
     from crossdistill.domains.ranking.retrieval import dense_search, parameter_count
     from crossdistill.domains.ranking.wordnet_ranking import wordnet_retrieval_set
     from crossdistill.domains.text.suite.encoders import load_encoder
+    from crossdistill.pipeline import cache_recipe
+    from crossdistill.runs import Run
 
     began = time.perf_counter()
     sizes = QUICK if args.quick else FULL
@@ -278,16 +259,30 @@ def main() -> None:
     reranked, info = rerank_scores(teacher, rset, base, out, args.threads)
     rows.append(row("cross-encoder re-ranking", [reranked], (base_params or 0) + info["params"]))
     timings["rerank_s"] = info["seconds"]
-    runs: dict[str, list[str]] = {}
-    for name in args.students:
-        found, params = [], None
-        for seed in seeds:
-            run_dir = train(name, seed, teacher, triples, out, args.quick)
-            runs.setdefault(name, []).append(str(run_dir))
-            s, params = search(run_dir)
-            found.append(s)
-            print(f"{name} seed {seed}: MRR@10 {s.metrics['mrr_at_10']:.4f}", flush=True)
-        rows.append(row(name, found, params))
+
+    def read(trial: Trial) -> dict[str, Any]:
+        name, seed = trial.label, trial.seed
+        print(f"{name} seed {seed}: ready in {trial.seconds:.0f} s", flush=True)
+        found, params = search(trial.run.path)
+        print(f"{name} seed {seed}: MRR@10 {found.metrics['mrr_at_10']:.4f}", flush=True)
+        return {"search": found, "params": params, "run": str(trial.run.path)}
+
+    common = [
+        f"output.dir={out / 'runs'}",
+        f"data.params.path={triples}",
+        f"teacher.weights={Run(teacher).student_file}",
+        f"store.path={out / 'stores' / triples.stem}",
+        "train.progress=false",
+    ]
+    students = run_variants(
+        [Variant(name, RECIPES / STUDENTS[name][0], STUDENTS[name][1]) for name in args.students],
+        seeds,
+        read,
+        common=common,
+        outer="variant",
+        prepare=lambda recipe: cache_recipe(recipe, progress=False),  # the first writes the store
+    )
+    rows += [row(name, s["search"], s["params"][-1]) for name, s in students.items()]
     by_name = {r["name"]: r for r in rows}
     result: dict[str, Any] = {
         "rows": rows,
@@ -298,7 +293,7 @@ def main() -> None:
         "retrieval_set": rset.name,
         "mining": mined,
         "teacher_run": str(teacher),
-        "runs": runs,
+        "runs": {name: s["run"] for name, s in students.items()},
         "recipes": {n: f"recipes/fusion_to_dual/{STUDENTS[n][0]}" for n in args.students},
         "overrides": {n: STUDENTS[n][1] for n in args.students},
         "timings": timings,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import command_line, machine, markdown_table, std, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    Trial,
+    Variant,
+    command_line,
+    format_mean_std,
+    machine,
+    markdown_table,
+    mean_std,
+    run_variants,
+    write_results,
+)
 from crossdistill import load_recipe  # noqa: E402
 from crossdistill.errors import NonFiniteLossError  # noqa: E402
 from crossdistill.pipeline import run_or_reuse  # noqa: E402
+from crossdistill.runs import Run  # noqa: E402
 
 RECIPES = HERE.parent / "recipes" / "fashion_mnist"
 MAPS = {"student": "features/map", "teacher": "features/map"}
@@ -76,6 +86,12 @@ TAPS = [
 ]
 
 
+def read_accuracy(trial: Trial) -> dict[str, float]:
+    acc = float(trial.run.final_metrics()["accuracy"])
+    print(f"{trial.label} seed {trial.seed}: {acc:.4f}", flush=True)
+    return {"acc": acc}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 2k images")
@@ -90,47 +106,50 @@ def main() -> None:
     limit = args.limit or (2000 if args.quick else 10000)
     out = args.out or ("runs/bench-quick" if args.quick else "runs/bench")
     common = [f"output.dir={out}", "train.progress=false"]
-    teacher = run_or_reuse(
-        load_recipe(RECIPES / "teacher.yaml", [*common, "train.epochs=3"] if args.quick else common)
-    )
+    teacher_common = [*common, "train.epochs=3"] if args.quick else common
+    teacher = Run(run_or_reuse(load_recipe(RECIPES / "teacher.yaml", teacher_common)))
     base = [
         *common,
         *TAPS,
-        f"teacher.weights={teacher / 'student.safetensors'}",
+        f"teacher.weights={teacher.student_file}",
         f"train.epochs={epochs}",
         f"data.limit_train={limit}",
         "eval.every_epochs=0",
     ]
+    rows = {row: spec for row, spec in ROWS.items() if not args.rows or row in args.rows}
+    diverged: dict[str, list[dict[str, Any]]] = {row: [] for row in rows}
+
+    def failed(row: str, seed: int, error: Exception) -> bool:
+        """A result too: this loss, untuned, diverged."""
+        if not isinstance(error, NonFiniteLossError):
+            return False
+        diverged[row].append({"seed": seed, "error": error.message})
+        print(f"{row} seed {seed}: diverged ({error.message})", flush=True)
+        return True
+
+    found = run_variants(
+        [
+            Variant(row, RECIPES / "kd.yaml", [f"losses={json.dumps(losses)}"])
+            for row, (_, losses) in rows.items()
+        ],
+        seeds,
+        read_accuracy,
+        common=base,
+        prefix="fashion_mnist_zoo_",
+        outer="variant",
+        failed=failed,
+    )
     results: dict[str, Any] = {}
-    for row, (paper, losses) in ROWS.items():
-        if args.rows and row not in args.rows:
-            continue
-        accs, diverged = [], []
-        for seed in seeds:
-            recipe = load_recipe(
-                RECIPES / "kd.yaml",
-                [
-                    *base,
-                    f"losses={json.dumps(losses)}",
-                    f"seed={seed}",
-                    f"name=fashion_mnist_zoo_{row}_seed{seed}",
-                ],
-            )
-            try:
-                run_dir = run_or_reuse(recipe)
-            except NonFiniteLossError as exc:  # a result too: this loss, untuned, diverged
-                diverged.append({"seed": seed, "error": exc.message})
-                print(f"{row} seed {seed}: diverged ({exc.message})", flush=True)
-                continue
-            accs.append(float(json.loads((run_dir / "eval.json").read_text())["accuracy"]))
-            print(f"{row} seed {seed}: {accs[-1]:.4f}", flush=True)
+    for row, (paper, losses) in rows.items():
+        accs = found[row].get("acc", [])  # seeds that finished
+        mean, std = mean_std(accs) if accs else (None, 0.0)
         results[row] = {
             "paper": paper,
             "losses": losses,
-            "acc": accs,  # seeds that finished
-            "diverged": diverged,
-            "mean": statistics.mean(accs) if accs else None,
-            "std": std(accs),
+            "acc": accs,
+            "diverged": diverged[row],
+            "mean": mean,
+            "std": std,
         }
     scratch = results.get("scratch", {}).get("mean")
     for entry in results.values():
@@ -138,7 +157,7 @@ def main() -> None:
         entry["gain_vs_scratch_pt"] = 100 * (entry["mean"] - scratch) if ok else None
     result = {
         "rows": results,
-        "teacher_acc": float(json.loads((teacher / "eval.json").read_text())["accuracy"]),
+        "teacher_acc": float(teacher.final_metrics()["accuracy"]),
         "seeds": seeds,
         "student_epochs": epochs,
         "student_train_images": limit,
@@ -153,7 +172,7 @@ def main() -> None:
             (
                 row,
                 e["paper"],
-                (f"{e['mean']:.4f} ± {e['std']:.4f}" if e["mean"] is not None else "—")
+                (format_mean_std(e["mean"], e["std"]) if e["mean"] is not None else "—")
                 + (
                     f" ({len(e['diverged'])} of {len(seeds)} seeds diverged)"
                     if e["diverged"]

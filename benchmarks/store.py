@@ -92,10 +92,11 @@ sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
     command_line,
+    format_mean_std,
     machine,
     markdown_table,
+    mean_std,
     results_markdown,
-    std,
     summarize,
     write_results,
 )
@@ -114,6 +115,7 @@ from crossdistill.data import build_augmentation, example_loader, load_source  #
 from crossdistill.data.dataset import DistillDataset, preview_batch  # noqa: E402
 from crossdistill.errors import CrossDistillError  # noqa: E402
 from crossdistill.pipeline import cache_recipe, run_or_reuse  # noqa: E402
+from crossdistill.runs import Run  # noqa: E402
 from crossdistill.store import KnowledgeStore  # noqa: E402
 from crossdistill.train.runtime import seed_everything  # noqa: E402
 from crossdistill.train.trainer import Trainer, lr_factor  # noqa: E402
@@ -475,12 +477,12 @@ def kd_recipes(args: argparse.Namespace, out: Path, seed: int) -> dict[str, Reci
     common = [f"output.dir={out}", "train.progress=false"]
     if args.quick:
         common.append("train.epochs=3")
-    teacher_run = run_or_reuse(load_recipe(TEACHER_RECIPE, common))
+    teacher_run = Run(run_or_reuse(load_recipe(TEACHER_RECIPE, common)))
     extra = [
         f"output.dir={out}",
         "train.progress=false",
         "eval.every_epochs=0",  # only the last epoch is reported
-        f"teacher.weights={teacher_run / 'student.safetensors'}",
+        f"teacher.weights={teacher_run.student_file}",
         f"seed={seed}",
     ]
     if args.quick:
@@ -515,16 +517,16 @@ def acc_part(args: argparse.Namespace, out: Path, seeds: list[int]) -> dict[str,
         for fmt, recipe in kd_recipes(args, out, seed).items():
             writes[fmt].append(ensure_store(recipe))
             run_dir = run_or_reuse(recipe)
-            acc[fmt].append(float(json.loads((run_dir / "eval.json").read_text())["accuracy"]))
+            acc[fmt].append(float(Run(run_dir).final_metrics()["accuracy"]))
             print(f"seed {seed} {fmt}: test accuracy {acc[fmt][-1]:.4f}", flush=True)
     assert recipe is not None
 
-    full, top = statistics.mean(acc["dense"]), statistics.mean(acc["topk"])
+    (full, full_std), (top, top_std) = mean_std(acc["dense"]), mean_std(acc["topk"])
     return {
         "acc_full_logits": round(full, 4),
         "acc_topk_logits": round(top, 4),
-        "acc_full_logits_std": round(std(acc["dense"]), 4),
-        "acc_topk_logits_std": round(std(acc["topk"]), 4),
+        "acc_full_logits_std": round(full_std, 4),
+        "acc_topk_logits_std": round(top_std, 4),
         "acc_topk_minus_full_pt": round(100 * (top - full), 3),
         "accuracy": {
             "recipe": str(KD_RECIPE.relative_to(HERE.parent)),
@@ -612,13 +614,13 @@ def render(result: dict[str, Any]) -> tuple[str, list[str]]:
         rows += [
             (
                 f"Fashion-MNIST KD from dense logits ({len(a['seeds'])} seeds)",
-                f"{result['acc_full_logits']:.4f} ± {result['acc_full_logits_std']:.4f}",
+                format_mean_std(result["acc_full_logits"], result["acc_full_logits_std"]),
                 "",
             ),
             (
                 f"Fashion-MNIST KD from top-{a['topk_k']} logits",
-                f"{result['acc_topk_logits']:.4f} ± {result['acc_topk_logits_std']:.4f} "
-                f"({result['acc_topk_minus_full_pt']:+.2f} pt)",
+                format_mean_std(result["acc_topk_logits"], result["acc_topk_logits_std"])
+                + f" ({result['acc_topk_minus_full_pt']:+.2f} pt)",
                 f"within 0.2 pt: {mark('acc_topk_within_pt')}",
             ),
         ]

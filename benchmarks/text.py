@@ -52,7 +52,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _common import Trial
+    from crossdistill.runs import Run
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -122,52 +126,32 @@ def model2vec_peer(out: Path, threads: int) -> dict[str, Any]:
     return {"path": target, "distill": json.loads((target / "distill.json").read_text())}
 
 
-def train_student(name: str, args: argparse.Namespace, out: Path, seed: int) -> Path:
-    """``crossdistill run`` of the student's recipe (reused when finished), then its
-    sentence-transformers export; returns the export directory."""
-    from crossdistill.config import load_recipe
+def export_student(run: Run, name: str) -> Path:
+    """The run's sentence-transformers export (made once); returns its directory."""
     from crossdistill.export.export import export_run
-    from crossdistill.pipeline import cache_recipe, run_or_reuse
 
-    overrides = [
-        f"output.dir={out / 'text'}",
-        f"name={name}_seed{seed}",
-        f"seed={seed}",
-        "train.progress=false",
-        f"store.path={out}/stores/minilm_sentences",
-    ]
-    if args.quick:
-        overrides += [f"data.limit_train={QUICK_SENTENCES}", "train.epochs=1"]
-    if name == "static_unigram":
-        overrides.append(f"student.params.tokenizer={out / 'tokenizers' / Path(TOKENIZER).name}")
-    recipe = load_recipe(ROOT / STUDENTS[name], overrides)
-    cache_recipe(recipe, progress=False)  # the first student writes the store, the others reuse it
-    start = time.perf_counter()
-    run_dir = run_or_reuse(recipe)
-    print(f"{name} seed {seed}: ready in {time.perf_counter() - start:.0f} s", flush=True)
     # static tables ship as float16, as model2vec's do; the transformer as float32
     half = name in STATIC
-    export = run_dir / "export" / ("sentence-transformers" + ("-fp16" if half else ""))
+    export = run.export_dir("sentence-transformers", half=half)
     if not (export / "modules.json").is_file():
-        export_run(run_dir, "sentence-transformers", half=half)
+        export_run(run.path, "sentence-transformers", half=half)
     return export
 
 
-def training_record(export: Path) -> dict[str, Any]:
+def training_record(run: Run) -> dict[str, Any]:
     """How long the run took to train (its epochs' seconds in metrics.jsonl, so the same whether
     this invocation trained it or reused a run an earlier one trained) and when it finished."""
     import json
 
-    run_dir = export.parent.parent
     epochs = [
         json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        for line in run.metrics_file.read_text().splitlines()
         if '"kind": "epoch"' in line
     ]
     return {
         "epoch_s": [round(e["seconds"], 1) for e in epochs],
         "finished": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime((run_dir / "student.json").stat().st_mtime)
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.student_json.stat().st_mtime)
         ),
     }
 
@@ -200,14 +184,10 @@ def measure_speed(encoders: dict[str, Any], texts: list[str], passes: int = 3) -
     return {name: round(len(texts) / statistics.median(t), 1) for name, t in times.items()}
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    from _common import std
-
-    return statistics.fmean(values), std(values)
-
-
 def summarize_seeds(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from the suite results of several seeds: means, and the spread of ``avg``."""
+    from _common import mean_std
+
     tasks = list(task_scores(runs[0]))
     avg, avg_std = mean_std([r["avg"] for r in runs])
     agreement, _ = mean_std([r["agreement"] for r in runs])
@@ -256,14 +236,14 @@ def check_targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> tuple[str, str]:
-    from _common import markdown_table
+    from _common import format_mean_std, markdown_table
 
     rows = result["rows"]
     tasks = list(rows[0]["scores"])
     headers = ["model", *tasks, "avg", "agreement", "params", "MB", "sentences/s"]
     body = []
     for r in rows:
-        avg = f"{r['avg']:.3f}" + (f" ± {r['avg_std']:.3f}" if "avg_std" in r else "")
+        avg = format_mean_std(r["avg"], r.get("avg_std"), 3)
         body.append(
             [
                 r["name"],
@@ -316,10 +296,11 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import torch
 
-    from _common import command_line, machine, neighbours, write_results
+    from _common import Variant, command_line, machine, neighbours, run_variants, write_results
     from crossdistill.domains.text.sentences import read_sentences
     from crossdistill.domains.text.suite.encoders import load_encoder
     from crossdistill.domains.text.suite.suite import CachedEncoder, run_text_suite
+    from crossdistill.pipeline import cache_recipe
 
     torch.set_num_threads(args.threads)
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench")).resolve()
@@ -355,13 +336,38 @@ def main() -> None:
     encoders["model2vec"] = evaluate("model2vec", m2v["path"])
     if "static_unigram" in args.students:
         timings["tokenizer"] = ensure_tokenizer(out)
-    for name in args.students:
-        for seed in seeds:
-            export = train_student(name, args, out, seed)
-            timings.setdefault("train", {})[f"{name}_seed{seed}"] = training_record(export)
-            enc = evaluate(f"{name}#seed{seed}", export)
-            if seed == seeds[0]:
-                encoders[name], artifacts[name] = enc, export
+
+    def read(trial: Trial) -> dict[str, Any]:
+        name, seed = trial.label, trial.seed
+        print(f"{name} seed {seed}: ready in {trial.seconds:.0f} s", flush=True)
+        export = export_student(trial.run, name)
+        timings.setdefault("train", {})[f"{name}_seed{seed}"] = training_record(trial.run)
+        enc = evaluate(f"{name}#seed{seed}", export)
+        if seed == seeds[0]:
+            encoders[name], artifacts[name] = enc, export
+        return {}  # the suite results are collected by evaluate
+
+    # every student reads MiniLM's embeddings from one store, written by the first
+    common = [
+        f"output.dir={out / 'text'}",
+        "train.progress=false",
+        f"store.path={out}/stores/minilm_sentences",
+    ]
+    if args.quick:
+        common += [f"data.limit_train={QUICK_SENTENCES}", "train.epochs=1"]
+    tokenizer = f"student.params.tokenizer={out / 'tokenizers' / Path(TOKENIZER).name}"
+    students = [
+        Variant(name, ROOT / STUDENTS[name], [tokenizer] if name == "static_unigram" else [])
+        for name in args.students
+    ]
+    run_variants(
+        students,
+        seeds,
+        read,
+        common=common,
+        outer="variant",
+        prepare=lambda recipe: cache_recipe(recipe, progress=False),
+    )
 
     n = 1000 if args.quick else 5000
     texts = read_sentences()["test"][0][:n]

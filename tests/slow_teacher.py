@@ -1,10 +1,16 @@
-"""A teacher slow enough to be killed mid-write: the digits CNN sleeping 30 ms per batch.
+"""Teachers that hold a child process at a known point.
 
-Child processes import it as ``slow_teacher:slow_cnn`` with this folder on ``PYTHONPATH``
+``slow_cnn``: the digits CNN sleeping 30 ms per batch, slow enough to be killed mid-write
 (tests/test_store.py and benchmarks/faults.py kill ``crossdistill cache`` while it runs).
+``gated_cnn``: the digits CNN that waits, from its second batch on (the first is the check on a
+preview batch, before the run directory exists), until the file named by
+``$CROSSDISTILL_TEST_GATE`` exists (tests/test_runs.py holds a run open that way).
+Child processes import them as ``slow_teacher:...`` with this folder on ``PYTHONPATH``.
 """
 
+import os
 import time
+from pathlib import Path
 
 from crossdistill.models.zoo.cnn import SmallCNN
 
@@ -17,3 +23,19 @@ class Slow(SmallCNN):
 
 def slow_cnn(**params):
     return Slow(**params)
+
+
+class Gated(SmallCNN):
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        gate = Path(os.environ["CROSSDISTILL_TEST_GATE"])
+        deadline = time.monotonic() + 300
+        while self.calls > 1 and not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return super().forward(x)
+
+
+def gated_cnn(**params):
+    return Gated(**params)

@@ -80,11 +80,11 @@ def _terms(losses: Sequence[LossArg | Loss]) -> tuple[list[Term], list[LossSpec]
         if isinstance(item, Loss):
             terms.append(Term(type(item).__name__, item))
             given = getattr(item, "plugin_spec", None) or {}
-            specs.append(LossSpec(name=plugin_name(type(item)), params=given.get("params", {})))
+            specs.append(LossSpec(name=plugin_name(item), params=given.get("params", {})))
             continue
         spec = _loss_spec(item, f"losses[{i}]")
         terms.append(build_term(spec, f"losses[{i}]"))
-        specs.append(spec)
+        specs.append(spec.model_copy())  # its label is set below; the caller's stays as it is
     # A loss given twice (e.g. two feature losses at different taps) is logged as name, name_2
     seen: dict[str, int] = {}
     for term, spec in zip(terms, specs, strict=True):
@@ -159,30 +159,11 @@ def distill(
         return wrapped.model
 
     run = Run(run_dir)
-    student_spec = model_spec(wrapped)
-    if student_spec is None:
-        log.warning(
-            "%s: the student (a %s built in Python) is saved as weights only: crossdistill "
-            "cannot rebuild it to evaluate, export or benchmark it. Build it with "
-            "crossdistill.build_model(NAME or 'package.module:Callable', params) to make it "
-            "rebuildable.",
-            run.path,
-            type(wrapped.model).__name__,
-        )
-    data, keep = _data_spec(train_data, eval_data, run, batch_size)
-    recipe = Recipe(
-        name=_run_name(run.path),
-        seed=seed,
-        data=data,
-        teacher=teacher_spec(teacher) if teacher is not None else None,
-        student=student_spec or ModelSpec(model=plugin_name(type(wrapped.model))),
-        losses=loss_specs,
-        train=spec,
-        eval=eval_spec,
-        output=OutputSpec(dir=run.path.parent),
+    recipe, student_spec, keep = _record(
+        run, wrapped, teacher, train_data, eval_data, loss_specs, seed, batch_size, spec
     )
     with run.writing(recipe):
-        if keep is not None and student_spec is not None:
+        if keep is not None:
             save_split(keep, run.data_dir / "eval")
         trainer = Trainer(
             distiller,
@@ -198,6 +179,44 @@ def distill(
 
 
 # ------------------------------------------------------------------ what a run records
+
+
+def _record(
+    run: Run,
+    student: Student,
+    teacher: Teacher | None,
+    train_data: Any,
+    eval_data: Any,
+    losses: list[LossSpec],
+    seed: int,
+    batch_size: int,
+    spec: TrainSpec,
+) -> tuple[Recipe, ModelSpec | None, Split | None]:
+    """The run's recipe, the student's spec (None: it cannot be rebuilt), and the evaluation
+    split to keep in the run."""
+    student_spec = model_spec(student)
+    if student_spec is None:
+        log.warning(
+            "%s: the student (a %s built in Python) is saved as weights only: crossdistill "
+            "cannot rebuild it to evaluate, export or benchmark it. Build it with "
+            "crossdistill.build_model(NAME or 'package.module:Callable', params) to make it "
+            "rebuildable.",
+            run.path,
+            type(student.model).__name__,
+        )
+    data, keep = _data_spec(train_data, eval_data, run, batch_size)
+    recipe = Recipe(
+        name=_run_name(run.path),
+        seed=seed,
+        data=data,
+        teacher=teacher_spec(teacher) if teacher is not None else None,
+        student=student_spec or ModelSpec(model=plugin_name(student.model)),
+        losses=losses,
+        train=spec,
+        eval=EvalSpec(every_epochs=0),
+        output=OutputSpec(dir=run.path.parent),
+    )
+    return recipe, student_spec, keep if student_spec is not None else None
 
 
 def _model_ref(model: nn.Module) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
+from crossdistill._util.files import write_atomic
 from crossdistill._util.validation import format_validation_error
 from crossdistill.errors import ConfigError
 
@@ -309,5 +310,5 @@ def _index(part: str, items: list[Any], where: str) -> int:
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
-    """Write the resolved recipe as YAML (what the run actually used)."""
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved recipe as YAML (what the run actually used), atomically."""
+    write_atomic(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

@@ -290,16 +290,14 @@ class Run:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             lock = _Lock(self.lock_file)
+            try:
+                self._check_writable(recipe, resume)
+                dump_recipe(recipe, self.config_file)
+            except BaseException:
+                lock.release()
+                raise
         except BaseException:
-            if created:
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
-        try:
-            self._check_writable(recipe, resume)
-            dump_recipe(recipe, self.config_file)
-        except BaseException:
-            lock.release()
-            if created:
+            if created:  # leave nothing behind that looks like a run
                 shutil.rmtree(self.path, ignore_errors=True)
             raise
         try:
