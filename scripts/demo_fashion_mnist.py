@@ -8,7 +8,6 @@ on disk and CPU latency per image.  Usage: python scripts/demo_fashion_mnist.py 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from crossdistill import CrossDistillError, load_recipe, load_student
+from crossdistill import CrossDistillError, Run, load_recipe
 from crossdistill.evaluate.latency import latency_ms
 from crossdistill.pipeline import run_or_reuse
 
@@ -33,14 +32,15 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     common = [f"train.epochs={args.epochs}", f"output.dir={args.out}"]
-    teacher_run = run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common))
+    teacher = Run(run_or_reuse(load_recipe(RECIPES / "teacher.yaml", common)))
     runs = {
-        "teacher (ResNet)": teacher_run,
-        "student, scratch": run_or_reuse(load_recipe(RECIPES / "scratch.yaml", common)),
-        "student, KD": run_or_reuse(
-            load_recipe(
-                RECIPES / "kd.yaml",
-                [*common, f"teacher.weights={teacher_run / 'student.safetensors'}"],
+        "teacher (ResNet)": teacher,
+        "student, scratch": Run(run_or_reuse(load_recipe(RECIPES / "scratch.yaml", common))),
+        "student, KD": Run(
+            run_or_reuse(
+                load_recipe(
+                    RECIPES / "kd.yaml", [*common, f"teacher.weights={teacher.student_file}"]
+                )
             )
         ),
     }
@@ -50,11 +50,11 @@ def main() -> None:
     )
     for col in ("model", "test acc", "params", "size KB", "CPU ms/image"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-    for label, run_dir in runs.items():
-        student = load_student(run_dir)
-        acc = json.loads((run_dir / "eval.json").read_text())["accuracy"]
+    for label, run in runs.items():
+        student = run.student()
+        acc = run.final_metrics()["accuracy"]
         params = sum(p.numel() for p in student.model.parameters())
-        size_kb = (run_dir / "student.safetensors").stat().st_size / 1024
+        size_kb = run.student_file.stat().st_size / 1024
         ms = latency_ms(student, torch.rand(1, 1, 28, 28))
         table.add_row(label, f"{acc:.4f}", f"{params:,}", f"{size_kb:.1f}", f"{ms:.3f}")
     console.print(table)

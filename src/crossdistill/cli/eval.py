@@ -1,6 +1,6 @@
 """``crossdistill eval [--suite NAME] TARGET [--OPTION VALUE ...]``: any registered evaluation
-suite. Each suite declares its options (``crossdistill eval --help`` lists them) and renders its
-own result; the result is printed as one line of JSON and written next to the target (or to
+suite. Each suite declares its options (``crossdistill list suites`` lists them) and renders
+its own result; the result is printed as one line of JSON and written next to the target (or to
 ``--out``)."""
 
 from __future__ import annotations
@@ -28,19 +28,23 @@ def eval_(
         ),
     ],
     suite: Annotated[
-        str, typer.Option(help="a registered suite or package.module:Class (see below)")
+        str,
+        typer.Option(help="a registered suite (crossdistill list suites) or package.module:Class"),
     ] = "task",
     out: Annotated[
         Path | None, typer.Option(help="JSON file (default: TARGET/eval-<name>.json)")
     ] = None,
 ) -> None:
-    """Evaluate TARGET with a suite; suite options follow as --name VALUE (--flag for yes/no)."""
-    from crossdistill.suites import SUITES, evaluate
+    """Evaluate TARGET with a suite; its options follow as --name VALUE (--flag for yes/no;
+    `crossdistill list suites` shows each suite's)."""
+    from crossdistill.suites import SUITES
+    from crossdistill.suites.base import run_suite
 
-    runner = SUITES.build(suite, where="--suite")
-    options = _options(ctx.args, runner, suite)
-    result = evaluate(suite, target, out=out, **options)
+    options = _options(ctx.args, SUITES.build(suite, where="--suite"), suite)
+    runner, result, written = run_suite(suite, target, out, **options)
     runner.render(result, console)
+    if written is not None:
+        console.print(f"wrote {written}")
     typer.echo(json.dumps(result))
 
 

@@ -24,11 +24,14 @@ KINDS = {
 def list_(
     kind: Annotated[str, typer.Argument(help=" | ".join(KINDS))],
 ) -> None:
-    """List registered names (plug-in packages included)."""
+    """List registered names (plug-in packages included); a suite with its options."""
     from crossdistill.errors import UnknownNameError
     from crossdistill.registry import import_object
+    from crossdistill.suites.base import option_list
 
     if kind not in KINDS:
         raise UnknownNameError(f"unknown kind {kind!r}", hint=f"known: {', '.join(KINDS)}")
-    for item in import_object(KINDS[kind], "list").names():
-        typer.echo(item)
+    registry = import_object(KINDS[kind], "list")
+    for name in registry.names():
+        options = getattr(registry.get(name), "Options", None)
+        typer.echo(f"{name}  {option_list(registry.get(name))}" if options else name)

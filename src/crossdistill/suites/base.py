@@ -73,11 +73,12 @@ def option_list(suite: Suite) -> str:
     return ", ".join(flags) or "no options"
 
 
-def evaluate(
+def run_suite(
     suite: str, target: str | Path, out: str | Path | None = None, **options: Any
-) -> dict[str, Any]:
-    """Run ``suite`` on ``target``; the result is written to ``out`` or, when the target is a
-    folder (a run, a model), to its ``eval-<name>.json`` (atomically), and returned."""
+) -> tuple[Suite, dict[str, Any], Path | None]:
+    """Run ``suite`` on ``target`` with ``options`` (validated against its ``Options``), and
+    write the result to ``out`` or, when the target is a folder (a run, a model), to its
+    ``eval-<name>.json``, atomically. Returns the suite, the result and where it went."""
     runner: Suite = SUITES.build(suite, where="--suite")
     opts = runner.options(options)
     result = runner.run(str(target), opts)
@@ -85,4 +86,11 @@ def evaluate(
         out = Run(target).eval_file(runner.result_name(str(target), opts))
     if out is not None:
         write_json(Path(out), result, indent=2)
-    return result
+    return runner, result, None if out is None else Path(out)
+
+
+def evaluate(
+    suite: str, target: str | Path, out: str | Path | None = None, **options: Any
+) -> dict[str, Any]:
+    """The result of ``suite`` on ``target`` (written as :func:`run_suite` says)."""
+    return run_suite(suite, target, out, **options)[1]
