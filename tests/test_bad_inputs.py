@@ -442,7 +442,8 @@ CASES: dict[str, Case] = {
         ("cannot build model 'cnn'", "negative dimension -1")),
     "fewer-classes-than-data": Case(
         _run({"student.params.num_classes": 5}),
-        ("the student's logits have 5 classes, the data has 10", "num_classes: 10")),
+        ("loss 'ce' reads hard labels of the data's 10 classes against the student's "
+         "'logits', which has 5", "student.params.num_classes: 10")),
     # Checkpoints on --resume: a pickle, unreadable state, another recipe.
     "resume-pickled-checkpoint": Case(  # state.json rehashed: the safetensors reader refuses it
         _resumed(_pickled),

@@ -54,6 +54,20 @@ class TapSpec(_Strict):
     select: str | int | None = None
     kind: Literal["features", "attention"] = "features"
     pool: PositiveInt | None = None  # average-pool to a pool x pool grid (or pool tokens)
+    # how the captured tensor is laid out (batch first): a 2-D map, a 1-D map over time,
+    # tokens, or a vector; unset, adapters read it from the rank and refuse to guess
+    layout: Literal["NCHW", "NCT", "NLD", "ND"] | None = None
+
+
+class WeightsSpec(_Strict):
+    """A weights file and how its keys map onto the model's: a ``.safetensors`` file, or a
+    PyTorch ``.pt``/``.pth`` state dict (read with ``torch.load(weights_only=True)``: tensors
+    only, never a pickled model)."""
+
+    path: Path
+    strip_prefix: str | None = None  # e.g. "module." (DataParallel) or "model."
+    rename: dict[str, str] = Field(default_factory=dict)  # key prefix in the file -> the model's
+    strict: bool = True  # every model tensor must be in the file, and nothing else
 
 
 class ModelSpec(_Strict):
@@ -61,7 +75,7 @@ class ModelSpec(_Strict):
 
     model: str
     params: dict[str, Any] = Field(default_factory=dict)
-    weights: Path | None = None
+    weights: Path | WeightsSpec | None = None
     outputs: list[str] | dict[str, str] = Field(default_factory=lambda: ["logits"])
     taps: list[TapSpec] = Field(default_factory=list)
     pipeline: list[PluginSpec] = Field(default_factory=list)
@@ -72,7 +86,7 @@ class TeacherSpec(_Strict):
 
     model: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    weights: Path | None = None
+    weights: Path | WeightsSpec | None = None
     outputs: list[str] | dict[str, str] = Field(default_factory=lambda: ["logits"])
     taps: list[TapSpec] = Field(default_factory=list)
     pipeline: list[PluginSpec] = Field(default_factory=list)
@@ -106,6 +120,14 @@ class LossSpec(PluginSpec):
         return self.label or self.name
 
 
+class ViewSpec(_Strict):
+    """A side that reads some channels of a tensor field (the channels it will have when
+    deployed: the exported student's input is exactly this)."""
+
+    field: str
+    channels: list[NonNegativeInt] = Field(min_length=1)
+
+
 class DataSpec(_Strict):
     """The data: a source (a registered name or ``package.module:Callable`` returning a Split)
     and its params, which splits train and evaluate, augmentation and batching."""
@@ -114,6 +136,9 @@ class DataSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     train_split: str = "train"
     eval_split: str = "test"
+    # what each side reads, when the split's own sides are not it: a field, a list of fields
+    # (a dict view), or {field, channels} (a subset of a tensor field's first axis)
+    views: dict[str, str | list[str] | ViewSpec] = Field(default_factory=dict)
     augment: PluginSpec | None = None
     # K recorded augmentations per example (one picked per epoch); what a knowledge store holds
     augment_slots: PositiveInt | None = None

@@ -139,26 +139,44 @@ class Distiller(nn.Module):
         model does not produce, or tensors of the wrong shape, fail before any output is
         written. Builds the adapters named in the recipe from the shapes it sees (and lazy
         loss modules materialize). Runs in eval mode: no BatchNorm statistics change.
-        ``num_classes`` (of the data) is checked against both models' logits."""
+
+        ``num_classes`` (of the data) is checked only where it must hold: against the logits
+        that a loss reading hard labels takes (a teacher of another label space is fine for
+        losses that learn its distribution)."""
         was_training = self.training
         self.eval()
         try:
             # one forward of both models serves both: the adapters' shapes, then the losses
             student = self.student(batch["views"]["student"])
             teacher = self.teacher_knowledge(batch)
-            for side, knowledge in (("student", student), ("teacher", teacher)):
-                width = knowledge["logits"].shape[-1] if "logits" in knowledge else None
-                if num_classes and width is not None and width != num_classes:
-                    raise ShapeError(
-                        f"the {side}'s logits have {width} classes, the data has {num_classes}",
-                        hint=f"set {side}.params.num_classes: {num_classes} (or the model's "
-                        "own name for it)",
-                    )
+            if num_classes:
+                self._check_label_space(student, teacher, num_classes)
             if self._pending:
                 self._build_adapters(student, teacher)
             self._terms(student, teacher, batch.get("target"))
         finally:
             self.train(was_training)
+
+    def _check_label_space(self, student: Knowledge, teacher: Knowledge, classes: int) -> None:
+        for name, needs in self.needs.items():
+            if not needs.target:
+                continue
+            for side, knowledge, keys in (
+                ("student", student, needs.student),
+                ("teacher", teacher, needs.teacher),
+            ):
+                for key in keys:
+                    width = knowledge[key].shape[-1] if key in knowledge else None
+                    if key.split("/")[-1].startswith("logits") and width not in (None, classes):
+                        raise ShapeError(
+                            f"loss {name!r} reads hard labels of the data's {classes} classes "
+                            f"against the {side}'s {key!r}, which has {width}",
+                            hint=f"give the {side} a head of {classes} classes "
+                            f"({side}.params.num_classes: {classes}, or the model's own name "
+                            f"for it), or let {name!r} read another output of the {side} "
+                            f"(its params.{side}: KEY); losses that learn the teacher's "
+                            "distribution (kd, ...) need no such head",
+                        )
 
     def _build_adapters(self, student: Knowledge, teacher: Knowledge) -> None:
         for name, spec in self._pending.items():
