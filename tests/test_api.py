@@ -70,7 +70,8 @@ def test_distill_trains_and_returns_the_same_student() -> None:
         optimizer={"name": "sgd", "lr": 0.2},
         **QUIET,
     )
-    assert out is student
+    assert out.student is student and out.run is None
+    assert out.history.train_loss and len(out.history.train_loss) == 5
     assert any(not torch.equal(start[k], v) for k, v in student.state_dict().items())
     after = _ce(student, x, y)
     assert after < 0.5 * before
@@ -96,7 +97,7 @@ def test_distill_without_teacher_with_ce_only() -> None:
             epochs=3,
             optimizer={"name": "adamw", "lr": 0.05},
             **QUIET,
-        )
+        ).student
         is student
     )
     assert _ce(student, x, y) < before
@@ -150,7 +151,8 @@ def test_distill_with_wrappers_and_eval_data(tmp_path: Path) -> None:
         run_dir=tmp_path,
         **QUIET,
     )
-    assert out is model
+    assert out.student is model and out.run is not None and out.run.path == tmp_path
+    assert out.metrics["accuracy"] == out.history.eval[-1]["accuracy"]
     kinds = [
         json.loads(line)["kind"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
@@ -221,7 +223,7 @@ def test_distill_with_a_feature_loss_through_an_auto_adapter(tmp_path: Path) -> 
         run_dir=tmp_path,
         **QUIET,
     )
-    assert out is model
+    assert out.student is model
     step = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert step["fitnet"] > 0
     checkpoint = sorted((tmp_path / "checkpoints").iterdir())[-1]
@@ -229,4 +231,4 @@ def test_distill_with_a_feature_loss_through_an_auto_adapter(tmp_path: Path) -> 
 
     saved = load_file(str(checkpoint / "trainable.safetensors"))
     assert saved["adapters.fitnet.proj.weight"].shape == (3, 4)
-    assert not any("adapter" in k for k in out.state_dict())
+    assert not any("adapter" in k for k in out.student.state_dict())

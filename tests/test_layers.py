@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("crossdistill.train",),
     ("crossdistill.build",),
     ("crossdistill.runs",),
-    ("crossdistill.pipeline", "crossdistill.api"),
+    ("crossdistill.pipeline", "crossdistill.record", "crossdistill.api"),
     ("crossdistill.suites", "crossdistill.export", "crossdistill.report", "crossdistill.domains"),
     ("crossdistill.cli", "crossdistill.__main__", "crossdistill"),
 ]

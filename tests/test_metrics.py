@@ -156,14 +156,21 @@ def test_kl_identical_is_zero_and_nonnegative(data):
 
 def test_classification_metrics_keys(data):
     s, te, y = data
-    assert set(classification_metrics(t(s), t(y), k=3)) == {"accuracy", "top3_accuracy", "ece"}
+    assert set(classification_metrics(t(s), t(y), k=3)) == {
+        "accuracy",
+        "top3_accuracy",
+        "macro_f1",
+        "ece",
+    }
     out = classification_metrics(t(s), t(y), t(te))
     assert set(out) == {
         "accuracy",
         "top5_accuracy",
+        "macro_f1",
         "ece",
         "teacher_accuracy",
         "agreement",
+        "agreement_top5",
         "kl_teacher_student",
     }
     assert out["teacher_accuracy"] == pytest.approx(np.mean(te.argmax(1) == y))

@@ -31,7 +31,7 @@ def _teacher(digits_teacher_run: Path) -> Teacher:
     return Teacher(model, pipeline=build_pipeline(NORMALIZE))
 
 
-def _api_run(run_dir: Path, digits_teacher_run: Path, **kwargs) -> torch.nn.Module:
+def _api_run(run_dir: Path, digits_teacher_run: Path, **kwargs) -> crossdistill.DistillResult:
     student = crossdistill.build_model("cnn", {"width": 4, "num_classes": 10})
     return distill(
         _teacher(digits_teacher_run),
@@ -58,7 +58,7 @@ def test_the_digits_teacher_recipe_matches_the_teacher_built_here(
 
 def test_a_run_trained_from_python_is_complete(digits_teacher_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "api_kd"
-    model = _api_run(run_dir, digits_teacher_run)
+    model = _api_run(run_dir, digits_teacher_run).student
     run = Run.open(run_dir)
     assert run.finished and not run.lock_file.exists()
     recipe = run.config

@@ -19,6 +19,8 @@ from crossdistill._version import __version__
 # public name -> the module that defines it
 _PUBLIC = {
     "distill": "crossdistill.api",
+    "cache": "crossdistill.api",
+    "DistillResult": "crossdistill.api",
     "Recipe": "crossdistill.config",
     "load_recipe": "crossdistill.config",
     "Distiller": "crossdistill.core.distiller",
@@ -45,6 +47,7 @@ _PUBLIC = {
 __all__ = [
     "LOSSES",
     "CrossDistillError",
+    "DistillResult",
     "Distiller",
     "EnsembleTeacher",
     "Knowledge",
@@ -60,6 +63,7 @@ __all__ = [
     "__version__",
     "build_loss",
     "build_model",
+    "cache",
     "cache_recipe",
     "distill",
     "load_recipe",
@@ -82,7 +86,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from crossdistill.api import distill
+    from crossdistill.api import DistillResult, cache, distill
     from crossdistill.config import Recipe, load_recipe
     from crossdistill.core.distiller import Distiller, Term
     from crossdistill.core.knowledge import Knowledge

@@ -74,8 +74,9 @@ class Head(Subset):
 def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
     """The examples of ``split``: augmented (with the recipe's slots) when ``train``."""
     spec = recipe.data
+    data = load_source(spec.source, split, **spec.params)
     dataset: Any = make_dataset(
-        load_source(spec.source, split, **spec.params),
+        data.with_views(spec.views) if spec.views else data,
         augmentation=build_augmentation(spec.augment) if train else None,
         seed=recipe.seed,
         slots=spec.augment_slots if train else None,
@@ -155,6 +156,7 @@ def store_fingerprint(recipe: Recipe, teacher: Teacher, dataset: Any) -> dict[st
             data.params,
             data.train_split,
             data.limit_train,
+            dataset.split.side("teacher"),
             dataset.split.fingerprint(),
             len(dataset),
         ),

@@ -65,6 +65,7 @@ class WeightsSpec(_Strict):
     only, never a pickled model)."""
 
     path: Path
+    key: str | None = None  # the entry of a checkpoint dict holding the state dict
     strip_prefix: str | None = None  # e.g. "module." (DataParallel) or "model."
     rename: dict[str, str] = Field(default_factory=dict)  # key prefix in the file -> the model's
     strict: bool = True  # every model tensor must be in the file, and nothing else

@@ -43,12 +43,14 @@ def _main(
 
 
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
-    """A two-column table of ``metrics`` on stderr."""
+    """A two-column table of ``metrics`` on stderr (tables inside them, such as per-class
+    scores, are left to the JSON)."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if not isinstance(value, (dict, list)):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
 
 

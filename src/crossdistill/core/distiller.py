@@ -7,6 +7,7 @@ It is the one place where the two sides meet. It knows nothing of optimizers or 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from crossdistill.core.knowledge import Knowledge
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, ShapeError
 from crossdistill.losses.registry import Loss
+
+log = logging.getLogger(__name__)
 
 AdapterArg = str | Mapping[str, Any] | nn.Module | None
 
@@ -50,7 +53,11 @@ class Distiller(nn.Module):
     """
 
     def __init__(
-        self, student: Student, terms: Sequence[Term], teacher: Teacher | None = None
+        self,
+        student: Student,
+        terms: Sequence[Term],
+        teacher: Teacher | None = None,
+        knowledge_given: bool = False,
     ) -> None:
         super().__init__()
         if not terms:
@@ -79,7 +86,8 @@ class Distiller(nn.Module):
             if t.adapter is not None and not isinstance(t.adapter, nn.Module)
         }
         self.uses_teacher = any(n.teacher for n in self.needs.values())
-        if self.uses_teacher and teacher is None:
+        # with a knowledge store, every batch carries the teacher's Knowledge: no teacher
+        if self.uses_teacher and teacher is None and not knowledge_given:
             users = [name for name, n in self.needs.items() if n.teacher]
             raise ConfigError(
                 f"losses {users} read the teacher, but no teacher is configured",
@@ -97,7 +105,12 @@ class Distiller(nn.Module):
             return Knowledge(batch["knowledge"], source="knowledge store")
         if not self.uses_teacher:
             return Knowledge(source="teacher")
-        assert self.teacher is not None
+        if self.teacher is None:
+            raise ConfigError(
+                "the losses read the teacher, and this batch carries no teacher Knowledge "
+                "(there is no teacher to run: its outputs come from a knowledge store)",
+                hint="read the batches from the store the run was given",
+            )
         return self.teacher(batch["views"]["teacher"])
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[Knowledge, dict[str, torch.Tensor]]:
@@ -151,11 +164,40 @@ class Distiller(nn.Module):
             teacher = self.teacher_knowledge(batch)
             if num_classes:
                 self._check_label_space(student, teacher, num_classes)
+            self._warn_probabilities(student, teacher)
             if self._pending:
                 self._build_adapters(student, teacher)
             self._terms(student, teacher, batch.get("target"))
         finally:
             self.train(was_training)
+
+    def _warn_probabilities(self, student: Knowledge, teacher: Knowledge) -> None:
+        """Logit losses take logits; a model whose "logits" are probabilities already (in
+        [0, 1], rows summing to 1) would be softmaxed twice without a word."""
+        for name, needs in self.needs.items():
+            for side, knowledge, keys in (
+                ("student", student, needs.student),
+                ("teacher", teacher, needs.teacher),
+            ):
+                for key in keys:
+                    x = knowledge.get(key)
+                    if x is None or "logits" not in key or x.dim() < 2 or not x.is_floating_point():
+                        continue
+                    rows = x.detach().float()
+                    if (
+                        rows.min() >= 0
+                        and rows.max() <= 1
+                        and torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-3)
+                    ):
+                        log.warning(
+                            "loss %r: the %s's %r looks like probabilities (values in [0, 1], "
+                            "rows summing to 1), and the loss takes logits: name the model's "
+                            "output before its softmax, or use a loss that reads probabilities "
+                            "(bce_kd with teacher_probabilities: true for sigmoid outputs)",
+                            name,
+                            side,
+                            key,
+                        )
 
     def _check_label_space(self, student: Knowledge, teacher: Knowledge, classes: int) -> None:
         for name, needs in self.needs.items():

@@ -13,7 +13,7 @@ training from a store of K slots see exactly the same views.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -293,3 +293,45 @@ def example_loader(
 def preview_batch(dataset: Dataset, n: int = 2) -> dict[str, Any]:
     """The first ``n`` examples collated into a batch (for checks before training)."""
     return default_collate([dataset[i] for i in range(min(n, len(dataset)))])  # type: ignore[arg-type]
+
+
+def example_batch(batch: Any) -> dict[str, Any]:
+    """A batch of your own DataLoader in crossdistill's form ``{"views": {side: x}, "target":
+    y}``: an ``(x, y)`` pair (every side reads ``x``), a dict of sides and an optional
+    ``"target"``, or a batch already in that form."""
+    if isinstance(batch, Mapping):
+        if "views" in batch:
+            return dict(batch)
+        out: dict[str, Any] = {"views": {k: v for k, v in batch.items() if k != "target"}}
+        if "target" in batch:
+            out["target"] = batch["target"]
+        return out
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        return {"views": {"teacher": x, "student": x}, "target": y}
+    raise DataError(
+        f"a batch of the DataLoader is a {type(batch).__name__}, not an (x, y) pair or a dict",
+        hint="yield (x, y) pairs, or dicts {'teacher': x, 'student': x, 'target': y}",
+    )
+
+
+class ExampleBatches:
+    """Your own DataLoader, its batches put in crossdistill's form (see :func:`example_batch`).
+    ``set_epoch`` reaches its sampler (e.g. a DistributedSampler) when it has one."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset
+        self.sampler = loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (example_batch(batch) for batch in self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        for owner in (self.loader, self.sampler, self.dataset):
+            if hasattr(owner, "set_epoch"):
+                owner.set_epoch(epoch)
+                return

@@ -109,6 +109,57 @@ class Split:
         texts of similar length together."""
         return sum(_text_length(self.fields[f][i]) for f in _fields(self.side(view)))
 
+    def with_views(self, views: Mapping[str, Any]) -> Split:
+        """A split over the same examples whose ``views`` read what they say: a field's name,
+        a list of names (a dict view), or ``{"field": name, "channels": [i, ...]}`` (those
+        entries of the field's first axis: the channels a cheaper device has). Other views
+        keep their sides. A field or channel the data lacks is an error naming it."""
+        fields, sides = dict(self.fields), dict(self.sides)
+        for view, wanted in views.items():
+            if isinstance(wanted, Mapping) or hasattr(wanted, "channels"):
+                field = wanted["field"] if isinstance(wanted, Mapping) else wanted.field
+                channels = wanted["channels"] if isinstance(wanted, Mapping) else wanted.channels
+                name = f"{field}[{','.join(str(c) for c in channels)}]"
+                fields[name] = self._channels(field, list(channels), view)
+                sides[view] = name
+            else:
+                sides[view] = _side(wanted)
+        for view, side in sides.items():
+            missing = [f for f in _fields(side) if f not in fields]
+            if missing:
+                raise DataError(
+                    f"split {self.name!r}: view {view!r} reads {missing}, which it does not have",
+                    hint=f"its fields: {sorted(self.fields)}",
+                )
+        return Split(
+            fields,
+            name=self.name,
+            targets=self.targets,
+            class_names=self.class_names,
+            sides=sides,
+            default_side=self.default_side,
+            groups=self.groups,
+            meta=self.meta,
+        )
+
+    def _channels(self, field: str, channels: list[int], view: str) -> torch.Tensor:
+        column = self.fields.get(field)
+        if not isinstance(column, torch.Tensor) or column.dim() < 2:
+            raise DataError(
+                f"split {self.name!r}: view {view!r} selects channels of field {field!r}, "
+                f"which is {'missing' if column is None else 'not a tensor of examples'}",
+                hint=f"channels are entries of a tensor field's first axis; its fields: "
+                f"{sorted(self.fields)}",
+            )
+        width = column.shape[1]
+        bad = [c for c in channels if not 0 <= c < width]
+        if bad:
+            raise DataError(
+                f"split {self.name!r}: view {view!r} selects channels {bad} of field "
+                f"{field!r}, which has {width}"
+            )
+        return column[:, channels].clone()
+
     def fingerprint(self) -> str:
         """A SHA-256 of the split's contents: every field (by name) and the targets."""
         h = hashlib.sha256()
@@ -289,37 +340,56 @@ class RankingSplit(Split):
 
 
 class DatasetSplit(Split):
-    """A map-style dataset of ``(input, target)`` pairs (a ``TensorDataset``, or your own), read
-    lazily: every side reads the input."""
+    """A map-style dataset read lazily, item by item. Its items are ``(input, target)`` pairs
+    (a ``TensorDataset``: every side reads the input) or dicts of fields and an optional
+    ``"target"`` (``{"teacher": x_all, "student": x_wrist, "target": y}``: a view reads the
+    field of its own name, or what ``sides`` says)."""
 
-    def __init__(self, data: Any, name: str | None = None) -> None:
+    def __init__(
+        self, data: Any, name: str | None = None, sides: Mapping[str, Side] | None = None
+    ) -> None:
         if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
             raise DataError(
                 f"training data {type(data).__name__} has no length",
                 hint="pass a map-style dataset (with __len__ and __getitem__), e.g. TensorDataset",
             )
         name = name or type(data).__name__
-        super().__init__(
-            {"input": _PairColumn(data, 0, name)},
-            name=name,
-            targets=_PairColumn(data, 1, name),
-        )
+        first = data[0] if len(data) else None
+        if isinstance(first, Mapping):
+            keys = [k for k in first if k != "target"]
+            fields: dict[str, Any] = {k: _ItemColumn(data, k, name) for k in keys}
+            targets = _ItemColumn(data, "target", name) if "target" in first else None
+            sides = {**{k: k for k in keys}, **(sides or {})}
+        else:
+            fields, targets = {"input": _ItemColumn(data, 0, name)}, _ItemColumn(data, 1, name)
+        super().__init__(fields, name=name, targets=targets, sides=sides)
 
 
-class _PairColumn:
-    """Element ``j`` of each ``(input, target)`` item of a dataset."""
+class _ItemColumn:
+    """One entry of each item of a dataset: element ``key`` of an ``(input, target)`` pair, or
+    the value under ``key`` of a dict item."""
 
-    def __init__(self, data: Any, j: int, name: str) -> None:
-        self.data, self.j, self.name = data, j, name
+    def __init__(self, data: Any, key: int | str, name: str) -> None:
+        self.data, self.key, self.name = data, key, name
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> Any:
         item = self.data[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise DataError(
-                f"example {i} of {self.name} is not an (input, target) pair",
-                hint="each item must be a 2-tuple (x, y), as TensorDataset(x, y) returns",
-            )
-        return torch.as_tensor(item[self.j])
+        if isinstance(self.key, str):
+            if not isinstance(item, Mapping) or self.key not in item:
+                raise DataError(
+                    f"example {i} of {self.name} has no {self.key!r}",
+                    hint="every item must be a dict with the same keys as the first",
+                )
+            value = item[self.key]
+        else:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise DataError(
+                    f"example {i} of {self.name} is not an (input, target) pair",
+                    hint="each item must be a 2-tuple (x, y), as TensorDataset(x, y) returns, "
+                    "or a dict {'teacher': x, 'student': x, 'target': y}",
+                )
+            value = item[self.key]
+        return value if isinstance(value, str) else torch.as_tensor(value)

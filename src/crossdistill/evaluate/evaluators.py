@@ -16,21 +16,74 @@ from crossdistill._util.device import autocast, to_device
 from crossdistill.core.knowledge import EMBEDDING, LOGITS, SCORES, TEXT_EMBEDDING
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
-from crossdistill.evaluate.metrics import MetricAccumulator
+from crossdistill.evaluate.metrics import (
+    accuracy,
+    classification_metrics,
+    per_class,
+    teacher_agreement,
+)
 
 
 class _Classification:
-    """Accuracy, top-k, calibration; agreement and KL with the teacher's logits."""
+    """Classification of the data's labels, and agreement with the teacher's label space.
 
-    def __init__(self, topk: int) -> None:
+    The data's metrics (accuracy, top-k, macro-F1, calibration, per-class precision / recall /
+    F1) are of the student's ``logits``, and only when their width is the data's class count:
+    a student that learns a pretrained teacher's 1000 classes on a 10-class data set has no
+    accuracy on it. Teacher agreement (top-1, top-k overlap, KL) compares the teacher's
+    ``logits`` with the student output of the same width — its ``logits``, or a head such as
+    ``teacher_logits`` trained by KD — so it is reported whatever the data's label space.
+    """
+
+    def __init__(self, topk: int, num_classes: int | None, class_names: Any) -> None:
         self.topk = topk
-        self.acc = MetricAccumulator()
+        self.num_classes = num_classes or None
+        self.class_names = list(class_names or [])
+        self.data: list[torch.Tensor] = []
+        self.target: list[torch.Tensor] = []
+        self.teacher: list[torch.Tensor] = []
+        self.mimic: list[torch.Tensor] = []
+        self.mimic_key: str | None = None
 
     def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
-        self.acc.update(out["logits"], batch["target"], None if t is None else t.get("logits"))
+        if LOGITS in out and "target" in batch:
+            self.data.append(out[LOGITS].detach().float().cpu())
+            self.target.append(batch["target"].detach().cpu())
+        teacher = None if t is None else t.get(LOGITS)
+        if teacher is None:
+            return
+        if self.mimic_key is None:
+            width = teacher.shape[-1]
+            keys = [LOGITS, *sorted(k for k in out if k != LOGITS and "logits" in k)]
+            fits = [k for k in keys if k in out and out[k].shape[-1] == width]
+            self.mimic_key = fits[0] if fits else ""
+        if self.mimic_key:
+            self.teacher.append(teacher.detach().float().cpu())
+            self.mimic.append(out[self.mimic_key].detach().float().cpu())
 
-    def compute(self) -> dict[str, float]:
-        return self.acc.compute(k=self.topk)
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        labels = torch.cat(self.target) if self.target else None
+        if self.data and labels is not None:
+            logits = torch.cat(self.data)
+            if self.num_classes in (None, logits.shape[1]):
+                out.update(classification_metrics(logits, labels, None, k=self.topk))
+                out["per_class"] = per_class(logits, labels, self.class_names)
+        if self.teacher:
+            teacher = torch.cat(self.teacher)
+            if labels is not None and self.num_classes in (None, teacher.shape[1]):
+                out["teacher_accuracy"] = accuracy(teacher, labels)
+            out.update(teacher_agreement(torch.cat(self.mimic), teacher, self.topk))
+            if self.mimic_key != LOGITS:
+                out["agreement_of"] = self.mimic_key
+        if not out:
+            raise ShapeError(
+                f"nothing to evaluate: the student's logits have "
+                f"{self.data[0].shape[1] if self.data else 'no'} classes, the data has "
+                f"{self.num_classes}, and no student output matches the teacher's label space",
+                hint="give the student a head of the data's classes, or of the teacher's",
+            )
+        return out
 
 
 class _Embeddings:
@@ -182,6 +235,13 @@ def _teacher_knowledge(batch: Mapping[str, Any], teacher: Teacher | None) -> Map
     return None
 
 
+def _classification(loader: Any, topk: int) -> _Classification:
+    dataset = getattr(loader, "dataset", None)
+    return _Classification(
+        topk, getattr(dataset, "num_classes", None), getattr(dataset, "class_names", None)
+    )
+
+
 def _evaluate(
     student: Student,
     loader: Any,
@@ -224,7 +284,9 @@ def evaluate_classification(
 
     The teacher's logits come from ``batch["knowledge"]`` when a store provides them.
     """
-    return _evaluate(student, loader, teacher, device, amp, lambda out, b: _Classification(topk))
+    return _evaluate(
+        student, loader, teacher, device, amp, lambda out, b: _classification(loader, topk)
+    )
 
 
 def evaluate_embeddings(
@@ -252,18 +314,22 @@ def evaluate_student(
     amp: torch.dtype | None = None,
     topk: int = 5,
 ) -> dict[str, float]:
-    """Classification metrics when the student emits ``logits`` and batches have a ``target``,
-    ranking metrics when it emits candidate ``scores``, paired-row agreement when it has two
-    towers (``text_embedding``), else embedding agreement with the teacher; decided on the
-    first batch, in one pass."""
+    """Classification metrics when the student emits logits (of the data's labels, of the
+    teacher's label space, or both: see :class:`_Classification`), ranking metrics when it
+    emits candidate ``scores``, paired-row agreement when it has two towers
+    (``text_embedding``), else embedding agreement with the teacher; decided on the first
+    batch, in one pass."""
 
     def pick(out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
-        if LOGITS in out and "target" in batch:
-            return _Classification(topk)
+        logits = any("logits" in key for key in out)
+        if logits and "target" in batch:
+            return _classification(loader, topk)
         if SCORES in out:
             return _Ranking()
         if TEXT_EMBEDDING in out:
             return _Towers()
-        return _Embeddings()
+        if EMBEDDING in out or not logits:
+            return _Embeddings()
+        return _classification(loader, topk)  # logits, no labels: agreement with the teacher
 
     return _evaluate(student, loader, teacher, device, amp, pick)

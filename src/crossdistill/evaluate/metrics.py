@@ -7,6 +7,8 @@ for the trainer's validation loop and computes everything once at the end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -70,6 +72,54 @@ def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
     return (s.argmax(dim=1) == t.argmax(dim=1)).double().mean().item()
 
 
+def topk_overlap(student_logits: Tensor, teacher_logits: Tensor, k: int) -> float:
+    """Mean over examples of ``|top_k(s_i) ∩ top_k(t_i)| / k``: how much of the teacher's
+    ranking of its first ``k`` classes the student keeps (1.0: the same ``k`` classes)."""
+    s, t = _pair(student_logits, teacher_logits)
+    k = min(k, s.shape[1])
+    top_s, top_t = s.topk(k, dim=1).indices, t.topk(k, dim=1).indices
+    shared = (top_s[:, :, None] == top_t[:, None, :]).any(dim=2).sum(dim=1)
+    return (shared.double() / k).mean().item()
+
+
+def per_class(
+    logits: Tensor, target: Tensor, names: Sequence[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class (by name when ``names`` are given).
+    A class never predicted has precision 0; one absent from the targets has recall 0 and
+    support 0 (the usual convention: no division by zero, no silent NaN)."""
+    z = _logits(logits)
+    y = _target(target, z)
+    classes = z.shape[1]
+    predicted = z.argmax(dim=1)
+    confusion = torch.zeros(classes, classes, dtype=torch.float64)
+    confusion.index_put_((y, predicted), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    hits = confusion.diagonal()
+    support, guessed = confusion.sum(dim=1), confusion.sum(dim=0)
+    precision = torch.where(guessed > 0, hits / guessed.clamp(min=1), torch.zeros_like(hits))
+    recall = torch.where(support > 0, hits / support.clamp(min=1), torch.zeros_like(hits))
+    both = precision + recall
+    f1 = torch.where(both > 0, 2 * precision * recall / both.clamp(min=1e-300), both)
+    labels = list(names) if names is not None and len(names) == classes else None
+    return {
+        (labels[c] if labels else str(c)): {
+            "precision": precision[c].item(),
+            "recall": recall[c].item(),
+            "f1": f1[c].item(),
+            "support": int(support[c].item()),
+        }
+        for c in range(classes)
+    }
+
+
+def macro_f1(logits: Tensor, target: Tensor) -> float:
+    """The unweighted mean of the per-class F1 over the classes present in the targets (a
+    rare class counts as much as a common one)."""
+    rows = per_class(logits, target).values()
+    present = [row["f1"] for row in rows if row["support"] > 0]
+    return sum(present) / len(present) if present else 0.0
+
+
 def kl_divergence(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
 ) -> float:
@@ -117,19 +167,31 @@ def classification_metrics(
     """All metrics at once.
 
     Keys: ``accuracy``, ``top{k}_accuracy`` (named by the requested ``k``, even when clipped),
-    ``ece``; with teacher logits also ``teacher_accuracy``, ``agreement`` and
-    ``kl_teacher_student`` (``KL(p_t || p_s)`` at T=1).
+    ``macro_f1``, ``ece``; with teacher logits also ``teacher_accuracy`` and
+    :func:`teacher_agreement`'s ``agreement``, ``agreement_top<k>``, ``kl_teacher_student``.
     """
     out = {
         "accuracy": accuracy(student_logits, target),
         f"top{k}_accuracy": topk_accuracy(student_logits, target, k),
+        "macro_f1": macro_f1(student_logits, target),
         "ece": expected_calibration_error(student_logits, target),
     }
     if teacher_logits is not None:
         out["teacher_accuracy"] = accuracy(teacher_logits, target)
-        out["agreement"] = agreement(student_logits, teacher_logits)
-        out["kl_teacher_student"] = kl_divergence(student_logits, teacher_logits)
+        out.update(teacher_agreement(student_logits, teacher_logits, k))
     return out
+
+
+def teacher_agreement(
+    student_logits: Tensor, teacher_logits: Tensor, k: int = 5
+) -> dict[str, float]:
+    """``agreement`` (top-1), ``agreement_top<k>`` (:func:`topk_overlap`) and
+    ``kl_teacher_student`` (``KL(p_t || p_s)`` at T=1) of two logits in one label space."""
+    return {
+        "agreement": agreement(student_logits, teacher_logits),
+        f"agreement_top{k}": topk_overlap(student_logits, teacher_logits, k),
+        "kl_teacher_student": kl_divergence(student_logits, teacher_logits),
+    }
 
 
 class MetricAccumulator:

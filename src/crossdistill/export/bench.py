@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from crossdistill._util.files import write_json
+from crossdistill.config import WeightsSpec
 from crossdistill.errors import CheckpointError
 from crossdistill.evaluate.latency import call_times
 from crossdistill.export.base import EXPORTERS, Runner, torch_runner
@@ -121,7 +122,11 @@ def run_candidates(run: Run, threads: int) -> list[Candidate]:
     if teacher is not None:
         assert recipe.teacher is not None
         specs = recipe.teacher.members or [recipe.teacher]
-        weights = [Path(s.weights) for s in specs if s.weights is not None]
+        weights = [
+            s.weights.path if isinstance(s.weights, WeightsSpec) else Path(s.weights)
+            for s in specs
+            if s.weights is not None
+        ]
         out.append(
             Candidate(
                 "teacher",

@@ -73,11 +73,16 @@ class Manifest(BaseModel):
     def plan(self) -> Manifest:
         return self.model_copy(update={"shards": []})
 
-    def check_fingerprint(self, fingerprint: Mapping[str, str], where: Path) -> None:
-        """Refuse a store written for another teacher, data set or preprocessing."""
+    def check_fingerprint(
+        self, fingerprint: Mapping[str, str], where: Path, only: bool = False
+    ) -> None:
+        """Refuse a store written for another teacher, data set or preprocessing. ``only``:
+        compare just the parts ``fingerprint`` has (training from a store without its
+        teacher at hand checks the data and augmentation)."""
+        parts = set(fingerprint) if only else set(fingerprint) | set(self.fingerprint)
         differ = [
             FINGERPRINT_PARTS.get(part, part)
-            for part in sorted(set(fingerprint) | set(self.fingerprint))
+            for part in sorted(parts)
             if fingerprint.get(part) != self.fingerprint.get(part)
         ]
         if differ:

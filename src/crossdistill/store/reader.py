@@ -84,10 +84,10 @@ class KnowledgeStore:
         """Bytes of all shard files."""
         return sum(info.bytes for info in self.manifest.shards)
 
-    def check(self, fingerprint: dict[str, str]) -> None:
+    def check(self, fingerprint: dict[str, str], only: bool = False) -> None:
         """Refuse (StoreError) if the store was written for another teacher, data or
-        preprocessing than ``fingerprint`` describes."""
-        self.manifest.check_fingerprint(fingerprint, self.path)
+        preprocessing than ``fingerprint`` describes (``only``: just the parts it has)."""
+        self.manifest.check_fingerprint(fingerprint, self.path, only)
 
     def _shard(self, j: int) -> dict[str, np.ndarray]:
         arrays = self._maps.get(j)

@@ -236,7 +236,9 @@ class Trainer:
                 if eval_loader is not None and (last or (every and self.epoch % every == 0)):
                     metrics = self.evaluate(eval_loader)
                     history.eval.append(metrics)
-                    self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **metrics})
+                    # the log keeps the numbers; tables (per-class scores) go to eval.json
+                    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+                    self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **scalars})
                 self.save()
             if eval_loader is not None and not history.eval:  # resumed a finished run
                 history.eval.append(self.evaluate(eval_loader))
