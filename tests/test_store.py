@@ -23,6 +23,7 @@ from conftest import CLI_ENV, DIGITS, tree_hashes
 from crossdistill.build import build_dataset, build_distiller, store_codecs, store_fingerprint
 from crossdistill.config import Recipe, load_recipe, validate_recipe
 from crossdistill.core.knowledge import Knowledge
+from crossdistill.data import load_source
 from crossdistill.errors import ConfigError, ShapeError, StoreError
 from crossdistill.losses import build_loss
 from crossdistill.pipeline import cache_recipe, run_recipe
@@ -498,3 +499,31 @@ def test_without_augmentation_one_store_serves_every_seed(recipe: Recipe) -> Non
     assert plain[0] == plain[1]
     augmented = [augmentation_part(top={"seed": s}) for s in (0, 1)]
     assert augmented[0] != augmented[1] and plain[0] not in augmented
+
+
+def test_evaluation_reads_the_teachers_cached_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``store.eval_path`` the evaluation split's teacher outputs are cached too: training's
+    evaluations equal those of a run with the teacher online, and ``crossdistill eval`` of the
+    finished run reads them, with no teacher to run."""
+    import shutil
+
+    from crossdistill.runs import Run
+    from crossdistill.suites import evaluate
+
+    online = run_recipe(digits_recipe(tmp_path / "online", store=None))
+    recipe = digits_recipe(tmp_path / "cached", **{"store.eval_path": str(tmp_path / "eval")})
+    cache_recipe(recipe, progress=False)
+    assert KnowledgeStore(tmp_path / "eval").num_examples == len(load_source("digits", "test"))
+    cached = run_recipe(recipe)
+    for key in ("accuracy", "agreement", "kl_teacher_student"):
+        assert cached.metrics[key] == pytest.approx(online.metrics[key], abs=1e-6), key
+    shutil.rmtree(tmp_path / "cached" / "store")  # neither it nor a teacher is needed now
+
+    def no_teacher(self: Run) -> None:
+        raise AssertionError("the teacher was built")
+
+    monkeypatch.setattr(Run, "teacher", no_teacher)
+    again = evaluate("task", Run(cached.run_dir).path)
+    assert again["agreement"] == pytest.approx(cached.metrics["agreement"], abs=1e-6)

@@ -116,9 +116,18 @@ def _loader(
     )
 
 
-def build_eval_loader(recipe: Recipe, device: torch.device) -> Any:
-    """The evaluation split, unaugmented, in order."""
-    return _loader(recipe, recipe.data.eval_split, False, device)
+def build_eval_loader(
+    recipe: Recipe, device: torch.device, teacher: Teacher | None = None
+) -> Any:
+    """The evaluation split, unaugmented, in order; with a ``store.eval_path`` its examples
+    carry the teacher's cached Knowledge (checked against ``teacher`` when it is given, else
+    against the data alone: a finished run is evaluated with the outputs it was cached with)."""
+    dataset = build_dataset(recipe, recipe.data.eval_split, False)
+    if recipe.store is not None and recipe.store.eval_path is not None:
+        store = KnowledgeStore(recipe.store.eval_path, verify=recipe.store.verify)
+        store.check(store_fingerprint(recipe, teacher, dataset, False), only=teacher is None)
+        dataset = StoreDataset(dataset, store)
+    return _loader(recipe, recipe.data.eval_split, False, device, dataset)
 
 
 def build_loaders(
@@ -141,21 +150,25 @@ def build_loaders(
         store.check(store_fingerprint(recipe, teacher, dataset))
         dataset = StoreDataset(dataset, store)
     train = _loader(recipe, recipe.data.train_split, True, device, dataset, rank, world)
-    return train, build_eval_loader(recipe, device)
+    return train, build_eval_loader(recipe, device, teacher)
 
 
-def store_fingerprint(recipe: Recipe, teacher: Teacher, dataset: Any) -> dict[str, str]:
-    """What a store's contents depend on, part by part (see ``store.manifest``)."""
+def store_fingerprint(
+    recipe: Recipe, teacher: Teacher | None, dataset: Any, train: bool = True
+) -> dict[str, str]:
+    """What a store's contents depend on, part by part (see ``store.manifest``): of the
+    training split, or (``train`` False) of the evaluation split, which is never augmented.
+    Without ``teacher`` the parts that need it are left out."""
     assert recipe.teacher is not None
     data = recipe.data
-    return {
-        "teacher_weights": weights_digest(teacher),
-        "teacher": digest(recipe.teacher.model_dump(mode="json", exclude={"weights"})),
+    split, limit = (data.train_split, data.limit_train) if train else (data.eval_split, None)
+    augmented = train and data.augment is not None
+    found = {
         "data": digest(
             data.source,
             data.params,
-            data.train_split,
-            data.limit_train,
+            split,
+            limit,
             dataset.split.side("teacher"),
             dataset.split.fingerprint(),
             len(dataset),
@@ -163,9 +176,15 @@ def store_fingerprint(recipe: Recipe, teacher: Teacher, dataset: Any) -> dict[st
         # without augmentation every slot of every example is the same view, whatever the seed:
         # one store then serves all seeds of a recipe
         "augmentation": digest(
-            data.augment, data.augment_slots, recipe.seed if data.augment else None
+            data.augment if train else None,
+            data.augment_slots if train else None,
+            recipe.seed if augmented else None,
         ),
     }
+    if teacher is not None:
+        found["teacher_weights"] = weights_digest(teacher)
+        found["teacher"] = digest(recipe.teacher.model_dump(mode="json", exclude={"weights"}))
+    return found
 
 
 def store_codecs(recipe: Recipe, distiller: Distiller) -> dict[str, KeyCodec]:

@@ -168,9 +168,13 @@ class StoreSpec(_Strict):
     """A knowledge store of the teacher's outputs on the training data (``crossdistill cache``).
 
     It holds every teacher key the losses read; ``keys`` sets the format of some of them.
+    With ``eval_path`` the teacher's outputs on the evaluation split are cached too, and every
+    evaluation (while training, and ``crossdistill eval`` later) reads them instead of running
+    the teacher.
     """
 
     path: Path
+    eval_path: Path | None = None
     dtype: Literal["float16", "float32"] = "float16"
     keys: dict[str, StoreKeySpec] = Field(default_factory=dict)
     shard_size: PositiveInt = 4096
@@ -267,7 +271,7 @@ class Recipe(_Strict):
 
 _NOT_FINGERPRINTED: dict[str, Any] = {
     "name": True,
-    "store": {"path", "shard_size", "batch_size", "verify"},
+    "store": {"path", "eval_path", "shard_size", "batch_size", "verify"},
     "output": True,
     "eval": True,
     "train": {"device", "progress", "log_every", "keep_checkpoints", "checkpoint_every_steps"},

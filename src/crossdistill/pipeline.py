@@ -60,20 +60,25 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
     assert distiller.teacher is not None
     device = select_device(recipe.train.device)
     teacher = distiller.teacher.to(device)
-    dataset = build_dataset(recipe, recipe.data.train_split, True)
     rank, world = distributed_rank()
-    write_store(
-        recipe.store.path,
-        teacher,
-        dataset,
-        store_codecs(recipe, distiller),
-        store_fingerprint(recipe, teacher, dataset),
-        shard_size=recipe.store.shard_size,
-        batch_size=recipe.store.batch_size,
-        rank=rank,
-        world_size=world,
-        progress=progress and recipe.train.progress and rank == 0,
-    )
+    codecs = store_codecs(recipe, distiller)
+    stores = [(recipe.store.path, recipe.data.train_split, True)]
+    if recipe.store.eval_path is not None:
+        stores.append((recipe.store.eval_path, recipe.data.eval_split, False))
+    for path, split, train in stores:
+        dataset = build_dataset(recipe, split, train)
+        write_store(
+            path,
+            teacher,
+            dataset,
+            codecs,
+            store_fingerprint(recipe, teacher, dataset, train),
+            shard_size=recipe.store.shard_size,
+            batch_size=recipe.store.batch_size,
+            rank=rank,
+            world_size=world,
+            progress=progress and recipe.train.progress and rank == 0,
+        )
     return recipe.store.path
 
 

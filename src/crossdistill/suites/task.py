@@ -31,7 +31,9 @@ class TaskSuite(Suite):
         recipe = run.recipe([f"data.eval_split={options.split}"] if options.split else None)
         device = select_device(recipe.train.device)
         student = run.student().to(device)
-        teacher = run.teacher()
+        # with the teacher's outputs cached for the evaluation split, the teacher never runs
+        cached = recipe.store is not None and recipe.store.eval_path is not None
+        teacher = None if cached else run.teacher()
         loader = run.eval_data(options.split, device=device)
         amp = amp_dtype(recipe.train.amp, device)  # the same precision as in training
         return evaluate_student(
