@@ -107,7 +107,8 @@ def test_eval_json_has_macro_f1_and_per_class_scores(tmp_path: Path) -> None:
     assert sum(row["support"] for row in final["per_class"].values()) == len(y)
     f1s = [row["f1"] for row in final["per_class"].values() if row["support"]]
     assert final["macro_f1"] == pytest.approx(sum(f1s) / len(f1s))
-    logged = [json.loads(line) for line in Run(tmp_path / "r").metrics_file.read_text().splitlines()]
+    lines = Run(tmp_path / "r").metrics_file.read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
     assert all("per_class" not in r for r in logged)  # the log keeps numbers only
 
 

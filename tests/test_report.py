@@ -268,3 +268,11 @@ def test_chromium_renders_every_figure(page: str, kd_run: Path, tmp_path: Path) 
     mean = sum(i * c for i, c in enumerate(hist)) / n
     std = (sum(c * (i - mean) ** 2 for i, c in enumerate(hist)) / n) ** 0.5
     assert std > 10, f"the screenshot is nearly uniform (gray std {std:.1f})"
+
+
+def test_the_report_shows_every_class_of_the_last_evaluation(page: str, kd_run: Path) -> None:
+    per_class = json.loads((kd_run / "eval.json").read_text())["per_class"]
+    assert list(per_class) == [str(d) for d in range(10)]  # digits' class names
+    assert "Per class" in page and "macro-F1" in page
+    for row in per_class.values():
+        assert f"{row['f1']:.4f}" in page

@@ -26,6 +26,7 @@ import importlib.metadata
 import inspect
 import os
 import pkgutil
+import re
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -143,6 +144,38 @@ class Registry(Generic[T]):
         """Whether the plug-in ``ref`` takes a keyword parameter ``param``."""
         return param in _signature(self.resolve(ref)).parameters
 
+    def describe(self, ref: str | T, exclude: Iterable[str] = ()) -> dict[str, Any]:
+        """What a user can know of the plug-in ``ref`` without reading its code: ``name``,
+        ``path`` (its import path), ``summary`` (its docstring's first paragraph, on one line),
+        ``params`` (``{name, type, default}`` each, from the signature :meth:`build` validates
+        against; ``default`` is ``"required"`` where there is none).
+
+        ``exclude``: the parameters crossdistill supplies itself, the ``fixed`` of :meth:`build`
+        (an adapter's ``student_shape`` and ``teacher_shape``, a data source's ``split``). The
+        registry cannot tell them from the others: the code that calls :meth:`build` knows them.
+        """
+        obj = self.resolve(ref)
+        model = params_model(obj)
+        skip = set(exclude)
+        params = [
+            {
+                "name": name,
+                "type": _type_name(field.annotation),
+                "default": "required" if field.is_required() else field.default,
+            }
+            for name, field in model.model_fields.items()
+            if name not in skip
+        ]
+        paragraph = inspect.cleandoc(obj.__doc__ or "").split("\n\n")[0]  # own, not inherited
+        registered = isinstance(ref, str) and ":" not in ref
+        target = obj if hasattr(obj, "__qualname__") else type(obj)  # a callable instance
+        return {
+            "name": ref if registered else plugin_name(obj),
+            "path": f"{target.__module__}:{target.__qualname__}",
+            "summary": " ".join(paragraph.split()),
+            "params": params,
+        }
+
     def names(self) -> list[str]:
         """Every registered name, plug-in packages included."""
         load_plugins()
@@ -171,6 +204,21 @@ def plugin_name(obj: Any) -> str:
 def _type_names(types: type | tuple[type, ...]) -> str:
     types = types if isinstance(types, tuple) else (types,)
     return " or ".join(f"{t.__module__.partition('.')[0]} {t.__qualname__}" for t in types)
+
+
+def _type_name(annotation: Any) -> str:
+    """A type as a recipe writer reads it: ``int | Sequence[int]``, not
+    ``int | collections.abc.Sequence[int]``."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__qualname__
+    # module prefixes dropped outside quoted literals (a Literal's values keep their dots)
+    parts = re.split(r"('[^']*'|\"[^\"]*\")", repr(annotation))
+    return "".join(
+        part if i % 2 else re.sub(r"\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])", "", part)
+        for i, part in enumerate(parts)
+    )
 
 
 # ------------------------------------------------------------------------ finding plug-ins

@@ -1,5 +1,6 @@
 """NumPy float64 references for the logit losses, written straight from the papers' formulas one
-sample at a time, and their bench cases (torchdistill 1.1.5 has KD, LogitStdKD and DIST)."""
+sample at a time, and their bench cases (torchdistill 1.1.5 has KD, LogitStdKD and DIST; it has
+no multi-label KD like bce_kd)."""
 
 from __future__ import annotations
 
@@ -76,8 +77,42 @@ def ref_dist(s, t, y=None, beta=1.0, gamma=1.0, temperature=1.0, eps=None):
     return temperature**2 * (beta * inter + gamma * intra)
 
 
+def np_sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(x / 2))  # = 1 / (1 + e^-x), without overflow
+
+
+def ref_bce_kd(
+    s,
+    t,
+    y=None,
+    temperature=1.0,
+    pos_weight=1.0,
+    mask=None,
+    teacher_probabilities=False,
+):
+    """τ² · Σ_e m_e ℓ_e / Σ_e m_e, ℓ_e = -[w p log q + (1-p) log(1-q)], q = σ(s/τ), one sample
+    (first axis) at a time. The teacher's probabilities at τ are σ(t/τ) from logits, and
+    p^(1/τ) / (p^(1/τ) + (1-p)^(1/τ)) from probabilities (the same, written without the logit)."""
+    total, count = 0.0, 0.0
+    for i in range(len(s)):
+        if teacher_probabilities:
+            a, b = t[i] ** (1 / temperature), (1 - t[i]) ** (1 / temperature)
+            p = a / (a + b)
+        else:
+            p = np_sigmoid(t[i] / temperature)
+        x = s[i] / temperature
+        # log σ(x) = -log(1 + e^-x), log(1 - σ(x)) = -log(1 + e^x)
+        log_q, log_not_q = -np.logaddexp(0, -x), -np.logaddexp(0, x)
+        per_element = -(pos_weight * p * log_q + (1 - p) * log_not_q)
+        m = np.ones_like(x) if mask is None else np.broadcast_to(mask[i] != 0, x.shape)
+        total += float(np.sum(per_element * m))
+        count += float(np.sum(m))
+    return temperature**2 * total / max(count, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
-# Bench cases: CIFAR-100-like logits, batch 128 × 100 classes
+# Bench cases: CIFAR-100-like logits, batch 128 × 100 classes; AudioSet-like multi-label scores,
+# 527 classes (batch 64 per clip, or 16 clips × 100 frames with padded frames masked)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -90,6 +125,30 @@ def _make(rng: np.random.Generator, realistic: bool) -> tuple[Arrays, Arrays, np
 def _ref(fn, **params):
     def reference(s: Arrays, t: Arrays, y, loss) -> float:
         return fn(s["logits"], t["logits"], y, **params)
+
+    return reference
+
+
+def _make_multilabel(frames: bool):
+    def make(rng: np.random.Generator, realistic: bool) -> tuple[Arrays, Arrays, None]:
+        if frames:
+            shape = (16, 100, 527) if realistic else (4, 6, 5)
+        else:
+            shape = (64, 527) if realistic else (8, 10)
+        # multi-label teachers are mostly confident negatives: logits around -4
+        s, t = rng.normal(-4, 3, shape), rng.normal(-4, 3, shape)
+        teacher = {"logits": t}
+        if frames:  # each clip's last frames are padding
+            lengths = rng.integers(shape[1] // 2, shape[1] + 1, shape[0])
+            teacher["mask"] = (np.arange(shape[1])[None, :] < lengths[:, None])[..., None] * 1.0
+        return {"logits": s}, teacher, None
+
+    return make
+
+
+def _ref_bce_kd(**params):
+    def reference(s: Arrays, t: Arrays, y, loss) -> float:
+        return ref_bce_kd(s["logits"], t["logits"], mask=t.get("mask"), **params)
 
     return reference
 
@@ -143,5 +202,15 @@ BENCH_CASES = [
         _ref(ref_dist, eps=1e-20),
         torchdistill=_td(lambda m: m.DISTLoss(*_PATH, eps=1e-20)),
         td_note="DISTLoss with a negligible eps (the eps placements differ; see the dist docs)",
+    ),
+    BenchCase(
+        "bce_kd", {"temperature": 2.0}, _make_multilabel(False), _ref_bce_kd(temperature=2.0)
+    ),
+    BenchCase(
+        "bce_kd",
+        {"temperature": 2.0, "mask": "mask"},
+        _make_multilabel(True),
+        _ref_bce_kd(temperature=2.0),
+        label="bce_kd-frames-mask",
     ),
 ]

@@ -21,7 +21,9 @@ from ref_logit import (
     ref_nkd,
 )
 
+from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError, UnknownNameError
 from crossdistill.losses import LOSSES, Needs, build_loss
 
@@ -375,6 +377,7 @@ def test_all_registered_with_their_needs() -> None:
         "nkd": Needs(("logits",), ("logits",), True),
         "logit_std_kd": Needs(("logits",), ("logits",), False),
         "dist": Needs(("logits",), ("logits",), False),
+        "bce_kd": Needs(("logits",), ("logits",), False),
     }
     assert set(expected) <= set(LOSSES.names())
     for name, needs in expected.items():
@@ -408,6 +411,8 @@ def test_unknown_loss_lists_known_names() -> None:
         ("logit_std_kd", {"eps": 0.0}, "eps"),
         ("dist", {"temperature": 0.0}, "temperature"),
         ("ce", {"label_smoothing": 1.5}, "label_smoothing"),
+        ("bce_kd", {"temperature": 0.0}, "temperature"),
+        ("bce_kd", {"pos_weight": -1.0}, "pos_weight"),
     ],
 )
 def test_out_of_range_hyper_parameter(name: str, params: dict, word: str) -> None:
@@ -444,7 +449,7 @@ def test_soft_labels_reduce_to_their_argmax() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ce", "kd", "dkd", "nkd", "logit_std_kd", "dist"])
+@pytest.mark.parametrize("name", ["ce", "kd", "dkd", "nkd", "logit_std_kd", "dist", "bce_kd"])
 @pytest.mark.parametrize("scale", [1.0, 100.0])
 def test_finite_scalar_under_bfloat16_autocast(name: str, scale: float) -> None:
     torch.manual_seed(0)
@@ -461,3 +466,136 @@ def test_finite_scalar_under_bfloat16_autocast(name: str, scale: float) -> None:
     assert all(torch.isfinite(p.grad).all() for p in head_s.parameters())
     # close to the float32 value of the same (bf16-rounded) logits
     torch.testing.assert_close(value, run_loss(loss, s.float(), t.float(), y), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Knowledge keys: `student` / `teacher` name the logits a loss reads
+# --------------------------------------------------------------------------------------------
+
+# every logit loss that reads both sides' logits (ce reads only the student's, ofa a feature)
+KEYED = [
+    ("kd", {}),
+    ("dkd", {}),
+    ("nkd", {}),
+    ("logit_std_kd", {}),
+    ("dist", {}),
+    ("bce_kd", {"temperature": 2.0, "pos_weight": 2.0}),
+]
+
+
+def renamed(s, t):
+    """The same logits under other keys, next to ``logits`` of another label space (which a
+    loss reading the configured keys must ignore)."""
+    g = torch.Generator().manual_seed(99)
+    other = torch.randn(s.shape[0], s.shape[1] + 3, generator=g, dtype=s.dtype)
+    student = Knowledge({"logits": other, "teacher_logits": s}, source="student")
+    teacher = Knowledge({"logits": other[:, :2], "scores": t}, source="teacher")
+    return student, teacher
+
+
+@pytest.mark.parametrize(("name", "params"), KEYED, ids=[n for n, _ in KEYED])
+def test_keys_read_the_named_logits_bit_for_bit(name: str, params: dict) -> None:
+    default = build_loss(name, params)
+    keyed = build_loss(name, {**params, "student": "teacher_logits", "teacher": "scores"})
+    assert default.needs().student == ("logits",) and default.needs().teacher == ("logits",)
+    assert keyed.needs() == Needs(("teacher_logits",), ("scores",), default.needs().target)
+    s, t, y = random_inputs((6, 8), seed=31)
+    s.requires_grad_(True)
+    v1 = run_loss(default, s, t, y)
+    (g1,) = torch.autograd.grad(v1, s)
+    v2 = keyed(*renamed(s, t), y)
+    (g2,) = torch.autograd.grad(v2, s)
+    assert torch.equal(v1, v2) and torch.equal(g1, g2)
+
+
+def test_ce_reads_the_named_student_logits() -> None:
+    s, t, y = random_inputs((6, 8), seed=32)
+    keyed = build_loss("ce", {"student": "teacher_logits", "label_smoothing": 0.1})
+    assert keyed.needs() == Needs(("teacher_logits",), (), True)
+    default = build_loss("ce", {"label_smoothing": 0.1})
+    assert torch.equal(keyed(*renamed(s, t), y), run_loss(default, s, t, y))
+    with pytest.raises(ConfigError, match="teacher"):  # ce reads no teacher: no such param
+        build_loss("ce", {"teacher": "logits"})
+
+
+def test_ofa_reads_the_named_teacher_logits() -> None:
+    torch.manual_seed(0)
+    default = build_loss("ofa", {"student": "features/f", "width": 8}).double()
+    keyed = build_loss("ofa", {"student": "features/f", "teacher": "scores", "width": 8}).double()
+    assert keyed.needs() == Needs(("features/f",), ("scores",), True)
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    _, t, y = random_inputs((4, 7), seed=33)
+    student = Knowledge({"features/f": x})
+    v1 = default(student, Knowledge({"logits": t}), y)
+    keyed.load_state_dict(default.state_dict())  # the same (lazily sized) branch
+    v2 = keyed(student, Knowledge({"logits": t[:, :2], "scores": t}), y)
+    assert torch.equal(v1, v2)
+    with pytest.raises(ShapeError, match=r"\(batch, classes\) in the teacher's 'scores'"):
+        keyed(student, Knowledge({"scores": t[:, :, None]}), y)
+
+
+@pytest.mark.parametrize("name", ["ce", "kd", "dkd", "nkd", "logit_std_kd", "dist", "bce_kd"])
+def test_a_missing_named_key_is_reported_even_when_logits_exist(name: str) -> None:
+    s, t, y = random_inputs((4, 5), seed=34)
+    loss = build_loss(name, {"student": "teacher_logits"})
+    with pytest.raises(KnowledgeError, match="'teacher_logits'"):
+        run_loss(loss, s, t, y)
+    if name != "ce":
+        loss = build_loss(name, {"teacher": "scores"})
+        with pytest.raises(KnowledgeError, match="'scores'"):
+            run_loss(loss, s, t, y)
+
+
+def test_shape_errors_name_the_keys() -> None:
+    s, t, y = random_inputs((4, 5), seed=35)
+    loss = build_loss("kd", {"student": "teacher_logits", "teacher": "scores"})
+    student = Knowledge({"teacher_logits": s})
+    with pytest.raises(ShapeError, match=r"student 'teacher_logits' \(4, 5\).*'scores' \(4, 4\)"):
+        loss(student, Knowledge({"scores": t[:, :4]}), y)
+    with pytest.raises(ShapeError, match=r"teacher's 'scores'") as info:
+        loss(student, Knowledge({"scores": t[:, :, None]}), y)
+    assert "`teacher:` param" in str(info.value)
+    with pytest.raises(ShapeError, match="same shape") as info:  # the default keys
+        run_loss(build_loss("kd"), s, t[:, :4], y)
+    assert "student: teacher_logits" in str(info.value)  # the hint: a second head
+
+
+def test_a_teacher_of_another_label_space_through_the_distiller() -> None:
+    # The issue's case: a 20-class teacher, a 4-class data set. The student has a data head
+    # (`logits`, trained by ce on the labels) and a teacher head (`teacher_logits`, trained by
+    # kd); the Distiller's label-space check passes, and each head is trained by its loss only.
+    torch.manual_seed(0)
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(6, 8)
+            self.data_head, self.teacher_head = torch.nn.Linear(8, 4), torch.nn.Linear(8, 20)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.data_head(h), self.teacher_head(h)
+
+    student = Student(TwoHeads(), outputs=["logits", "teacher_logits"])
+    teacher = Teacher(torch.nn.Linear(6, 20))
+    terms = [
+        Term("ce", build_loss("ce")),
+        Term("kd", build_loss("kd", {"student": "teacher_logits"})),
+    ]
+    distiller = Distiller(student, terms, teacher)
+    x, y = torch.randn(5, 6), torch.randint(0, 4, (5,))
+    batch = {"views": {"student": x, "teacher": x}, "target": y}
+    distiller.check(batch, num_classes=4)
+    _, values = distiller(batch)
+    out = student(x)
+    torch.testing.assert_close(values["ce"], run_loss(build_loss("ce"), out["logits"], None, y))
+    torch.testing.assert_close(
+        values["kd"], run_loss(build_loss("kd"), out["teacher_logits"], teacher(x)["logits"], y)
+    )
+    head = student.model
+    (g_data,) = torch.autograd.grad(values["kd"], head.data_head.weight, allow_unused=True)
+    assert g_data is None  # kd trains the teacher head (and the body), not the data head
+    # without the key, kd reads the 4-class data head: refused with both fixes in the hint
+    plain = Distiller(student, [Term("kd", build_loss("kd"))], teacher)
+    with pytest.raises(ShapeError, match=r"\(5, 4\).*\(5, 20\)"):
+        plain.check(batch, num_classes=4)

@@ -53,6 +53,7 @@ class RunData:
     records: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # eval.json's
     student: dict[str, Any] | None = None  # student.json
     size_bytes: int | None = None
     latency_ms: float | None = None
@@ -172,6 +173,8 @@ def load_run(run_dir: str | Path) -> RunData:
     if not isinstance(final, dict):
         final = {k: v for k, v in evals[-1].items() if k not in STEP_META} if evals else {}
     run.final = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    if isinstance(final.get("per_class"), dict):
+        run.per_class = final["per_class"]
     weights, meta = files.student_file, files.student_json
     if weights.is_file() and meta.is_file():
         run.student = json.loads(meta.read_text())

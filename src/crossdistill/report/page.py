@@ -307,6 +307,7 @@ def render_page(
         _training_section(runs),
         _validation_section(runs),
         _confusion_section(runs, max_examples),
+        _per_class_section(runs),
         _config_section(runs),
     ]
     return _page(runs, [p for p in parts if p], version, footnotes)
@@ -488,6 +489,27 @@ def _confusion_section(runs: Sequence[RunData], max_examples: int) -> str:
             )
         )
     return _section("Confusion", "", _grid(figs), "confusion") if figs else ""
+
+
+def _per_class_section(runs: Sequence[RunData]) -> str:
+    """Precision, recall, F1 and support of every class at the end (eval.json): where a rare
+    class pays for a gain in accuracy, macro-F1 falls and this table shows which."""
+    tables = []
+    for run in (r for r in runs if r.per_class):
+        rows = "".join(
+            f"<tr><td>{e(name)}</td><td>{_fmt(row.get('precision'), '.4f')}</td>"
+            f"<td>{_fmt(row.get('recall'), '.4f')}</td><td>{_fmt(row.get('f1'), '.4f')}</td>"
+            f"<td>{int(row.get('support', 0)):,}</td></tr>"
+            for name, row in run.per_class.items()
+        )
+        macro = _fmt(run.final.get("macro_f1"), ".4f")
+        tables.append(
+            f"<h3>{_swatch(run)} <span class=muted>macro-F1 {macro}</span></h3>"
+            "<table><thead><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    lede = "The last evaluation of each run, class by class (its eval.json)."
+    return _section("Per class", lede, "".join(tables), "per-class") if tables else ""
 
 
 def _config_section(runs: Sequence[RunData]) -> str:

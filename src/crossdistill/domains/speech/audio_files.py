@@ -5,7 +5,12 @@ the file), with an optional ``"label"`` (a class name, for zero-shot classificat
 ``"group"`` (e.g. the speaker: examples of one group stay in one split). Any PCM wav works:
 other sample rates are resampled to 16 kHz and several channels are averaged, and both are
 reported. Silent or empty clips cannot teach anything and are left out, clipped ones are kept;
-every such clip is named in a warning, never dropped silently.
+clips longer than ``max_seconds`` are served as their middle ``max_seconds``; every such clip is
+named in a warning, never dropped or cropped silently. To use every second of long recordings,
+cut them into windows: ``data: {source: windows, params: {source: audio_files, params: {path:
+..., max_seconds: 600}, size: 24000}}`` gives one example per 1.5 s window of every clip, and
+the windows of one recording stay in its split (a ``max_seconds`` above the longest clip keeps
+this source from reporting clips as cropped that the windows use in full).
 """
 
 from __future__ import annotations
@@ -72,7 +77,9 @@ def load(
 ) -> PairSplit:
     """The ``split`` of the pairs in ``path``: a line is in ``"test"`` when a stable hash of
     its ``group`` (default: its text) falls in the ``test_fraction`` share, so one speaker or
-    one text never straddles the splits. Clips are served as ``max_seconds`` of 16 kHz audio."""
+    one text never straddles the splits. Clips are served as ``max_seconds`` of 16 kHz audio:
+    longer ones as their middle ``max_seconds`` (each named in a warning); the ``windows``
+    source cuts them into windows instead, to use every second."""
     check_split(split, "audio_files")
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"audio_files: test_fraction must be in [0, 1), got {test_fraction!r}")
@@ -83,7 +90,8 @@ def load(
         for r in read_pairs(file)
         if (hash_bucket(str(r.get("group", r["text"]))) < threshold) == (split == "test")
     ]
-    kept, audio, changed, bad, clipped = [], [], [], [], []
+    max_samples = int(max_seconds * SAMPLE_RATE)
+    kept, audio, changed, bad, clipped, cropped = [], [], [], [], [], []
     for row in rows:
         samples, notes = load_clip(row["audio"])
         problems = check_clip(samples, SAMPLE_RATE)
@@ -95,11 +103,19 @@ def load(
             continue
         if "clipped" in problems:
             clipped.append(where)
+        if len(samples) > max_samples:  # Clips serves the middle max_samples of a longer clip
+            cropped.append(f"{where}: {len(samples) / SAMPLE_RATE:.1f} s")
         kept.append(row)
         audio.append(samples)
     _report(file, "converted to 16 kHz mono", changed)
     _report(file, "left out (nothing to hear)", bad)
     _report(file, "clipped (kept)", clipped)
+    _report(
+        file,
+        f"longer than max_seconds={max_seconds}, served as their middle {max_seconds} s (the"
+        " windows source uses all of a long recording)",
+        cropped,
+    )
     if not kept:
         raise DataError(f"audio_files: split {split!r} of {file} has no usable clips")
     labels = [r.get("label") for r in kept]
@@ -114,7 +130,7 @@ def load(
     return PairSplit(
         modalities={
             "text": texts,
-            "speech": Clips.from_list(audio, SAMPLE_RATE, int(max_seconds * SAMPLE_RATE)),
+            "speech": Clips.from_list(audio, SAMPLE_RATE, max_samples),
         },
         targets=targets,
         class_names=class_names,

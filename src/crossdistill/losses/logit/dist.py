@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.losses.checks import check_range
-from crossdistill.losses.logit._common import logit_pair
-from crossdistill.losses.registry import LOSSES, Loss
+from crossdistill.losses.logit._common import LogitLoss
+from crossdistill.losses.registry import LOSSES
 
 
 def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
@@ -18,7 +18,7 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @LOSSES.register("dist")
-class DISTLoss(Loss):
+class DISTLoss(LogitLoss):
     r"""DIST (Huang et al., NeurIPS 2022, arXiv:2205.10536).
 
     With ``Y^s = softmax(s / τ)``, ``Y^t = softmax(t / τ)`` of shape ``(B, C)`` and Pearson
@@ -31,15 +31,24 @@ class DISTLoss(Loss):
     ``ε`` is added to the norm product as in the authors' code; torchdistill's ``DISTLoss`` uses
     ``F.cosine_similarity`` (which clamps the norms by ``ε`` instead), a difference of order
     ``ε / (‖u‖‖v‖)``. With a batch of one the intra-class term is the constant ``γ · τ²``.
+
+    ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``), e.g.
+    a second student head for a teacher of another label space.
     """
 
-    needs_student = ("logits",)
-    needs_teacher = ("logits",)
+    who = "dist"
 
     def __init__(
-        self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, eps: float = 1e-8
+        self,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        temperature: float = 1.0,
+        eps: float = 1e-8,
+        *,
+        student: str = LOGITS,
+        teacher: str = LOGITS,
     ) -> None:
-        super().__init__()
+        super().__init__(student, teacher)
         self.beta = check_range("dist", "beta", beta)
         self.gamma = check_range("dist", "gamma", gamma)
         self.temperature = check_range("dist", "temperature", temperature, positive=True)
@@ -48,7 +57,7 @@ class DISTLoss(Loss):
     def forward(
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
     ) -> torch.Tensor:
-        s, t = logit_pair(student, teacher, "dist")
+        s, t = self.pair(student, teacher)
         y_s, y_t = (s / self.temperature).softmax(1), (t / self.temperature).softmax(1)
         inter = 1 - pearson_rows(y_s, y_t, self.eps).mean()
         intra = 1 - pearson_rows(y_s.T, y_t.T, self.eps).mean()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.errors import ShapeError
 from crossdistill.losses.checks import check_range
-from crossdistill.losses.logit._common import class_indices, logit_pair
-from crossdistill.losses.registry import LOSSES, Loss
+from crossdistill.losses.logit._common import LogitLoss, class_indices
+from crossdistill.losses.registry import LOSSES
 
 
 def _split(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +27,7 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 @LOSSES.register("dkd")
-class DKDLoss(Loss):
+class DKDLoss(LogitLoss):
     r"""Decoupled KD (Zhao et al., CVPR 2022, arXiv:2203.08679).
 
     With ``p = softmax(z / T)`` for the true class ``y``, ``b = [p_y, 1 - p_y]`` and
@@ -41,14 +41,24 @@ class DKDLoss(Loss):
     drops the ``(1 - p^t_y)`` weight. ``log(1 - p_y)`` is computed as a log-sum-exp over the
     non-target logits, so no probability is ever subtracted from 1. The reference code's linear
     warm-up of the loss weight over the first epochs is a schedule, not part of this loss.
+
+    ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``); the
+    hard labels index their classes, so both must be over the data's classes.
     """
 
-    needs_student = ("logits",)
-    needs_teacher = ("logits",)
+    who = "dkd"
     needs_target = True
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        *,
+        student: str = LOGITS,
+        teacher: str = LOGITS,
+    ) -> None:
+        super().__init__(student, teacher)
         self.alpha = check_range("dkd", "alpha", alpha)
         self.beta = check_range("dkd", "beta", beta)
         self.temperature = check_range("dkd", "temperature", temperature, positive=True)
@@ -56,7 +66,7 @@ class DKDLoss(Loss):
     def forward(
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
     ) -> torch.Tensor:
-        s, t = logit_pair(student, teacher, "dkd")
+        s, t = self.pair(student, teacher)
         if s.shape[1] < 2:
             raise ShapeError(f"dkd needs at least 2 classes, got logits {tuple(s.shape)}")
         y = class_indices(target, s, "dkd")

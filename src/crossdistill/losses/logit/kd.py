@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.losses.checks import check_range
-from crossdistill.losses.logit._common import logit_pair
-from crossdistill.losses.registry import LOSSES, Loss
+from crossdistill.losses.logit._common import LogitLoss
+from crossdistill.losses.registry import LOSSES
 
 
 def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -21,7 +21,7 @@ def soft_kl(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 @LOSSES.register("kd")
-class KDLoss(Loss):
+class KDLoss(LogitLoss):
     r"""Knowledge distillation (Hinton, Vinyals & Dean 2015, arXiv:1503.02531).
 
     ``L = T² · (1/B) Σ_i KL(softmax(t_i / T) || softmax(s_i / T))`` ("batchmean").
@@ -29,17 +29,21 @@ class KDLoss(Loss):
     The ``T²`` keeps the gradient magnitude roughly independent of ``T`` (paper, §2). Equals
     ``T² ×`` torchdistill's ``KDLoss(alpha=None)``, which returns the KL without ``T²``; the
     hard-label term of torchdistill's ``alpha`` is the separate ``ce`` loss here.
+
+    ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``), e.g.
+    a second student head for a teacher of another label space.
     """
 
-    needs_student = ("logits",)
-    needs_teacher = ("logits",)
+    who = "kd"
 
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
+    def __init__(
+        self, temperature: float = 4.0, *, student: str = LOGITS, teacher: str = LOGITS
+    ) -> None:
+        super().__init__(student, teacher)
         self.temperature = check_range("kd", "temperature", temperature, positive=True)
 
     def forward(
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None = None
     ) -> torch.Tensor:
-        s, t = logit_pair(student, teacher, "kd")
+        s, t = self.pair(student, teacher)
         return soft_kl(s, t, self.temperature)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from crossdistill.core.knowledge import Knowledge
+from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.errors import ShapeError
 from crossdistill.losses.checks import check_range
-from crossdistill.losses.logit._common import class_indices, logit_pair
-from crossdistill.losses.registry import LOSSES, Loss
+from crossdistill.losses.logit._common import LogitLoss, class_indices
+from crossdistill.losses.registry import LOSSES
 
 
 @LOSSES.register("nkd")
-class NKDLoss(Loss):
+class NKDLoss(LogitLoss):
     r"""Normalized KD (Yang et al., ICCV 2023, arXiv:2303.13005, Eq. 8; ref. code yzd-v/cls_KD).
 
     With ``y`` the true class, ``S = softmax(s)``, ``T = softmax(t)`` (no temperature), and
@@ -26,21 +26,30 @@ class NKDLoss(Loss):
     probability; the second is a cross-entropy (not a KL: it includes the teacher's non-target
     entropy, a constant for the student) between the normalised non-target distributions.
     ``λ = temperature``. ``(B, C)`` soft labels are reduced to their argmax, as in the reference.
+
+    ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``); the
+    hard labels index their classes, so both must be over the data's classes.
     """
 
-    needs_student = ("logits",)
-    needs_teacher = ("logits",)
+    who = "nkd"
     needs_target = True
 
-    def __init__(self, temperature: float = 1.0, gamma: float = 1.5) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        gamma: float = 1.5,
+        *,
+        student: str = LOGITS,
+        teacher: str = LOGITS,
+    ) -> None:
+        super().__init__(student, teacher)
         self.temperature = check_range("nkd", "temperature", temperature, positive=True)
         self.gamma = check_range("nkd", "gamma", gamma)
 
     def forward(
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
     ) -> torch.Tensor:
-        s, t = logit_pair(student, teacher, "nkd")
+        s, t = self.pair(student, teacher)
         if s.shape[1] < 2:
             raise ShapeError(f"nkd needs at least 2 classes, got logits {tuple(s.shape)}")
         y = class_indices(target, s, "nkd")[:, None]

@@ -127,14 +127,7 @@ class OFALoss(LazyModuleMixin, Loss):
         return x if x.dtype == torch.float64 else x.float()
 
     def _teacher(self, teacher: Knowledge) -> torch.Tensor:
-        if self.teacher_key == LOGITS:
-            return logits_of(teacher, "ofa")
-        if isinstance(teacher, Knowledge):
-            teacher.require((self.teacher_key,), "ofa")
-        z = teacher[self.teacher_key]
-        if z.dim() != 2:
-            raise ShapeError(f"ofa expects teacher logits (B, classes), got {shape_str(z)}")
-        return z if z.dtype == torch.float64 else z.float()
+        return logits_of(teacher, "ofa", self.teacher_key, "teacher")
 
     def initialize_parameters(self, student, teacher, target=None) -> None:  # type: ignore[override]
         """Size the classifier from the teacher's logits (lazy-module hook); init as nn.Linear."""
