@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from crossdistill import Distiller, Student, Tap, Teacher, Term, load_recipe, run_recipe
-from crossdistill.core.adapters import ADAPTERS, auto_adapter, build_adapter
-from crossdistill.core.adapters._grid import resample, token_grid
+from crossdistill.config import TapSpec
+from crossdistill.core.adapters import ADAPTERS, Adapter, auto_adapter, build_adapter
+from crossdistill.core.adapters._grid import resample, resample_1d, token_grid
+from crossdistill.core.wrappers import EnsembleTeacher
 from crossdistill.errors import ConfigError, ShapeError, UnknownNameError
-from crossdistill.losses import build_loss
+from crossdistill.losses import Loss, build_loss
 from crossdistill.models.zoo.cnn import SmallCNN
 from crossdistill.models.zoo.vit import ViT
 from crossdistill.train.trainer import Trainer
@@ -138,7 +142,236 @@ def test_pool_takes_the_cls_token_or_the_mean():
 
 
 def test_every_registered_adapter_is_covered_here():
-    assert set(ADAPTERS.names()) == {name for *_, name in AUTO}
+    assert set(ADAPTERS.names()) == {name for *_, name in AUTO + LAYOUT_AUTO}
+
+
+# ------------------------------------------------------------------------ layouts: 1-D maps
+
+LAYOUT_AUTO = [  # student shape and declared layout, teacher's, the adapter `auto` picks
+    ((16, 50), "NCT", (32, 50), "NCT", "conv1x1_1d"),
+    ((16, 50), "NCT", (32, 25), "NCT", "conv1x1_1d"),
+    ((16, 50), "NCT", (16, 100), "NCT", "conv1x1_1d"),  # resampled in time, not `linear` across it
+    ((16, 50), "NCT", (16, 50), "NCT", "identity"),
+    ((16, 50), "NCT", (128,), None, "pool"),
+    ((16, 50), "NLD", (64, 50), "NLD", "tokens_to_tokens"),  # declared tokens: 4×4 grid meant
+    ((50, 32), "NLD", (50, 64), None, "linear"),
+    ((16, 7, 7), "NCHW", (64, 7, 7), None, "conv1x1"),
+]
+
+
+@pytest.mark.parametrize(("student", "s_layout", "teacher", "t_layout", "expected"), LAYOUT_AUTO)
+def test_auto_reads_declared_layouts(student, s_layout, teacher, t_layout, expected):
+    layouts = {"student_layout": s_layout, "teacher_layout": t_layout}
+    assert auto_adapter(student, teacher, **layouts) == expected
+    adapter = build_adapter("auto", student, teacher, **layouts)
+    x = torch.randn(3, *student, requires_grad=True)
+    out = adapter(x)
+    assert out.shape == (3, *teacher)
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in adapter.parameters())
+
+
+NCT = {"student_layout": "NCT", "teacher_layout": "NCT"}
+
+
+def _pointwise(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a 1×1 Conv1d computes, independently: the same channel mix at every time step."""
+    return torch.einsum("oc,bct->bot", adapter.conv.weight[:, :, 0], x) + adapter.conv.bias[:, None]
+
+
+def test_conv1x1_1d_mixes_channels_at_every_time_step():
+    # (B, 16, 50) → (B, 32, 50): the documented map, without its norm
+    adapter = build_adapter(
+        {"name": "conv1x1_1d", "params": {"norm": "none"}}, (16, 50), (32, 50), **NCT
+    )
+    x = torch.randn(3, 16, 50)
+    torch.testing.assert_close(adapter(x), _pointwise(adapter, x))
+
+
+def test_conv1x1_1d_resamples_time_before_the_conv():
+    # shrinking by 2 averages pairs of steps
+    adapter = build_adapter({"name": "conv1x1_1d", "params": {"norm": "none"}}, (4, 50), (6, 25))
+    x = torch.randn(2, 4, 50)
+    torch.testing.assert_close(adapter(x), _pointwise(adapter, x.reshape(2, 4, 25, 2).mean(-1)))
+    grow = build_adapter({"name": "conv1x1_1d", "params": {"norm": "none"}}, (4, 25), (6, 50))
+    y = torch.randn(2, 4, 25)
+    torch.testing.assert_close(
+        grow(y), _pointwise(grow, torch.from_numpy(_linear(y.numpy(), 50)).float())
+    )
+
+
+def test_conv1x1_1d_normalises_each_channel_by_default_or_by_groups():
+    adapter = build_adapter("conv1x1_1d", (16, 50), (32, 50), **NCT)
+    out = adapter(torch.randn(4, 16, 50) * 5 + 3)  # training mode: the batch's statistics
+    torch.testing.assert_close(out.mean(dim=(0, 2)), torch.zeros(32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.var(dim=(0, 2), unbiased=False), torch.ones(32), atol=1e-3, rtol=0
+    )
+    grouped = build_adapter(
+        {"name": "conv1x1_1d", "params": {"norm": "group", "groups": 4}}, (16, 50), (32, 50), **NCT
+    )
+    assert isinstance(grouped.norm, nn.GroupNorm) and grouped.norm.num_groups == 4
+    with pytest.raises(ConfigError, match="groups=5 does not divide the teacher's 32 channels"):
+        build_adapter(
+            {"name": "conv1x1_1d", "params": {"norm": "group", "groups": 5}}, (16, 50), (32, 50)
+        )
+    with pytest.raises(ConfigError, match="norm"):
+        build_adapter({"name": "conv1x1_1d", "params": {"norm": "layer"}}, (16, 50), (32, 50))
+
+
+def _adaptive_mean(x: np.ndarray, n: int) -> np.ndarray:
+    """Output step i averages input steps floor(i t / n) .. ceil((i + 1) t / n) - 1."""
+    t = x.shape[-1]
+    windows = [x[..., (i * t) // n : -(-(i + 1) * t // n)] for i in range(n)]
+    return np.stack([w.mean(-1) for w in windows], axis=-1)
+
+
+def _linear(x: np.ndarray, n: int) -> np.ndarray:
+    """Output step i reads input position (i + 0.5) t / n - 0.5 (half-step centres, ends held)."""
+    t = x.shape[-1]
+    where = np.clip((np.arange(n) + 0.5) * t / n - 0.5, 0, t - 1)
+    return np.apply_along_axis(lambda row: np.interp(where, np.arange(t), row), -1, x)
+
+
+@pytest.mark.parametrize(("t", "n"), [(50, 25), (50, 13), (7, 3), (25, 50), (13, 50), (50, 50)])
+def test_resample_1d_pools_when_shrinking_and_interpolates_when_growing(t, n):
+    x = torch.randn(2, 3, t, dtype=torch.float64)
+    reference = _adaptive_mean(x.numpy(), n) if n < t else _linear(x.numpy(), n)
+    torch.testing.assert_close(resample_1d(x, n), torch.from_numpy(reference))
+    assert resample_1d(x, t) is x
+
+
+def test_pool_averages_a_1d_map_over_time():
+    adapter = build_adapter("pool", (8, 50), (8,), student_layout="NCT")
+    _identity_(adapter.proj)
+    x = torch.randn(2, 8, 50)
+    torch.testing.assert_close(adapter(x), x.mean(dim=2))
+    with pytest.raises(ConfigError, match="crossdistill supplies itself"):
+        build_adapter({"name": "pool", "params": {"student_layout": "NLD"}}, (8, 50), (8,))
+
+
+@pytest.mark.parametrize(
+    ("spec", "student", "teacher"),
+    [
+        ({"name": "conv1x1_1d", "params": {"norm": "none"}}, (3, 8), (4, 5)),  # 8 → 5 steps
+        ("conv1x1_1d", (3, 5), (4, 8)),  # growing, through BatchNorm
+        ({"name": "conv1x1_1d", "params": {"norm": "group", "groups": 2}}, (3, 8), (4, 8)),
+        ("pool", (3, 8), (4,)),
+    ],
+)
+def test_gradcheck_of_the_1d_adapters(spec, student, teacher):
+    layout = "NCT" if len(teacher) == 2 else None
+    adapter = build_adapter(spec, student, teacher, student_layout="NCT", teacher_layout=layout)
+    adapter = adapter.double()
+    names = [name for name, _ in adapter.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in adapter.parameters()]
+
+    def f(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(adapter, dict(zip(names, values, strict=True)), (x,))
+
+    x = torch.randn(3, *student, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+@pytest.mark.parametrize(
+    ("student", "s_layout", "teacher", "t_layout", "says"),
+    [
+        # as tokens, 16 channels would be a 4×4 grid resampled to 8×8
+        ((16, 50), None, (64, 50), None, "the student (16, 50) is NLD (read from its rank)"),
+        ((16, 50), None, (32, 50), None, "the teacher (32, 50) is NLD (read from its rank)"),
+        ((10, 50), None, (5, 50), None, "1 + g² tokens, g ≥ 4"),  # 1 + 3², 1 + 2²: sensors
+        ((16, 50), None, (32, 50), "NCT", "the teacher (32, 50) is NCT (declared)"),
+        ((16, 50), "NCT", (16, 50), None, "the student (16, 50) is NCT (declared)"),
+        ((16, 50), "NCT", (50, 32), None, "may be a 1-D map as well as tokens"),
+        ((32, 50), None, (17, 64), "NLD", "the student (32, 50) is NLD (read from its rank)"),
+    ],
+)
+def test_auto_will_not_guess_what_an_undeclared_rank_2_tensor_is(
+    student, s_layout, teacher, t_layout, says
+):
+    with pytest.raises(ShapeError, match="will not guess the layout of a rank-2 tensor") as info:
+        auto_adapter(student, teacher, student_layout=s_layout, teacher_layout=t_layout)
+    assert says in str(info.value)
+    assert "declare `layout:` on the tap: NCT for a 1-D map" in str(info.value)
+
+
+def test_rank_2_tensors_without_a_layout_stay_tokens_where_that_is_evident():
+    assert auto_adapter((50, 32), (17, 64)) == "tokens_to_tokens"  # CLS + 7×7, CLS + 4×4
+    assert auto_adapter((16, 50), (16, 100)) == "linear"  # same length: projected per token
+    assert auto_adapter((16, 50), (64, 7, 7)) == "tokens_to_map"  # a 1-D map has no 2-D route
+    assert auto_adapter((16, 50), (8,)) == "pool"  # as tokens: averaged over its 16 rows
+    with pytest.raises(ShapeError, match="declare `layout: NCT` on the tap of a 1-D map"):
+        auto_adapter((30, 8), (4, 7, 7))
+
+
+def test_a_declared_layout_that_contradicts_the_rank_is_refused():
+    student = Student(SmallCNN(width=4), taps=[Tap("map", "block3", layout="NCT")])
+    with pytest.raises(ShapeError) as info:
+        student(torch.randn(2, 1, 28, 28))
+    message = str(info.value)
+    assert "tap 'map' on module 'block3' declares layout NCT" in message
+    assert "(2, 16, 7, 7)" in message and "its layout is NCHW" in message
+    with pytest.raises(ShapeError, match="the teacher is declared NLD, tokens"):
+        build_adapter("auto", (16, 50), (32, 50, 2), student_layout="NCT", teacher_layout="NLD")
+    with pytest.raises(ConfigError, match="unknown layout 'nct'"):
+        Tap("map", "block3", layout="nct")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"a vector \(layout ND\) cannot be pooled"):
+        Tap("vec", "pool", layout="ND", pool=2)
+
+
+def test_a_2d_adapter_named_on_a_1d_map_points_at_the_1d_one():
+    with pytest.raises(ShapeError) as info:
+        build_adapter("conv1x1", (16, 50), (32, 50), "loss 'fit'", **NCT)
+    message = str(info.value)
+    assert "adapter 'conv1x1' cannot map a student 1-D map (16, 50) [NCT]" in message
+    assert "'conv1x1_1d' can" in message
+    with pytest.raises(ShapeError, match="'conv1x1_1d' can"):
+        build_adapter("linear", (16, 50), (16, 100), **NCT)  # not across time
+    with pytest.raises(ShapeError, match="adapter 'conv1x1_1d' cannot map a student tokens"):
+        build_adapter("conv1x1_1d", (16, 50), (32, 50), student_layout="NLD")
+
+
+def test_a_named_adapter_says_how_it_reads_an_undeclared_rank_2_tensor():
+    assert build_adapter("conv1x1_1d", (16, 50), (32, 50)).layouts == ("NCT", "NCT")
+    assert build_adapter("linear", (16, 50), (16, 100)).layouts == ("NLD", "NLD")
+    assert build_adapter("auto", (16, 7, 7), (8,)).layouts == ("NCHW", "ND")
+
+
+class _Legacy(Adapter):
+    """An adapter written before layouts: its ``bridges`` takes shapes only."""
+
+    @classmethod
+    def bridges(cls, student, teacher):
+        return len(student) == len(teacher) == 2
+
+    def __init__(self, student_shape, teacher_shape) -> None:
+        super().__init__()
+        self.proj = nn.Linear(student_shape[-1], teacher_shape[-1])
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def test_an_adapter_that_knows_no_layouts_is_never_given_a_1d_map():
+    assert build_adapter({"name": _Legacy}, (16, 50), (16, 40)).layouts == ("NLD", "NLD")
+    with pytest.raises(ShapeError, match="cannot map a student 1-D map"):
+        build_adapter({"name": _Legacy}, (16, 50), (16, 40), **NCT)
+
+
+def test_taps_and_wrappers_carry_the_declared_layout():
+    spec = TapSpec(name="map", path="conv2", layout="NCT")
+    assert Tap(**spec.model_dump()).layout == "NCT"  # how build_wrapper makes its taps
+    x = torch.randn(2, 3, 50)
+    pooled = Tap("map", "x", pool=5, layout="NCT").capture(x, "map")  # 5 time steps
+    torch.testing.assert_close(pooled, x.reshape(2, 3, 5, 10).mean(-1))
+    student = Student(_Net1d(8), taps=[Tap("map", "conv2", layout="NCT"), Tap("h", "conv1")])
+    assert student.layout_of("features/map") == "NCT"
+    assert student.layout_of("features/h") is None and student.layout_of("logits") is None
+    ensemble = EnsembleTeacher([Teacher(_Net1d(8)), Teacher(_Net1d(8), taps=student.taps)])
+    assert ensemble.layout_of("member1/features/map") == "NCT"
+    assert ensemble.layout_of("member0/features/map") is None
+    assert ensemble.layout_of("member7/features/map") is None
 
 
 # ------------------------------------------------------------------------ in the Distiller
@@ -195,9 +428,15 @@ def test_without_an_adapter_a_shape_mismatch_says_to_add_one():
         distiller.check(_batch())
 
 
+class _TwoStudentTensors(Loss):
+    """Reads two student tensors (the logit losses declare their needs from their keys now)."""
+
+    needs_student = ("logits", "embedding")
+    needs_teacher = ("logits",)
+
+
 def test_an_adapter_on_a_loss_reading_two_student_tensors_is_refused():
-    loss = build_loss("kd")
-    loss.needs_student = ("logits", "embedding")  # type: ignore[misc]
+    loss = _TwoStudentTensors()
     with pytest.raises(ConfigError, match="an adapter maps one student tensor"):
         Distiller(Student(nn.Linear(2, 2)), [Term("kd", loss, adapter="auto")])
 
@@ -244,3 +483,82 @@ def test_recipe_adapter_is_trained_checkpointed_resumed_and_not_exported(
     resumed = _last_trainable(again)
     for key in adapter_keys:
         assert torch.equal(resumed[key], full[key]), key
+
+
+# ------------------------------------------------------------------------ 1-D CNNs in the Distiller
+
+
+class _Net1d(nn.Module):
+    """A 1-D CNN over (B, 3, 50) signals: ``conv2`` emits a (B, width, 50 / stride) map."""
+
+    def __init__(self, width: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, width, 3, padding=1)
+        self.conv2 = nn.Conv1d(width, width, 3, stride=stride, padding=1)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(h.mean(dim=-1))
+
+
+def _signals(n: int = 8) -> dict:
+    x = torch.randn(n, 3, 50)
+    return {"views": {"student": x, "teacher": x}, "target": torch.arange(n) % 10}
+
+
+def _1d_distiller(layout: str | None) -> Distiller:
+    torch.manual_seed(0)
+    teacher = Teacher(_Net1d(32, stride=2), taps=[Tap("map", "conv2", layout=layout)])  # 32 × 25
+    student = Student(_Net1d(16), taps=[Tap("map", "conv2", layout=layout)])  # 16 × 50
+    fit = build_loss("fitnet", {"student": "features/map", "teacher": "features/map"})
+    terms = [Term("ce", build_loss("ce")), Term("fit", fit, adapter="auto")]
+    return Distiller(student, terms, teacher=teacher)
+
+
+def test_a_distiller_between_1d_cnns_picks_conv1x1_1d_logs_it_and_trains(caplog):
+    distiller = _1d_distiller("NCT")
+    batch = _signals()
+    with caplog.at_level(logging.INFO, logger="crossdistill.core.distiller"):
+        distiller.check(batch)
+    assert distiller.adapter_choices == {"fit": "conv1x1_1d"}
+    assert type(distiller.adapters["fit"]).__name__ == "Conv1x1_1d"
+    logged = caplog.text
+    assert "loss 'fit': auto chose adapter 'conv1x1_1d'" in logged
+    assert "'features/map' (16, 50) (NCT)" in logged and "'features/map' (32, 25) (NCT)" in logged
+
+    optimizer = torch.optim.SGD(distiller.trainable().parameters(), lr=0.05)
+    before = [p.detach().clone() for p in distiller.student.parameters()]
+    fits = []
+    for _ in range(10):
+        _, terms = distiller(batch)
+        optimizer.zero_grad()
+        sum(terms.values()).backward()
+        assert all(
+            p.grad is not None and torch.isfinite(p.grad).all()
+            for p in distiller.trainable().parameters()
+        )
+        optimizer.step()
+        fits.append(terms["fit"].item())
+    assert all(np.isfinite(fits)) and fits[-1] < fits[0]
+    after = distiller.student.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_a_distiller_between_undeclared_1d_maps_asks_for_their_layout():
+    with pytest.raises(ShapeError) as info:
+        _1d_distiller(None).check(_signals())
+    message = str(info.value)
+    assert "loss 'fit': adapter: auto will not guess the layout of a rank-2 tensor" in message
+    assert "the student (16, 50) is NLD (read from its rank)" in message
+    assert "'features/map' (the output of module 'conv2') (8, 16, 50)" in message
+    assert "declare `layout:` on the tap" in message
+
+
+def test_the_distiller_logs_layouts_it_read_from_the_rank(caplog):
+    distiller = _cnn_vit_distiller()
+    with caplog.at_level(logging.INFO, logger="crossdistill.core.distiller"):
+        distiller.check(_batch())
+    assert distiller.adapter_choices == {"fit": "tokens_to_map"}
+    assert "(50, 8) (NLD, read from its rank)" in caplog.text
+    assert "(16, 7, 7) (NCHW, read from its rank)" in caplog.text

@@ -224,7 +224,9 @@ def test_distill_with_a_feature_loss_through_an_auto_adapter(tmp_path: Path) -> 
         **QUIET,
     )
     assert out.student is model
-    step = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0] == {"time": records[0]["time"], "kind": "adapters", "fitnet": "linear"}
+    step = next(r for r in records if r["kind"] == "step")
     assert step["fitnet"] > 0
     checkpoint = sorted((tmp_path / "checkpoints").iterdir())[-1]
     from safetensors.torch import load_file

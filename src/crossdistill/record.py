@@ -104,7 +104,15 @@ def model_spec(wrapper: ModelWrapper) -> ModelSpec | None:
     outputs = wrapper.outputs
     outputs = dict(outputs) if isinstance(outputs, Mapping) else list(outputs)
     taps = [
-        TapSpec(name=t.name, path=t.path, on=t.on, select=t.select, kind=t.kind, pool=t.pool)
+        TapSpec(
+            name=t.name,
+            path=t.path,
+            on=t.on,
+            select=t.select,
+            kind=t.kind,
+            pool=t.pool,
+            layout=t.layout,
+        )
         for t in wrapper.taps
     ]
     return ModelSpec(

@@ -85,6 +85,7 @@ class Distiller(nn.Module):
             for t in terms
             if t.adapter is not None and not isinstance(t.adapter, nn.Module)
         }
+        self.adapter_choices: dict[str, str] = {}  # loss term -> the adapter check() built
         self.uses_teacher = any(n.teacher for n in self.needs.values())
         # with a knowledge store, every batch carries the teacher's Knowledge: no teacher
         if self.uses_teacher and teacher is None and not knowledge_given:
@@ -221,22 +222,54 @@ class Distiller(nn.Module):
                         )
 
     def _build_adapters(self, student: Knowledge, teacher: Knowledge) -> None:
+        """Each pending adapter, from the real shapes and the layouts the taps declare; which
+        one was built is logged and kept in ``adapter_choices`` (loss term → adapter name)."""
+        choices = self.adapter_choices
         for name, spec in self._pending.items():
             (s_key,), (t_key,) = self.needs[name].student, self.needs[name].teacher
             student.require((s_key,), f"loss {name!r}")
             teacher.require((t_key,), f"loss {name!r}")
             s, t = student[s_key], teacher[t_key]
+            # no teacher model when its Knowledge comes from a store: its taps are not known here
+            model = self.teacher
+            declared = (self.student.layout_of(s_key), model.layout_of(t_key) if model else None)
             try:
-                adapter = build_adapter(spec, s.shape[1:], t.shape[1:], f"loss {name!r}")
+                adapter = build_adapter(
+                    spec,
+                    s.shape[1:],
+                    t.shape[1:],
+                    f"loss {name!r}",
+                    student_layout=declared[0],
+                    teacher_layout=declared[1],
+                )
             except ShapeError as exc:
-                assert self.teacher is not None  # needs.teacher is not empty
                 raise ShapeError(
                     f"loss {name!r}: {exc.message}: student {self.student.describe(s_key)} "
-                    f"{tuple(s.shape)}, teacher {self.teacher.describe(t_key)} "
+                    f"{tuple(s.shape)}, teacher {model.describe(t_key) if model else repr(t_key)} "
                     f"{tuple(t.shape)}",
                     hint=exc.hint,
                 ) from None
             self.adapters[name] = adapter.to(s.device)
+            chosen = getattr(adapter, "plugin_spec", {}).get("name") or type(adapter).__qualname__
+            choices[name] = chosen
+            auto = (spec if isinstance(spec, str) else spec.get("name")) == "auto"
+            layouts = [
+                f"{layout}{'' if given else ', read from its rank'}"
+                for layout, given in zip(adapter.layouts, declared, strict=True)
+            ]
+            log.info(
+                "loss %r: %s adapter %r maps the student's %r %s (%s) to the teacher's %r %s (%s)",
+                name,
+                "auto chose" if auto else "named",
+                chosen,
+                s_key,
+                tuple(s.shape[1:]),
+                layouts[0],
+                t_key,
+                tuple(t.shape[1:]),
+                layouts[1],
+            )
+        self.adapter_choices = choices
         self._pending = {}
 
     def extra_parameters(self) -> int:

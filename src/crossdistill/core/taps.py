@@ -3,7 +3,8 @@
 A :class:`Tap` names a module by its dotted path (``"layer3.1"``,
 ``"encoder.layer.5.attention"``) and captures that module's output (or input) on every forward.
 A ``select`` picks one element of a tuple/list/dict output (an index, a key, or a dotted chain of
-them: ``"0"``, ``"last_hidden_state"``, ``"1.attn"``).
+them: ``"0"``, ``"last_hidden_state"``, ``"1.attn"``). A ``layout`` says how the captured tensor
+is laid out, where its rank alone does not (a 1-D map and tokens are both rank 3).
 """
 
 from __future__ import annotations
@@ -16,7 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.errors import TapError, did_you_mean
+from crossdistill.errors import ConfigError, ShapeError, TapError, did_you_mean
+
+Layout = Literal["NCHW", "NCT", "NLD", "ND"]
+# Each layout's rank with the batch excluded (as adapters see shapes), and what it is.
+LAYOUTS: dict[str, tuple[int, str]] = {
+    "NCHW": (3, "a 2-D map (B, C, H, W)"),
+    "NCT": (2, "a 1-D map (B, C, T), channels x time"),
+    "NLD": (2, "tokens (B, N, D), length x width"),
+    "ND": (1, "a vector (B, D)"),
+}
+
+
+def default_layout(rank: int) -> Layout | None:
+    """The layout a tensor of ``rank`` (batch excluded) has when none is declared. Rank 2 is
+    read as tokens, as before layouts existed; a 1-D map must be declared ``NCT``."""
+    layout: dict[int, Layout] = {1: "ND", 2: "NLD", 3: "NCHW"}
+    return layout.get(rank)
 
 
 @dataclass(frozen=True)
@@ -25,8 +42,13 @@ class Tap:
 
     The captured tensor appears in the model's Knowledge as ``features/<name>``
     (``attention/<name>`` when ``kind="attention"``). ``pool`` average-pools it as it is
-    captured, to a ``pool x pool`` grid for a ``(B, C, H, W)`` map or to ``pool`` tokens for
-    ``(B, N, D)`` tokens: a smaller feature to match, and to keep in a knowledge store.
+    captured, to a ``pool x pool`` grid for a ``(B, C, H, W)`` map, to ``pool`` time steps for a
+    ``(B, C, T)`` map declared ``NCT``, or to ``pool`` tokens for ``(B, N, D)`` tokens: a smaller
+    feature to match, and to keep in a knowledge store.
+
+    ``layout`` declares how the tensor is laid out (batch first): ``NCHW`` a 2-D map, ``NCT`` a
+    1-D map (channels x time: audio, sensors), ``NLD`` tokens, ``ND`` a vector. Unset, it is read
+    from the rank (see :func:`default_layout`); declared, a tensor of another rank is refused.
     """
 
     name: str
@@ -35,20 +57,45 @@ class Tap:
     select: str | int | None = None
     kind: Literal["features", "attention"] = "features"
     pool: int | None = None
+    layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ConfigError(
+                f"tap {self.name!r} on {self.path!r}: unknown layout {self.layout!r}",
+                hint="one of "
+                + ", ".join(f"{name} ({what})" for name, (_, what) in LAYOUTS.items()),
+            )
+        if self.layout == "ND" and self.pool is not None:
+            raise ConfigError(
+                f"tap {self.name!r} on {self.path!r}: a vector (layout ND) cannot be pooled",
+                hint="remove `pool:` from this tap",
+            )
 
     def capture(self, value: Any, where: str) -> torch.Tensor:
         """The selected tensor, pooled, as a new tensor (never a view of the model's own)."""
         x = select_output(value, self.select, where)
+        if self.layout is not None and x.dim() != LAYOUTS[self.layout][0] + 1:
+            fits = [name for name, (rank, _) in LAYOUTS.items() if rank + 1 == x.dim()]
+            raise ShapeError(
+                f"tap {self.name!r} on module {self.path!r} declares layout {self.layout}, "
+                f"{LAYOUTS[self.layout][1]}, but captured a tensor of shape {tuple(x.shape)}",
+                hint=(f"its layout is {' or '.join(fits)}; " if fits else "")
+                + "tap another module, or remove `layout:` to read the layout from the rank",
+            )
         if self.pool is None:
             # A copy: a later in-place op (ReLU(inplace=True) after BatchNorm, `out += x`) would
             # otherwise change the captured value and break its autograd graph.
             return x.clone()
         if x.dim() == 4:
             return F.adaptive_avg_pool2d(x, self.pool)
+        if self.layout == "NCT":
+            return F.adaptive_avg_pool1d(x, self.pool)
         if x.dim() == 3:
             return F.adaptive_avg_pool1d(x.transpose(1, 2), self.pool).transpose(1, 2)
         raise TapError(
-            f"tap {where}: pool needs a (B, C, H, W) map or (B, N, D) tokens, got shape "
+            f"tap {where}: pool needs a (B, C, H, W) map, a (B, C, T) map declared NCT or "
+            f"(B, N, D) tokens, got shape "
             f"{tuple(x.shape)}",
             hint="remove `pool:` from this tap",
         )

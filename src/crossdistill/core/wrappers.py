@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from crossdistill.core.knowledge import LOGITS, Knowledge
-from crossdistill.core.taps import Tap, TapRecorder
+from crossdistill.core.taps import Layout, Tap, TapRecorder
 from crossdistill.errors import ConfigError, KnowledgeError
 
 OutputNames = Sequence[str] | Mapping[str, str]
@@ -53,6 +53,10 @@ class ModelWrapper(nn.Module):
             if tap.key == key:
                 return f"{key!r} (the {tap.on} of module {tap.path!r})"
         return repr(key)
+
+    def layout_of(self, key: str) -> Layout | None:
+        """The layout the tap of ``key`` declares; ``None``: read it from the rank."""
+        return next((tap.layout for tap in self.taps if tap.key == key), None)
 
     def forward(self, inputs: Any) -> Knowledge:
         out = self.model(self.pipeline(inputs))
@@ -146,6 +150,13 @@ class EnsembleTeacher(Teacher):
         if head.startswith("member") and index.isdigit() and int(index) < len(self.members):
             return f"{key!r} (member {index}: {self.members[int(index)].describe(rest)})"
         return repr(key)
+
+    def layout_of(self, key: str) -> Layout | None:
+        head, _, rest = key.partition("/")
+        index = head.removeprefix("member")
+        if head.startswith("member") and index.isdigit() and int(index) < len(self.members):
+            return self.members[int(index)].layout_of(rest)
+        return None
 
     def forward(self, inputs: Any) -> Knowledge:
         with torch.no_grad():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossdistill.report.data import RunData
+from crossdistill.report.data import STEP_META, RunData
 from crossdistill.report.figures import (
     fig_confusion,
     fig_losses,
@@ -512,11 +512,20 @@ def _per_class_section(runs: Sequence[RunData]) -> str:
     return _section("Per class", lede, "".join(tables), "per-class") if tables else ""
 
 
+def _adapters(run: RunData) -> str:
+    """The adapters ``auto`` chose, as the run logged them."""
+    chosen = {k: v for r in run.of_kind("adapters") for k, v in r.items() if k not in STEP_META}
+    if not chosen:
+        return ""
+    listed = ", ".join(f"{e(term)} → {e(str(name))}" for term, name in chosen.items())
+    return f"<p>adapters chosen by <code>auto</code>: {listed}</p>"
+
+
 def _config_section(runs: Sequence[RunData]) -> str:
     configs = "".join(
         f"<details{' open' if len(runs) == 1 else ''}><summary>{_swatch(run)} "
         f"<span class=muted>— {e(str(Run(run.run_dir).config_file))}</span></summary>"
-        f"<pre>{e(run.config_text)}</pre></details>"
+        f"{_adapters(run)}<pre>{e(run.config_text)}</pre></details>"
         for run in runs
     )
     return _section(

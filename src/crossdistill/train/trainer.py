@@ -228,6 +228,9 @@ class Trainer:
         try:
             if resume:
                 self.resume()
+            if self.distiller.adapter_choices and self.step == 0:
+                # the adapters `auto` chose, for the log and the report
+                self._log({"kind": "adapters", **self.distiller.adapter_choices})
             while self.epoch < self.spec.epochs:
                 history.train_loss.append(self._train_epoch(train_loader, steps_per_epoch))
                 self.epoch += 1

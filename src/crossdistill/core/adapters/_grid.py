@@ -1,4 +1,4 @@
-"""Token grids: telling a CLS token from patch tokens, and resampling feature maps."""
+"""Token grids: telling a CLS token from patch tokens, and resampling 2-D and 1-D feature maps."""
 
 from __future__ import annotations
 
@@ -33,3 +33,15 @@ def tokens_to_grid(x: torch.Tensor, side: int, cls: int) -> torch.Tensor:
     """``(B, cls + side², D)`` → ``(B, D, side, side)``, dropping the CLS token."""
     patches = x[:, cls:]
     return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+
+def resample_1d(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, C, T)`` → ``(B, C, length)``: adaptive average pooling when shrinking (every input
+    step lands in some output step's window, whatever the factor: strided 1-D CNNs give lengths
+    such as 50 → 25 → 13), linear interpolation when growing."""
+    t = x.shape[-1]
+    if t == length:
+        return x
+    if t > length:
+        return F.adaptive_avg_pool1d(x, length)
+    return F.interpolate(x, size=length, mode="linear", align_corners=False)

@@ -6,13 +6,15 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("conv1x1")
 class Conv1x1(Adapter):
     """``(C, H, W) → (C', H', W')``: a 1×1 conv (+ BatchNorm, as in the regressors of FitNets
-    follow-ups such as OFD) on the student map, resampled to ``H' × W'`` when the grids differ."""
+    follow-ups such as OFD) on the student map, resampled to ``H' × W'`` when the grids differ.
+    For 1-D maps (NCT) see ``conv1x1_1d``."""
 
     priority = 10
 
@@ -24,8 +26,16 @@ class Conv1x1(Adapter):
         self.norm = nn.BatchNorm2d(c_out) if norm else nn.Identity()
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
-        return len(student) == len(teacher) == 3
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return s == t == "NCHW"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(resample(x, self.size)))  # type: ignore[arg-type]

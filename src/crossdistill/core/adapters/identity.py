@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("identity")
@@ -17,8 +18,16 @@ class Identity(Adapter):
         super().__init__()
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
-        return student == teacher
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return student == teacher and s == t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("linear")
@@ -28,8 +29,16 @@ class Linear(Adapter):
         )
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
-        return len(student) == len(teacher) in (1, 2) and student[:-1] == teacher[:-1]
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return s == t in ("ND", "NLD") and student[:-1] == teacher[:-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample, token_grid
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("map_to_tokens")
@@ -29,8 +30,16 @@ class MapToTokens(Adapter):
         self.proj = nn.Linear(student_shape[0], teacher_shape[1])
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
-        return len(student) == 3 and len(teacher) == 2 and token_grid(teacher[0]) is not None
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return (s, t) == ("NCHW", "NLD") and token_grid(teacher[0]) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(resample(x, (self.side, self.side)).flatten(2).transpose(1, 2))

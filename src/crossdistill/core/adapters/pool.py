@@ -1,4 +1,4 @@
-"""``pool``: a map or tokens pooled to one vector, then projected."""
+"""``pool``: a map, a 1-D map or tokens pooled to one vector, then projected."""
 
 from __future__ import annotations
 
@@ -6,30 +6,50 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import token_grid
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("pool")
 class Pool(Adapter):
-    """``(C, H, W) → (D',)`` by global average pooling, ``(N, D) → (D',)`` by the CLS token
-    when there is one (``cls_token: true`` and ``N = 1 + g²``) or else the mean of the tokens;
-    then a linear projection to ``D'``. The bridge of last resort: any map or tokens to a
-    vector such as a teacher's embedding."""
+    """``(C, H, W) → (D',)`` by global average pooling, ``(C, T) → (D',)`` (a 1-D map, NCT) by
+    the mean over time, ``(N, D) → (D',)`` by the CLS token when there is one (``cls_token:
+    true`` and ``N = 1 + g²``) or else the mean of the tokens; then a linear projection to
+    ``D'``. The bridge of last resort: any map or tokens to a vector such as a teacher's
+    embedding."""
 
     priority = 40
 
-    def __init__(self, student_shape: Shape, teacher_shape: Shape, cls_token: bool = True) -> None:
+    def __init__(
+        self,
+        student_shape: Shape,
+        teacher_shape: Shape,
+        cls_token: bool = True,
+        student_layout: Layout | None = None,
+    ) -> None:
         super().__init__()
-        grid = token_grid(student_shape[0]) if len(student_shape) == 2 else None
+        layout, _ = layouts_of(student_shape, teacher_shape, student_layout)
+        self.over_time = layout == "NCT"
+        grid = token_grid(student_shape[0]) if layout == "NLD" else None
         self.take_cls = cls_token and grid is not None and grid[1] == 1
-        channels = student_shape[0] if len(student_shape) == 3 else student_shape[-1]
+        channels = student_shape[-1] if layout == "NLD" else student_shape[0]
         self.proj = nn.Linear(channels, teacher_shape[0])
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
-        return len(student) in (2, 3) and len(teacher) == 1
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return s in ("NCHW", "NCT", "NLD") and t == "ND"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
             return self.proj(x.mean(dim=(2, 3)))
+        if self.over_time:
+            return self.proj(x.mean(dim=2))
         return self.proj(x[:, 0] if self.take_cls else x.mean(dim=1))

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample, token_grid, tokens_to_grid
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("tokens_to_map")
@@ -28,8 +29,16 @@ class TokensToMap(Adapter):
         self.conv = nn.Conv2d(student_shape[1], teacher_shape[0], 1)
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
-        return len(student) == 2 and len(teacher) == 3 and token_grid(student[0]) is not None
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return (s, t) == ("NLD", "NCHW") and token_grid(student[0]) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = tokens_to_grid(x, self.side, self.cls)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample, token_grid, tokens_to_grid
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.taps import Layout
 
 
 @ADAPTERS.register("tokens_to_tokens")
@@ -29,9 +30,17 @@ class TokensToTokens(Adapter):
         self.proj = nn.Linear(student_shape[1], teacher_shape[1])
 
     @classmethod
-    def bridges(cls, student: Shape, teacher: Shape) -> bool:
+    def bridges(
+        cls,
+        student: Shape,
+        teacher: Shape,
+        *,
+        student_layout: Layout | None = None,
+        teacher_layout: Layout | None = None,
+    ) -> bool:
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
         return (
-            len(student) == len(teacher) == 2
+            s == t == "NLD"
             and token_grid(student[0]) is not None
             and token_grid(teacher[0]) is not None
         )
