@@ -116,9 +116,7 @@ def _loader(
     )
 
 
-def build_eval_loader(
-    recipe: Recipe, device: torch.device, teacher: Teacher | None = None
-) -> Any:
+def build_eval_loader(recipe: Recipe, device: torch.device, teacher: Teacher | None = None) -> Any:
     """The evaluation split, unaugmented, in order; with a ``store.eval_path`` its examples
     carry the teacher's cached Knowledge (checked against ``teacher`` when it is given, else
     against the data alone: a finished run is evaluated with the outputs it was cached with)."""
