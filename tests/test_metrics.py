@@ -235,3 +235,37 @@ def test_student_teacher_shape_mismatch():
         agreement(torch.zeros(4, 3), torch.zeros(4, 5))
     with pytest.raises(ShapeError, match=r"\(4, 3\).*\(2, 3\)"):
         kl_divergence(torch.zeros(4, 3), torch.zeros(2, 3))
+
+
+def test_per_class_and_macro_f1_equal_scikit_learn() -> None:
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    from crossdistill.evaluate.metrics import macro_f1, per_class
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(200, 5))
+    target = rng.integers(0, 4, size=200)  # class 4 never occurs: support 0
+    predicted = logits.argmax(1)
+    rows = per_class(t(logits), t(target), ["a", "b", "c", "d", "e"])
+    p, r, f, support = precision_recall_fscore_support(
+        target, predicted, labels=range(5), zero_division=0
+    )
+    for c, name in enumerate("abcde"):
+        assert rows[name]["precision"] == pytest.approx(p[c])
+        assert rows[name]["recall"] == pytest.approx(r[c])
+        assert rows[name]["f1"] == pytest.approx(f[c])
+        assert rows[name]["support"] == support[c]
+    # macro over the classes present in the targets, as scikit-learn's with labels=present
+    expected = f1_score(target, predicted, labels=range(4), average="macro", zero_division=0)
+    assert macro_f1(t(logits), t(target)) == pytest.approx(expected)
+
+
+def test_topk_overlap_by_hand() -> None:
+    from crossdistill.evaluate.metrics import topk_overlap
+
+    student = torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    teacher = torch.tensor([[5.0, 0.0, 4.0, 3.0], [3.0, 2.0, 1.0, 0.0]])
+    # row 0: top-2 {0, 1} vs {0, 2} -> 1/2; row 1: {3, 2} vs {0, 1} -> 0
+    assert topk_overlap(student, teacher, 2) == pytest.approx(0.25)
+    assert topk_overlap(student, student, 3) == 1.0
+    assert topk_overlap(student, teacher, 10) == 1.0  # k capped at the class count
