@@ -45,7 +45,7 @@ def test_bf16_autocast_training_runs_and_keeps_fp32_weights() -> None:
     before = student[1].weight.detach().clone()
     data = torch.utils.data.TensorDataset(x, y)
     out = distill(teacher, student, data, epochs=2, amp="bf16", progress=False, batch_size=16)
-    weight = out[1].weight
+    weight = out.student[1].weight
     assert weight.dtype == torch.float32 and torch.isfinite(weight).all()
     assert not torch.equal(weight, before)
 

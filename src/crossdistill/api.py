@@ -133,9 +133,11 @@ def distill(
     whose batches are ``(x, y)`` pairs or such dicts. ``losses`` are names, ``(name,
     params)`` or ``(name, params, weight)`` tuples, ``{name, params, weight}`` mappings, or
     Loss instances. ``store``: a knowledge store written by :func:`cache` for ``train_data``;
-    the teacher may then be None. Other keyword arguments are ``train:`` settings of a recipe
-    (``epochs=5``, ``optimizer={"name": "adamw", "lr": 1e-3}``, ``device="cuda"``,
-    ``progress=False`` ...).
+    the teacher may then be None. ``seed`` seeds training (data order, augmentation,
+    dropout); the models you pass are built already, so seed before building them
+    (``torch.manual_seed``) for reproducible initial weights. Other keyword arguments are
+    ``train:`` settings of a recipe (``epochs=5``, ``optimizer={"name": "adamw", "lr":
+    1e-3}``, ``device="cuda"``, ``progress=False`` ...).
 
     With ``run_dir`` the run is written there, complete: config.yaml, metrics.jsonl,
     checkpoints, student.safetensors, student.json, eval.json, and a copy of ``eval_data``
@@ -172,6 +174,12 @@ def distill(
     distiller.to(device).check(to_device(preview, device), num_classes=classes)
     eval_spec = EvalSpec(every_epochs=0)
     run = None if run_dir is None else Run(run_dir)
+    if run is not None and run.path.is_dir() and any(run.path.iterdir()):
+        raise ConfigError(
+            f"run_dir {run.path} already holds files",
+            hint="give distill() a new or empty run_dir (a run is written once); to continue "
+            "a run, use `crossdistill run RUN_DIR/config.yaml --resume`",
+        )
     if run is None:
         trainer = Trainer(distiller, spec, eval_spec=eval_spec, evaluator=evaluate_student)
         history = trainer.fit(train_loader, eval_loader)

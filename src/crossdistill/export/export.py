@@ -100,14 +100,24 @@ def _check_format(exporter: Any, kind: str, run: Run) -> None:
     )
 
 
+def _student_field(split: Split) -> Any:
+    """The field the student reads, or None when its side is not one named field."""
+    side = split.side("student")
+    return split.fields[side] if isinstance(side, str) else None
+
+
+def _reads_uint8(split: Split) -> bool:
+    """Whether the student reads a uint8 field (images, which it sees divided by 255)."""
+    field = _student_field(split)
+    return isinstance(field, torch.Tensor) and field.dtype == torch.uint8
+
+
 def _value_range(split: Split, x: torch.Tensor) -> list[float]:
     """[0, 1] for image sources (uint8 scaled by the dataset), [-1, 1] for audio clips, else
     the observed range."""
-    side = split.side("student")
-    inputs = split.fields[side] if isinstance(side, str) else None
-    if isinstance(inputs, Clips):
+    if isinstance(_student_field(split), Clips):
         return [-1.0, 1.0]
-    if isinstance(inputs, torch.Tensor) and inputs.dtype == torch.uint8:
+    if _reads_uint8(split):
         return [0.0, 1.0]
     return [float(x.min()), float(x.max())]
 
@@ -278,8 +288,9 @@ def preprocessing(
             "dtype": "float32",
             "value_range": _value_range(split, x),
             "layout": "NCHW" if x.dim() == 4 else None,
-            "note": "raw inputs as crossdistill's data source yields them (images: uint8 / 255); "
-            "the pipeline below runs "
+            "note": "raw inputs as crossdistill's data source yields them"
+            + (" (uint8 images / 255)" if _reads_uint8(split) else "")
+            + "; the pipeline below runs "
             + (
                 "inside the graph"
                 if info.get("pipeline_in_graph")
