@@ -242,6 +242,21 @@ def test_the_command_line_imports_plug_ins(plugins: Path, tmp_path: Path) -> Non
     assert missing.returncode == 2 and "--import[0]: cannot import module 'nope'" in missing.stderr
 
 
+def test_the_console_script_imports_modules_of_the_current_folder(plugins: Path) -> None:
+    # The installed `crossdistill` script (not `python -m`, which does this itself) finds a
+    # module in the folder it runs in, with no PYTHONPATH.
+    script = Path(sys.executable).with_name("crossdistill")
+    if not script.is_file():
+        pytest.skip("the crossdistill console script is not installed next to this Python")
+    env = {k: v for k, v in CLI_ENV.items() if k != "PYTHONPATH"}
+    listed = subprocess.run(
+        [str(script), "--import", "plugins_registering", "list", "losses"],
+        env=env, capture_output=True, text=True, cwd=plugins, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert "half_ce" in listed.stdout.split()
+
+
 def test_the_built_in_domains_are_entry_point_plug_ins() -> None:
     import importlib.metadata
 

@@ -32,11 +32,13 @@ _PUBLIC = {
     "Teacher": "crossdistill.core.wrappers",
     "Split": "crossdistill.data",
     "load_source": "crossdistill.data",
+    "build_pipeline": "crossdistill.data.steps",
     "CrossDistillError": "crossdistill.errors",
     "LOSSES": "crossdistill.losses",
     "Loss": "crossdistill.losses",
     "build_loss": "crossdistill.losses",
     "build_model": "crossdistill.models.registry",
+    "load_weights": "crossdistill.models.registry",
     "cache_recipe": "crossdistill.pipeline",
     "run_recipe": "crossdistill.pipeline",
     "Run": "crossdistill.runs",
@@ -63,12 +65,14 @@ __all__ = [
     "__version__",
     "build_loss",
     "build_model",
+    "build_pipeline",
     "cache",
     "cache_recipe",
     "distill",
     "load_recipe",
     "load_source",
     "load_student",
+    "load_weights",
     "run_recipe",
 ]
 
@@ -93,9 +97,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from crossdistill.core.taps import Tap
     from crossdistill.core.wrappers import EnsembleTeacher, Student, Teacher
     from crossdistill.data import Split, load_source
+    from crossdistill.data.steps import build_pipeline
     from crossdistill.errors import CrossDistillError
     from crossdistill.losses import LOSSES, Loss, build_loss
-    from crossdistill.models.registry import build_model
+    from crossdistill.models.registry import build_model, load_weights
     from crossdistill.pipeline import cache_recipe, run_recipe
     from crossdistill.runs import Run, load_student
     from crossdistill.train.trainer import Trainer

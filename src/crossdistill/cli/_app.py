@@ -4,6 +4,7 @@ command line (``--debug``, ``--import``)."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +34,11 @@ def _main(
 ) -> None:
     state["debug"] = debug
     state["imports"] = list(import_ or [])
+    # Like `python -m`, the current folder is importable, so that a recipe can name the user's
+    # own modules (`model: nets:MyNet`, `imports: [my_losses]`). Appended, not prepended: a
+    # stray file here must not shadow an installed package.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     # A hub lookup from a dependency must fail fast instead of hanging: crossdistill is offline.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
