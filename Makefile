@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx,text,report]'
-	$(BIN)/pip install -q --no-deps torchdistill==1.1.5
+	$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples]'
+	$(BIN)/pip install -q --no-deps torchdistill==1.1.5 animal-mnist==0.4
 	touch $(STAMP)
 
 demo: setup
