@@ -33,10 +33,10 @@ from crossdistill.config import (
 from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import DistillDataset, Split, as_distill_dataset, example_loader
-from crossdistill.data.dataset import ExampleBatches, preview_batch
+from crossdistill.data.dataset import ExampleBatches, loader_preview, preview_batch
 from crossdistill.data.saved import save_split
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate import evaluate_student
+from crossdistill.evaluate import check_evaluable, evaluate_student
 from crossdistill.losses import Loss
 from crossdistill.record import recipe_of
 from crossdistill.registry import plugin_name
@@ -165,13 +165,11 @@ def distill(
     eval_loader = _loader(eval_data, 4 * batch_size, False, seed)
     # adapters are built, and mistakes found, on a real batch before any training
     device = select_device(spec.device)
-    preview = (
-        next(iter(train_loader))
-        if isinstance(train_loader, ExampleBatches)
-        else preview_batch(train_loader.dataset)
-    )
     classes = getattr(train_loader.dataset, "num_classes", None)
-    distiller.to(device).check(to_device(preview, device), num_classes=classes)
+    distiller.to(device).check(to_device(loader_preview(train_loader), device), classes)
+    if eval_loader is not None:  # a student the evaluation cannot score fails now, not at the end
+        preview = to_device(loader_preview(eval_loader), device)
+        check_evaluable(wrapped, preview, eval_loader.dataset, teacher, device)
     eval_spec = EvalSpec(every_epochs=0)
     run = None if run_dir is None else Run(run_dir)
     if run is not None and run.path.is_dir() and any(run.path.iterdir()):
@@ -185,7 +183,16 @@ def distill(
         history = trainer.fit(train_loader, eval_loader)
         return DistillResult(wrapped.model, history, _last(history))
     recipe, student_spec, keep = recipe_of(
-        run, wrapped, teacher, train_data, eval_data, loss_specs, seed, batch_size, spec
+        run,
+        wrapped,
+        teacher,
+        train_data,
+        eval_data,
+        loss_specs,
+        seed,
+        batch_size,
+        spec,
+        None if store is None else Path(store),
     )
     with run.writing(recipe):
         if keep is not None:

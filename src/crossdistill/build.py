@@ -55,7 +55,9 @@ def build_distiller(recipe: Recipe) -> Distiller:
     terms = [build_term(spec, f"losses[{i}]") for i, spec in enumerate(recipe.losses)]
     student = build_wrapper(Student, recipe.student, "student")
     teacher = build_teacher(recipe.teacher) if recipe.teacher else None
-    return Distiller(student, terms, teacher=teacher)  # type: ignore[arg-type]
+    # a store without a teacher: the teacher's outputs come from the store alone
+    given = recipe.store is not None and teacher is None
+    return Distiller(student, terms, teacher=teacher, knowledge_given=given)  # type: ignore[arg-type]
 
 
 class Head(Subset):
@@ -143,9 +145,9 @@ def build_loaders(
     """
     dataset = build_dataset(recipe, recipe.data.train_split, True)
     if recipe.store is not None:
-        assert teacher is not None  # a recipe with a store has a teacher
         store = KnowledgeStore(recipe.store.path, verify=recipe.store.verify)
-        store.check(store_fingerprint(recipe, teacher, dataset))
+        # without a teacher (its outputs cached elsewhere) only the data can be checked
+        store.check(store_fingerprint(recipe, teacher, dataset), only=teacher is None)
         dataset = StoreDataset(dataset, store)
     train = _loader(recipe, recipe.data.train_split, True, device, dataset, rank, world)
     return train, build_eval_loader(recipe, device, teacher)
@@ -157,7 +159,6 @@ def store_fingerprint(
     """What a store's contents depend on, part by part (see ``store.manifest``): of the
     training split, or (``train`` False) of the evaluation split, which is never augmented.
     Without ``teacher`` the parts that need it are left out."""
-    assert recipe.teacher is not None
     data = recipe.data
     split, limit = (data.train_split, data.limit_train) if train else (data.eval_split, None)
     augmented = train and data.augment is not None
@@ -179,7 +180,7 @@ def store_fingerprint(
             recipe.seed if augmented else None,
         ),
     }
-    if teacher is not None:
+    if teacher is not None and recipe.teacher is not None:
         found["teacher_weights"] = weights_digest(teacher)
         found["teacher"] = digest(recipe.teacher.model_dump(mode="json", exclude={"weights"}))
     return found

@@ -168,6 +168,8 @@ class StoreSpec(_Strict):
     """A knowledge store of the teacher's outputs on the training data (``crossdistill cache``).
 
     It holds every teacher key the losses read; ``keys`` sets the format of some of them.
+    Without ``teacher:`` the run trains from a store written elsewhere (``crossdistill cache``
+    with the teacher, or ``crossdistill.cache`` in Python), checked against the data only.
     With ``eval_path`` the teacher's outputs on the evaluation split are cached too, and every
     evaluation (while training, and ``crossdistill eval`` later) reads them instead of running
     the teacher.
@@ -238,12 +240,6 @@ class Recipe(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     store: StoreSpec | None = None
-
-    @pydantic.model_validator(mode="after")
-    def _store_needs_teacher(self) -> Recipe:
-        if self.store is not None and self.teacher is None:
-            raise ValueError("`store:` caches a teacher's outputs, but there is no `teacher:`")
-        return self
 
     @pydantic.model_validator(mode="after")
     def _unique_terms(self) -> Recipe:

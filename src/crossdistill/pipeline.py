@@ -19,9 +19,9 @@ from crossdistill.build import (
     store_fingerprint,
 )
 from crossdistill.config import Recipe
-from crossdistill.data.dataset import preview_batch
+from crossdistill.data.dataset import loader_preview, preview_batch
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate import evaluate_student
+from crossdistill.evaluate import check_evaluable, evaluate_student
 from crossdistill.registry import import_modules
 from crossdistill.runs import Run
 from crossdistill.store import write_store
@@ -56,6 +56,12 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
         )
     import_modules(recipe.imports)
     seed_everything(recipe.seed, recipe.train.deterministic)
+    if recipe.teacher is None:
+        raise ConfigError(
+            "the recipe has no `teacher:`: there is nothing to cache",
+            hint="name the teacher whose outputs the store keeps; a recipe with a store and no "
+            "teacher trains from a store written elsewhere (`crossdistill run`, not `cache`)",
+        )
     distiller = build_distiller(recipe)
     assert distiller.teacher is not None
     device = select_device(recipe.train.device)
@@ -97,6 +103,14 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
         to_device(preview_batch(train_loader.dataset), device),
         num_classes=getattr(train_loader.dataset, "num_classes", None),
     )
+    if eval_loader is not None:  # a student the evaluation cannot score fails now, not at the end
+        check_evaluable(
+            distiller.student,
+            to_device(loader_preview(eval_loader), device),
+            eval_loader.dataset,
+            distiller.teacher,
+            device,
+        )
     run = Run(recipe.run_dir)
     trainer = Trainer(
         distiller,

@@ -19,6 +19,7 @@ from crossdistill.config import (
     ModelSpec,
     OutputSpec,
     Recipe,
+    StoreSpec,
     TapSpec,
     TeacherSpec,
     TrainSpec,
@@ -44,9 +45,10 @@ def recipe_of(
     seed: int,
     batch_size: int,
     spec: TrainSpec,
+    store: Path | None = None,
 ) -> tuple[Recipe, ModelSpec | None, Split | None]:
     """The run's recipe, the student's spec (None: it cannot be rebuilt), and the evaluation
-    split to keep in the run."""
+    split to keep in the run. ``store``: the knowledge store the teacher's outputs came from."""
     student_spec = model_spec(student)
     if student_spec is None:
         log.warning(
@@ -65,6 +67,7 @@ def recipe_of(
         teacher=teacher_spec(teacher) if teacher is not None else None,
         student=student_spec or ModelSpec(model=plugin_name(student.model)),
         losses=losses,
+        store=None if store is None else StoreSpec(path=store.resolve()),
         train=spec,
         eval=EvalSpec(every_epochs=0),
         output=OutputSpec(dir=run.path.parent),

@@ -26,9 +26,9 @@ class BenchCase:
     """One loss configuration for the benchmark.
 
     - ``make(rng, realistic)`` returns ``(student, teacher, target)``: Knowledge-like dicts of
-      float arrays (keys as the loss reads them) and integer targets or ``None``. ``realistic``
-      asks for the shapes of a real training step (e.g. batch 64-128, ResNet/ViT feature sizes);
-      otherwise small shapes for a quick check.
+      float arrays (keys as the loss reads them) and targets (class indices, 0/1 labels) or
+      ``None``. ``realistic`` asks for the shapes of a real training step (e.g. batch 64-128,
+      ResNet/ViT feature sizes); otherwise small shapes for a quick check.
     - ``reference(student, teacher, target, loss)`` computes the value in NumPy float64 from the
       paper's formula. ``loss`` is our built loss, passed only so that a stateful loss's state
       (a queue, class means) can be read *after* ``prime``; it must not be called.

@@ -116,6 +116,14 @@ def ref_bce_kd(
 # ---------------------------------------------------------------------------------------------
 
 
+def ref_bce(s, y, pos_weight=1.0):
+    """mean_e -[w y log σ(s) + (1 - y) log(1 - σ(s))] over every element; ``y`` may lack the
+    logits' trailing 1 (frame labels ``(B, N)`` of ``(B, N, 1)`` logits)."""
+    y = np.reshape(y, s.shape)
+    log_q, log_not_q = -np.logaddexp(0, -s), -np.logaddexp(0, s)
+    return float(np.mean(-(pos_weight * y * log_q + (1 - y) * log_not_q)))
+
+
 def _make(rng: np.random.Generator, realistic: bool) -> tuple[Arrays, Arrays, np.ndarray]:
     b, c = (128, 100) if realistic else (8, 10)
     s, t = rng.normal(0, 3, (b, c)), rng.normal(0, 3, (b, c))
@@ -144,6 +152,18 @@ def _make_multilabel(frames: bool):
         return {"logits": s}, teacher, None
 
     return make
+
+
+def _make_frame_labels(
+    rng: np.random.Generator, realistic: bool
+) -> tuple[Arrays, Arrays, np.ndarray]:
+    # voice activity: one logit per 32 ms frame of 5 s clips, a 0/1 label per frame
+    b, n = (32, 160) if realistic else (4, 12)
+    return {"logits": rng.normal(0, 3, (b, n, 1))}, {}, (rng.random((b, n)) < 0.55) * 1.0
+
+
+def _ref_bce(s: Arrays, t: Arrays, y, loss) -> float:
+    return ref_bce(s["logits"], y, pos_weight=2.0)
 
 
 def _ref_bce_kd(**params):
@@ -213,4 +233,5 @@ BENCH_CASES = [
         _ref_bce_kd(temperature=2.0),
         label="bce_kd-frames-mask",
     ),
+    BenchCase("bce", {"pos_weight": 2.0}, _make_frame_labels, _ref_bce, label="bce-frames"),
 ]

@@ -295,6 +295,15 @@ def preview_batch(dataset: Dataset, n: int = 2) -> dict[str, Any]:
     return default_collate([dataset[i] for i in range(min(n, len(dataset)))])  # type: ignore[arg-type]
 
 
+def loader_preview(loader: Any, n: int = 2) -> dict[str, Any]:
+    """A small batch of ``loader`` for checks before training: its dataset's first ``n``
+    examples, or, from your own DataLoader (whose dataset crossdistill cannot index), its first
+    batch."""
+    if isinstance(loader, ExampleBatches):
+        return next(iter(loader))
+    return preview_batch(loader.dataset, n)
+
+
 def example_batch(batch: Any) -> dict[str, Any]:
     """A batch of your own DataLoader in crossdistill's form ``{"views": {side: x}, "target":
     y}``: an ``(x, y)`` pair (every side reads ``x``), a dict of sides and an optional

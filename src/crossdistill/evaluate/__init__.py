@@ -3,6 +3,7 @@ and latency timing. Nothing here knows a run directory; suites (``crossdistill.s
 evaluate runs through these."""
 
 from crossdistill.evaluate.evaluators import (
+    check_evaluable,
     evaluate_classification,
     evaluate_embeddings,
     evaluate_student,
@@ -11,6 +12,7 @@ from crossdistill.evaluate.metrics import (
     MetricAccumulator,
     accuracy,
     agreement,
+    binary_metrics,
     classification_metrics,
     expected_calibration_error,
     kl_divergence,
@@ -21,6 +23,8 @@ __all__ = [
     "MetricAccumulator",
     "accuracy",
     "agreement",
+    "binary_metrics",
+    "check_evaluable",
     "classification_metrics",
     "evaluate_classification",
     "evaluate_embeddings",

@@ -18,10 +18,12 @@ from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.errors import ConfigError, KnowledgeError, ShapeError
 from crossdistill.evaluate.metrics import (
     accuracy,
+    binary_metrics,
     classification_metrics,
     per_class,
     teacher_agreement,
 )
+from crossdistill.losses.logit.bce import dense_target
 
 
 class _Classification:
@@ -82,6 +84,72 @@ class _Classification:
                 f"{self.data[0].shape[1] if self.data else 'no'} classes, the data has "
                 f"{self.num_classes}, and no student output matches the teacher's label space",
                 hint="give the student a head of the data's classes, or of the teacher's",
+            )
+        return out
+
+
+class _Binary:
+    """Independent yes/no decisions: multi-label ``(B, K)`` or frame-level ``(B, N, K)``
+    logits (``K = 1`` for one decision per example or frame, e.g. voice activity).
+
+    The student decides "yes" where its ``logits`` are > 0, the data where its targets (0/1
+    labels of the logits' shape, or without its trailing 1) are > 0.5; metrics as
+    :func:`~crossdistill.evaluate.metrics.binary_metrics`. With a teacher output of the
+    logits' shape (its ``logits``, else the first such key), ``agreement`` is the fraction of
+    decisions the two share, and ``teacher_accuracy`` / ``teacher_macro_f1`` score the
+    teacher itself. The teacher says "yes" where its logits are > 0 — or > 0.5 when the key
+    is not ``logits`` and holds only values in [0, 1] (probabilities, as a model ending in a
+    sigmoid emits), decided on the first batch.
+    """
+
+    def __init__(self, class_names: Any) -> None:
+        self.class_names = list(class_names or [])
+        self.student: list[torch.Tensor] = []
+        self.real: list[torch.Tensor] = []
+        self.teacher: list[torch.Tensor] = []
+        self.teacher_key: str | None = None
+        self.threshold = 0.0
+
+    def update(self, out: Mapping[str, Any], batch: Mapping[str, Any], t: Mapping | None) -> None:
+        s = out[LOGITS].detach().float().cpu()
+        width = s.shape[-1]
+        self.student.append((s > 0).reshape(-1, width))
+        if batch.get("target") is not None:
+            real = dense_target(batch["target"].detach().cpu(), s, "evaluation")
+            self.real.append((real > 0.5).reshape(-1, width))
+        if t is None:
+            return
+        if self.teacher_key is None:
+            keys = [LOGITS, *sorted(k for k in t if k != LOGITS)]
+            fits = [k for k in keys if k in t and tuple(t[k].shape) == tuple(s.shape)]
+            self.teacher_key = fits[0] if fits else ""
+            if fits and fits[0] != LOGITS:
+                low, high = torch.aminmax(t[fits[0]].detach().float())
+                self.threshold = 0.5 if low.item() >= 0 and high.item() <= 1 else 0.0
+        if self.teacher_key:
+            decided = t[self.teacher_key].detach().float().cpu() > self.threshold
+            self.teacher.append(decided.reshape(-1, width))
+
+    def compute(self) -> dict[str, Any]:
+        if not self.student:
+            raise ShapeError("no examples to evaluate: the evaluation data is empty")
+        predicted = torch.cat(self.student)
+        out: dict[str, Any] = {}
+        real = torch.cat(self.real) if self.real else None
+        if real is not None:
+            out.update(binary_metrics(predicted, real, self.class_names))
+        if self.teacher:
+            teacher = torch.cat(self.teacher)
+            out["agreement"] = (predicted == teacher).double().mean().item()
+            if real is not None:
+                scored = binary_metrics(teacher, real, self.class_names)
+                out["teacher_accuracy"] = scored["accuracy"]
+                out["teacher_macro_f1"] = scored["macro_f1"]
+        if not out:
+            raise ShapeError(
+                "nothing to evaluate: the data has no targets, and no teacher output has the "
+                f"student's logits' shape {tuple(self.student[0].shape)}",
+                hint="give the evaluation data 0/1 targets, or the run a teacher",
             )
         return out
 
@@ -306,6 +374,14 @@ def evaluate_embeddings(
     return _evaluate(student, loader, teacher, device, amp, lambda out, b: _Embeddings())
 
 
+def _yes_no(logits: torch.Tensor, target: torch.Tensor | None) -> bool:
+    """Whether the logits are independent yes/no decisions: one per example or frame (a
+    trailing 1), or targets with more than one value per example (multi-label, frames)."""
+    if logits.dim() >= 2 and logits.shape[-1] == 1:
+        return True
+    return target is not None and target.dim() >= 2 and target.shape[-1] == logits.shape[-1]
+
+
 def evaluate_student(
     student: Student,
     loader: Any,
@@ -315,13 +391,16 @@ def evaluate_student(
     topk: int = 5,
 ) -> dict[str, float]:
     """Classification metrics when the student emits logits (of the data's labels, of the
-    teacher's label space, or both: see :class:`_Classification`), ranking metrics when it
+    teacher's label space, or both: see :class:`_Classification`), yes/no metrics when its
+    logits are independent sigmoid decisions (:class:`_Binary`), ranking metrics when it
     emits candidate ``scores``, paired-row agreement when it has two towers
     (``text_embedding``), else embedding agreement with the teacher; decided on the first
     batch, in one pass."""
 
     def pick(out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
         logits = any("logits" in key for key in out)
+        if LOGITS in out and _yes_no(out[LOGITS], batch.get("target")):
+            return _Binary(getattr(getattr(loader, "dataset", None), "class_names", None))
         if logits and "target" in batch:
             return _classification(loader, topk)
         if SCORES in out:
@@ -333,3 +412,26 @@ def evaluate_student(
         return _classification(loader, topk)  # logits, no labels: agreement with the teacher
 
     return _evaluate(student, loader, teacher, device, amp, pick)
+
+
+class _Preview:
+    """One batch posing as a loader (with the loader's dataset, for its class names)."""
+
+    def __init__(self, batch: Mapping[str, Any], dataset: Any) -> None:
+        self.batch, self.dataset = batch, dataset
+
+    def __iter__(self) -> Any:
+        yield self.batch
+
+
+def check_evaluable(
+    student: Student,
+    batch: Mapping[str, Any],
+    dataset: Any,
+    teacher: Teacher | None = None,
+    device: torch.device | None = None,
+) -> None:
+    """Evaluate ``batch`` (a preview of the evaluation data, of ``dataset``) before training,
+    so that a student whose outputs no evaluator can score fails before anything is written
+    rather than after the last epoch. The error is the evaluator's."""
+    evaluate_student(student, _Preview(batch, dataset), teacher, device)

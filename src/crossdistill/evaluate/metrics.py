@@ -3,11 +3,13 @@
 Every function takes logits ``(N, C)`` (any float dtype) and integer targets ``(N,)``, computes
 in float64 on the CPU and returns a Python float. :class:`MetricAccumulator` collects batches
 for the trainer's validation loop and computes everything once at the end.
+:func:`binary_metrics` scores independent yes/no decisions (multi-label, frame-level).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -109,6 +111,56 @@ def per_class(
             "support": int(support[c].item()),
         }
         for c in range(classes)
+    }
+
+
+def _scores(predicted: Tensor, real: Tensor) -> dict[str, float]:
+    """Precision, recall, F1 and support of one yes/no decision (boolean vectors), with the
+    conventions of :func:`per_class`."""
+    hits = (predicted & real).sum().item()
+    guessed, support = predicted.sum().item(), real.sum().item()
+    precision = hits / guessed if guessed else 0.0
+    recall = hits / support if support else 0.0
+    both = precision + recall
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / both if both else 0.0,
+        "support": int(support),
+    }
+
+
+def binary_metrics(
+    predicted: Tensor, real: Tensor, names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Metrics of independent yes/no decisions, ``(N, K)`` booleans: K labels per example
+    (multi-label), or one (``K = 1``: a binary task, e.g. speech in each frame).
+
+    ``accuracy`` is over every decision, ``f1`` that of the positives over every decision
+    (micro). ``per_class`` and ``macro_f1`` (the mean of its F1s) are over the classes of the
+    task: the K labels, or for ``K = 1`` its two classes, ``negative`` and ``positive``."""
+    if predicted.shape != real.shape or predicted.dim() != 2:
+        raise ShapeError(
+            f"binary decisions {tuple(predicted.shape)} and labels {tuple(real.shape)} must "
+            "have one (N, K) shape"
+        )
+    if real.shape[1] == 1:
+        columns = {
+            "negative": (~predicted[:, 0], ~real[:, 0]),
+            "positive": (predicted[:, 0], real[:, 0]),
+        }
+    else:
+        labels = list(names) if names is not None and len(names) == real.shape[1] else None
+        columns = {
+            (labels[k] if labels else str(k)): (predicted[:, k], real[:, k])
+            for k in range(real.shape[1])
+        }
+    table = {name: _scores(p, r) for name, (p, r) in columns.items()}
+    return {
+        "accuracy": (predicted == real).double().mean().item(),
+        "f1": _scores(predicted.flatten(), real.flatten())["f1"],
+        "macro_f1": sum(c["f1"] for c in table.values()) / len(table),
+        "per_class": table,
     }
 
 

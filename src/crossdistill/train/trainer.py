@@ -237,14 +237,15 @@ class Trainer:
                 last = self.epoch == self.spec.epochs
                 every = self.eval_spec.every_epochs
                 if eval_loader is not None and (last or (every and self.epoch % every == 0)):
-                    metrics = self.evaluate(eval_loader)
-                    history.eval.append(metrics)
-                    # the log keeps the numbers; tables (per-class scores) go to eval.json
-                    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-                    self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **scalars})
+                    try:
+                        history.eval.append(self._evaluate_and_log(eval_loader))
+                    except BaseException:
+                        self.save()  # an evaluation that fails loses no training: --resume
+                        raise
+                # after evaluating, as the RNG state then is what the next epoch starts from
                 self.save()
             if eval_loader is not None and not history.eval:  # resumed a finished run
-                history.eval.append(self.evaluate(eval_loader))
+                history.eval.append(self._evaluate_and_log(eval_loader))
         finally:
             if self._metrics_file is not None:
                 self._metrics_file.close()
@@ -333,6 +334,13 @@ class Trainer:
             dist.all_reduce(both)
             total, count = float(both[0]), int(both[1])
         return total / max(count, 1)
+
+    def _evaluate_and_log(self, loader: Any) -> dict[str, Any]:
+        metrics = self.evaluate(loader)
+        # the log keeps the numbers; tables (per-class scores) go to eval.json
+        scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **scalars})
+        return metrics
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """The evaluator's metrics (by default accuracy, top-k, calibration, and agreement with

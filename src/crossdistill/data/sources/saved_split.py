@@ -18,6 +18,8 @@ def load(split: str, path: str) -> Split:
         saved = sorted(p.parent.name for p in Path(path).glob("*/split.json"))
         raise DataError(
             f"{path} holds no saved split {split!r}",
-            hint=f"splits saved there: {', '.join(saved) or 'none'}",
+            hint=f"splits saved there: {', '.join(saved) or 'none'}. A run made by "
+            "crossdistill.distill() keeps only its eval_data (as 'eval'), never the training "
+            "data, which stays with your code: pass eval_data= to distill() to keep one",
         )
     return load_split(folder)

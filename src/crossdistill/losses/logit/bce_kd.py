@@ -41,6 +41,20 @@ def soft_bce(
     return temperature**2 * loss
 
 
+def outside_unit_interval(x: torch.Tensor) -> str | None:
+    """None when every value of ``x`` lies in ``[0, 1]``, else what it holds instead (for an
+    error message); one host sync."""
+    if x.numel() == 0:
+        return None
+    with torch.no_grad():
+        low, high = torch.stack(torch.aminmax(x)).tolist()
+    if low >= 0 and high <= 1:
+        return None
+    if math.isnan(low) or math.isnan(high):
+        return "NaN, not probabilities in [0, 1]"
+    return f"values in [{low:.4g}, {high:.4g}], outside [0, 1]"
+
+
 @LOSSES.register("bce_kd")
 class BCEKDLoss(LogitLoss):
     r"""KD for sigmoid / multi-label teachers: Hinton et al. 2015 (arXiv:1503.02531) with each
@@ -155,17 +169,9 @@ class BCEKDLoss(LogitLoss):
         """A ShapeError naming the teacher key unless its (kept) values lie in ``[0, 1]``."""
         if keep is not None:
             t = torch.where(keep, t, 0.5)  # masked elements may hold anything (padding)
-        if t.numel() == 0:
+        found = outside_unit_interval(t)
+        if found is None:
             return
-        with torch.no_grad():
-            low, high = torch.stack(torch.aminmax(t)).tolist()  # one host sync
-        if low >= 0 and high <= 1:
-            return
-        found = (
-            "NaN, not probabilities in [0, 1]"
-            if math.isnan(low)
-            else f"values in [{low:.4g}, {high:.4g}], outside [0, 1]"
-        )
         raise ShapeError(
             f"bce_kd: teacher_probabilities is set, but the teacher's {self.teacher_key!r} "
             f"{shape_str(t)} holds {found}",
