@@ -34,7 +34,7 @@ class Adapter(nn.Module):
     """Maps ``(B, *student_shape)`` to ``(B, *teacher_shape)``.
 
     Subclasses take ``(student_shape, teacher_shape, **hyper-parameters)`` and say in
-    :meth:`bridges` which pairs of shapes and layouts they can map; ``auto`` tries them in
+    :meth:`connects` which pairs of shapes and layouts they can map; ``auto`` tries them in
     ``priority`` order (lowest first), so the simplest adapter that fits is chosen. A constructor
     that also takes ``student_layout`` / ``teacher_layout`` is given the layouts it was chosen
     for; :func:`build_adapter` keeps them on the adapter as :attr:`layouts` either way.
@@ -52,9 +52,16 @@ class Adapter(nn.Module):
         student_layout: Layout | None = None,
         teacher_layout: Layout | None = None,
     ) -> bool:
-        """Whether this adapter maps ``student`` to ``teacher``. A layout that is not given is
-        the rank's default (:func:`layouts_of`). An adapter whose ``bridges`` takes no layouts
-        (written before they existed) is offered only tensors of their rank's default layout."""
+        """Whether this adapter maps ``student`` to ``teacher``: :meth:`connects` with both
+        layouts resolved (a layout not given is the rank's default, :func:`layouts_of`). An
+        adapter that overrides ``bridges`` without layouts (written before they existed) is
+        offered only tensors of their rank's default layout."""
+        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+        return cls.connects(student, teacher, s, t)
+
+    @classmethod
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
+        """Whether this adapter maps ``student`` (layout ``s``) to ``teacher`` (layout ``t``)."""
         raise NotImplementedError
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 from crossdistill.core.taps import Layout
 
 
@@ -26,15 +26,7 @@ class Conv1x1(Adapter):
         self.norm = nn.BatchNorm2d(c_out) if norm else nn.Identity()
 
     @classmethod
-    def bridges(
-        cls,
-        student: Shape,
-        teacher: Shape,
-        *,
-        student_layout: Layout | None = None,
-        teacher_layout: Layout | None = None,
-    ) -> bool:
-        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
         return s == t == "NCHW"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample_1d
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 from crossdistill.core.taps import Layout
 from crossdistill.errors import ConfigError
 
@@ -48,15 +48,7 @@ class Conv1x1_1d(Adapter):
             self.norm = nn.GroupNorm(groups, c_out)
 
     @classmethod
-    def bridges(
-        cls,
-        student: Shape,
-        teacher: Shape,
-        *,
-        student_layout: Layout | None = None,
-        teacher_layout: Layout | None = None,
-    ) -> bool:
-        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
         return s == t == "NCT"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

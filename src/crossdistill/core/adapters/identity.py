@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 from crossdistill.core.taps import Layout
 
 
@@ -18,15 +18,7 @@ class Identity(Adapter):
         super().__init__()
 
     @classmethod
-    def bridges(
-        cls,
-        student: Shape,
-        teacher: Shape,
-        *,
-        student_layout: Layout | None = None,
-        teacher_layout: Layout | None = None,
-    ) -> bool:
-        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
         return student == teacher and s == t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 from crossdistill.core.taps import Layout
 
 
@@ -29,15 +29,7 @@ class Linear(Adapter):
         )
 
     @classmethod
-    def bridges(
-        cls,
-        student: Shape,
-        teacher: Shape,
-        *,
-        student_layout: Layout | None = None,
-        teacher_layout: Layout | None = None,
-    ) -> bool:
-        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
         return s == t in ("ND", "NLD") and student[:-1] == teacher[:-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,15 +36,7 @@ class Pool(Adapter):
         self.proj = nn.Linear(channels, teacher_shape[0])
 
     @classmethod
-    def bridges(
-        cls,
-        student: Shape,
-        teacher: Shape,
-        *,
-        student_layout: Layout | None = None,
-        teacher_layout: Layout | None = None,
-    ) -> bool:
-        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
         return s in ("NCHW", "NCT", "NLD") and t == "ND"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

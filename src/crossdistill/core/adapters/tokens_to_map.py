@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crossdistill.core.adapters._grid import resample, token_grid, tokens_to_grid
-from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape, layouts_of
+from crossdistill.core.adapters.base import ADAPTERS, Adapter, Shape
 from crossdistill.core.taps import Layout
 
 
@@ -29,15 +29,7 @@ class TokensToMap(Adapter):
         self.conv = nn.Conv2d(student_shape[1], teacher_shape[0], 1)
 
     @classmethod
-    def bridges(
-        cls,
-        student: Shape,
-        teacher: Shape,
-        *,
-        student_layout: Layout | None = None,
-        teacher_layout: Layout | None = None,
-    ) -> bool:
-        s, t = layouts_of(student, teacher, student_layout, teacher_layout)
+    def connects(cls, student: Shape, teacher: Shape, s: Layout, t: Layout) -> bool:
         return (s, t) == ("NLD", "NCHW") and token_grid(student[0]) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
