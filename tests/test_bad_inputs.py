@@ -9,6 +9,7 @@ in one module fixture, because each pays for importing torch; the tests then onl
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from safetensors.torch import save_file
 
 from crossdistill.config import dump_recipe, load_recipe
 from crossdistill.errors import CheckpointError
+from crossdistill.export import export_run
 from crossdistill.models.zoo.cnn import SmallCNN
 from crossdistill.pipeline import cache_recipe, run_recipe
 from crossdistill.runs import Run
@@ -168,6 +170,14 @@ def not_a_module(**params):
 
 def broken(**params):
     raise RuntimeError("the factory failed on purpose")
+
+
+def no_examples(split):
+    """The digits source with every example left out."""
+    from crossdistill.data import load_source
+
+    data = load_source("digits", split)
+    return type(data)(data.inputs[:0], data.targets[:0], data.class_names, f"none/{split}")
 '''
 
 
@@ -181,6 +191,12 @@ def _factory(ref: str, params: Mapping[str, Any] | None = None) -> Setup:
         return _run({"student.model": ref, "student.params": dict(params or {})})(ws)
 
     return setup
+
+
+def _no_examples(ws: Workspace) -> list[str]:
+    """``run`` with ``data.source: tiny_models:no_examples`` (a source of 0 examples)."""
+    (ws.root / "tiny_models.py").write_text(FACTORIES)
+    return _run({"data.source": "tiny_models:no_examples"})(ws)
 
 
 class _Payload:
@@ -249,6 +265,107 @@ def _not_a_run(ws: Workspace) -> list[str]:
     (ws.runs / "notes").mkdir()
     (ws.runs / "notes" / "todo.txt").write_text("not a run\n")
     return ["report", "runs/notes"]
+
+
+# Trust: a run or export folder is data. The payloads would create PWNED in the workspace,
+# which every case checks is absent.
+
+
+def _payload(ws: Workspace) -> dict[str, Any]:
+    return {"model": "os:system", "params": {"command": f"touch {ws.root / 'PWNED'}"}}
+
+
+def _edit_json(path: Path, edit: Callable[[Any], Any]) -> None:
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _student_json(edit: Callable[[dict[str, Any], Workspace], Any], *command: str) -> Setup:
+    """``COMMAND runs/shared ...`` on a copy of the finished run whose student.json was
+    rewritten by ``edit(meta, ws)`` (its checksum kept unless ``edit`` changes it)."""
+
+    def setup(ws: Workspace) -> list[str]:
+        run = ws.runs / "shared"
+        shutil.copytree(ws.runs / "previous", run)
+        _edit_json(run / "student.json", lambda meta: edit(meta, ws))
+        return [command[0], "runs/shared", *command[1:]]
+
+    return setup
+
+
+def _config_teacher_runs_code(ws: Workspace) -> list[str]:
+    """``eval`` of a copy of the finished run whose config.yaml names a teacher by import path
+    (eval builds the teacher for its agreement metrics)."""
+    run = ws.runs / "shared"
+    shutil.copytree(ws.runs / "previous", run)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["teacher"] = _payload(ws)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return ["eval", "runs/shared"]
+
+
+def _model_json(edit: Callable[[dict[str, Any], Workspace], Any]) -> Setup:
+    """``bench`` of a safetensors export of the finished run whose model.json was rewritten."""
+
+    def setup(ws: Workspace) -> list[str]:
+        folder = export_run(ws.runs / "previous", "safetensors", out=ws.root / "export",
+                            parity_examples=8)  # fmt: skip
+        _edit_json(folder / "model.json", lambda meta: edit(meta, ws))
+        return ["bench", str(folder.relative_to(ws.root)), "--repeats", "1", "--batches", "1"]
+
+    return setup
+
+
+def _foreign_shard(ws: Workspace) -> list[str]:
+    """``run`` of the KD recipe from its store, one of whose shards (with its record) was
+    copied from a store of a teacher with other weights."""
+    base = {"store": {**STORE, "path": str(ws.runs / "store")}, "data.limit_train": 200}
+    cache_recipe(load_recipe(ws.recipe("kd.yaml", base, name="cached.yaml")), progress=False)
+    other = ws.root / "other_teacher.safetensors"
+    torch.manual_seed(1)
+    save_file(SmallCNN(width=16).state_dict(), str(other))
+    elsewhere = {**base, "store": {**STORE, "path": str(ws.root / "other")},
+                 "teacher.weights": str(other)}  # fmt: skip
+    cache_recipe(load_recipe(ws.recipe("kd.yaml", elsewhere, name="other.yaml")), progress=False)
+    for suffix in (".safetensors", ".json"):
+        name = f"shard-00001{suffix}"
+        shutil.copy(ws.root / "other" / "shards" / name, ws.runs / "store" / "shards" / name)
+    return ["run", str(ws.recipe("kd.yaml", base))]
+
+
+def _teacher_weights(change: Callable[[dict[str, torch.Tensor]], None]) -> Setup:
+    """``run`` of the KD recipe whose teacher weights were changed by ``change(state)``."""
+
+    def setup(ws: Workspace) -> list[str]:
+        state = SmallCNN(width=16).state_dict()
+        change(state)
+        path = ws.root / "teacher.safetensors"
+        save_file(state, str(path))
+        return _run({"teacher.weights": str(path)}, "kd.yaml")(ws)
+
+    return setup
+
+
+def _to_int8(state: dict[str, torch.Tensor]) -> None:
+    for key in state:
+        if state[key].is_floating_point():
+            state[key] = state[key].mul(100).to(torch.int8)
+
+
+def _nan_in_first(state: dict[str, torch.Tensor]) -> None:
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first][...] = float("nan")
+
+
+def _huge_idx(ws: Workspace) -> list[str]:
+    """Fashion-MNIST files whose image header claims 2**32 - 1 images of 2**32 - 1 rows."""
+    root = ws.root / "fashion"
+    root.mkdir()
+    header = bytes([0, 0, 0x08, 3]) + (2**32 - 1).to_bytes(4, "big") * 2 + (28).to_bytes(4, "big")
+    for prefix in ("train", "t10k"):
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + b"abc"))
+        labels = bytes([0, 0, 0x08, 1]) + (3).to_bytes(4, "big") + bytes(3)
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    return _run({"data.source": "fashion_mnist", "data.params": {"root": str(root)}})(ws)
 
 
 @dataclass(frozen=True)
@@ -475,6 +592,63 @@ CASES: dict[str, Case] = {
         lambda ws: ["eval", "--suite", "text", "runs/nope"],
         ("'runs/nope' is neither a directory nor a registered model name",
          "a sentence-transformers directory")),
+    # Issue 20: run and export folders that name code (the payload would create PWNED).
+    "student-json-runs-code-eval": Case(
+        _student_json(lambda meta, ws: {**meta, **_payload(ws)}, "eval"),
+        ("student.json names the model 'os:system' by import path", "--allow-import os")),
+    "student-json-runs-code-export": Case(
+        _student_json(lambda meta, ws: {**meta, **_payload(ws)}, "export", "--format", "onnx"),
+        ("student.json names the model 'os:system' by import path",)),
+    "student-json-runs-code-bench": Case(
+        _student_json(lambda meta, ws: {**meta, **_payload(ws)}, "bench", "--repeats", "1"),
+        ("student.json names the model 'os:system' by import path",)),
+    "config-teacher-runs-code": Case(
+        _config_teacher_runs_code,
+        ("config.yaml names the model 'os:system' by import path",)),
+    "model-json-runs-code": Case(
+        _model_json(lambda meta, ws: {**meta, **_payload(ws)}),
+        ("model.json names the model 'os:system' by import path",)),
+    "student-json-malformed": Case(
+        _student_json(lambda meta, ws: [meta], "eval"),
+        ("student.json",)),
+    "student-json-no-checksum": Case(
+        _student_json(lambda meta, ws: {k: v for k, v in meta.items() if k != "sha256"}, "eval"),
+        ("student.json", "sha256")),
+    "model-json-malformed": Case(
+        _model_json(lambda meta, ws: {**meta, "outputs": 3}),
+        ("model.json",)),
+    "store-foreign-shard": Case(
+        _foreign_shard, ("shard-00001.safetensors",)),
+    # Issue 20: names, YAML and numbers out of range.
+    "name-dotdot-resume": Case(
+        _run(None, "teacher.yaml", "--name", "..", "--resume"),
+        ("name",)),
+    "name-300-characters": Case(
+        _run(None, "teacher.yaml", "--name", "n" * 300),
+        ("name", "100")),
+    "yaml-duplicate-key": Case(
+        _run_text("name: a\nseed: 1\nseed: 2\n"),
+        ("seed", "twice", "lines 2 and 3")),
+    "yaml-billion-laughs": Case(
+        _run_text("name: a\nx: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\ny: &b [*a, *a, *a, *a, *a, *a]\n"),
+        ("anchor",)),
+    "seed-1e23": Case(_run({"seed": 1.0e23}), ("seed", "4294967295")),
+    "seed-negative": Case(_run({"seed": -1}), ("seed", "4294967295")),
+    "device-tpu9": Case(_run({"train.device": "tpu9"}), ("train.device", "tpu9")),
+    "batch-size-1e20": Case(_run({"data.batch_size": 1.0e20}), ("data.batch_size",)),
+    "loss-weights-all-zero": Case(_run({"losses": [{"name": "ce", "weight": 0}]}), ("losses",)),
+    "loss-weight-infinite": Case(_run({"losses.0.weight": float("inf")}), ("weight",)),
+    # Issue 20: data and weights that cannot train, found before a run folder exists.
+    "empty-dataset": Case(_no_examples, ("no examples",)),
+    "images-1x1": Case(
+        _run({"student.pipeline": [{"name": "resize", "params": {"size": 1}}]}),
+        ("the student (model 'cnn', a SmallCNN) cannot run", "Output size is too small")),
+    "int8-teacher-weights": Case(_teacher_weights(_to_int8), ("int8",)),
+    "nan-teacher-weights": Case(_teacher_weights(_nan_in_first), ("NaN",)),
+    "weights-a-folder": Case(
+        lambda ws: _run({"teacher.weights": str(ws.root)}, "kd.yaml")(ws),
+        ("is a folder",)),
+    "idx-huge-header": Case(_huge_idx, ("4294967295", "bytes")),
 }
 # fmt: on
 
@@ -544,6 +718,8 @@ def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str)
     assert "error:" in stderr
     for phrase in CASES[case].phrases:
         assert phrase in out.stderr, f"{phrase!r} not in: {out.stderr}"
+    # No payload of a run or export folder ran.
+    assert not list(out.ws.root.rglob("PWNED")), "code named by a folder was executed"
     # Nothing that existed before was changed or removed.
     changed = [p for p, h in out.before.items() if out.after.get(p) != h]
     assert not changed, f"pre-existing files changed: {changed}"

@@ -15,7 +15,7 @@ import pytest
 from conftest import CLI_ENV
 from crossdistill import Run
 from crossdistill.config import Recipe, validate_recipe
-from crossdistill.errors import ConfigError, UnknownNameError
+from crossdistill.errors import ConfigError, UnknownNameError, UntrustedCodeError
 from crossdistill.export import export_run
 from crossdistill.losses import LOSSES
 from crossdistill.pipeline import run_recipe
@@ -150,7 +150,9 @@ def _recipe(kd_recipe: Recipe, **changes) -> Recipe:
     return validate_recipe(raw)
 
 
-def test_every_kind_of_plug_in_by_import_path(plugins: Path, kd_recipe: Recipe) -> None:
+def test_every_kind_of_plug_in_by_import_path(
+    plugins: Path, kd_recipe: Recipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recipe = _recipe(
         kd_recipe,
         data__source="plugins_by_path:digits_half",
@@ -169,7 +171,10 @@ def test_every_kind_of_plug_in_by_import_path(plugins: Path, kd_recipe: Recipe) 
     import plugins_by_path
 
     assert plugins_by_path.CALLS["source"] >= 2  # train and eval splits
-    run = Run.open(result.run_dir)
+    # the run folder is data: it reopens its import paths only where the user allows them
+    with pytest.raises(UntrustedCodeError, match="--allow-import plugins_by_path"):
+        Run.open(result.run_dir).student()
+    run = Run.open(result.run_dir, allow_import=["plugins_by_path"])
     student = run.student()
     assert isinstance(student.pipeline[0], plugins_by_path.Shift) and student.pipeline[0].by == 0.3
     assert student.model[1].out_features == 5
@@ -177,6 +182,8 @@ def test_every_kind_of_plug_in_by_import_path(plugins: Path, kd_recipe: Recipe) 
     assert any("plugins_by_path:HalfCE" in r for r in steps if r["kind"] == "step")
     folder = export_run(run, "plugins_by_path:Traced")
     assert (folder / "model.pt").is_file()
+    # a suite opens the run itself: the user's standing allow-list reaches it
+    monkeypatch.setenv("CROSSDISTILL_ALLOW_IMPORT", "plugins_by_path")
     assert evaluate("plugins_by_path:Count", run.path) == {"examples": 256}
     assert json.loads(run.eval_file("count").read_text()) == {"examples": 256}
 

@@ -3,6 +3,7 @@ two processes never write one run, and a run folder names no code it imports."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -147,8 +148,10 @@ def test_a_run_folder_never_imports_what_its_recipe_imports(tmp_path: Path) -> N
             {**yaml.safe_load((DIGITS / "kd.yaml").read_text()), "imports": ["pwned_module"]}
         )
     )
-    (tmp_path / "student.json").write_text(json.dumps({"model": "not_registered", "params": {}}))
     (tmp_path / "student.safetensors").write_bytes(b"")
+    empty = hashlib.sha256(b"").hexdigest()
+    meta = {"model": "not_registered", "params": {}, "sha256": empty}
+    (tmp_path / "student.json").write_text(json.dumps(meta))
     with pytest.raises(UnknownNameError, match=r"--import pwned_module"):
         Run.open(tmp_path).student()
     assert "pwned_module" not in sys.modules

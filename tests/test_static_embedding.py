@@ -350,6 +350,7 @@ def test_load_student_never_recomputes_the_init(
 ) -> None:
     """A finished run's student is rebuilt with ``init_from: null``: its weights replace the
     initialisation, so no teacher pass (cold cache or not) runs to compute it."""
+    import hashlib
     import json
 
     from safetensors.torch import save_file
@@ -364,6 +365,7 @@ def test_load_student_never_recomputes_the_init(
     run.mkdir()
     save_file(trained.state_dict(), run / "student.safetensors")
     meta = {"model": "static_embedding", "params": params, "outputs": ["embedding"]}
+    meta["sha256"] = hashlib.sha256((run / "student.safetensors").read_bytes()).hexdigest()
     (run / "student.json").write_text(json.dumps({**meta, "pipeline": []}))
     fake_teacher.calls.clear()
     for f in (cache_dir() / "static_init").glob("*.safetensors"):

@@ -3,6 +3,7 @@ every kind, the restricted unpickler, held-out WordNet texts, and the CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -531,8 +532,9 @@ def test_load_crossdistill_run_directory(tmp_path: Path) -> None:
     run.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               str(run / "student.safetensors"))  # fmt: skip
+    sha256 = hashlib.sha256((run / "student.safetensors").read_bytes()).hexdigest()
     meta = {"model": "static_embedding", "params": params, "outputs": ["embedding"],
-            "pipeline": []}  # fmt: skip
+            "pipeline": [], "sha256": sha256}  # fmt: skip
     (run / "student.json").write_text(json.dumps(meta))
     encoder = load_encoder(str(run))
     assert isinstance(encoder, TorchEncoder) and encoder.dim == 3

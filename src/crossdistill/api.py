@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from crossdistill._util.device import select_device, to_device
 from crossdistill._util.hashing import digest, weights_digest
 from crossdistill._util.validation import format_validation_error
-from crossdistill.build import build_term
+from crossdistill.build import build_term, preflight
 from crossdistill.config import (
     EvalSpec,
     LossSpec,
@@ -33,11 +33,12 @@ from crossdistill.config import (
 from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import DistillDataset, Split, as_distill_dataset, example_loader
-from crossdistill.data.dataset import ExampleBatches, loader_preview, preview_batch
+from crossdistill.data.dataset import ExampleBatches, preview_batch
 from crossdistill.data.saved import save_split
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate import check_evaluable, evaluate_student
+from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import Loss
+from crossdistill.pipeline import discarded_on_failure, folder_state
 from crossdistill.record import recipe_of
 from crossdistill.registry import plugin_name
 from crossdistill.runs import Run
@@ -163,14 +164,18 @@ def distill(
     if store is not None:
         train_loader = _from_store(train_loader, Path(store), batch_size, seed)
     eval_loader = _loader(eval_data, 4 * batch_size, False, seed)
-    # adapters are built, and mistakes found, on a real batch before any training
+    # adapters are built, and mistakes found, on real batches before any training
     device = select_device(spec.device)
-    classes = getattr(train_loader.dataset, "num_classes", None)
-    distiller.to(device).check(to_device(loader_preview(train_loader), device), classes)
-    if eval_loader is not None:  # a student the evaluation cannot score fails now, not at the end
-        preview = to_device(loader_preview(eval_loader), device)
-        check_evaluable(wrapped, preview, eval_loader.dataset, teacher, device)
     eval_spec = EvalSpec(every_epochs=0)
+    preflight(
+        distiller,
+        train_loader,
+        eval_loader,
+        device,
+        train_name="train_data",
+        eval_name="eval_data",
+        topk=eval_spec.topk,
+    )
     run = None if run_dir is None else Run(run_dir)
     if run is not None and run.path.is_dir() and any(run.path.iterdir()):
         raise ConfigError(
@@ -194,7 +199,8 @@ def distill(
         spec,
         None if store is None else Path(store),
     )
-    with run.writing(recipe):
+    before = folder_state(run)
+    with run.writing(recipe), discarded_on_failure(run, before):
         if keep is not None:
             save_split(keep, run.data_dir / "eval")
         trainer = Trainer(

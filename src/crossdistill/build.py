@@ -1,29 +1,39 @@
 """From a recipe to the objects it names: the Distiller (teacher, student, losses), datasets and
-loaders, and the knowledge store's fingerprint and codecs.
+loaders, and the knowledge store's fingerprint and codecs; and :func:`preflight`, the checks on
+real data that ``run`` and ``distill()`` make before a run folder exists.
 
-Everything here builds; nothing trains or writes. ``pipeline`` (recipe → finished run) and
-``runs`` (reopening a run's student, teacher and data) both build through these functions.
+Everything here builds or checks; nothing trains or writes. ``pipeline`` (recipe → finished
+run), ``api`` (``distill()``) and ``runs`` (reopening a run's student, teacher and data) build
+through these functions.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Subset
 
+from crossdistill._util.device import to_device
 from crossdistill._util.hashing import digest, weights_digest
 from crossdistill.config import LossSpec, ModelSpec, PluginSpec, Recipe, TeacherSpec
 from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.data import build_augmentation, example_loader, load_source
-from crossdistill.data.dataset import make_dataset
+from crossdistill.data.dataset import loader_preview, make_dataset
 from crossdistill.data.steps import build_pipeline
-from crossdistill.errors import ConfigError
+from crossdistill.errors import ConfigError, CrossDistillError, DataError
+from crossdistill.evaluate import check_evaluable
 from crossdistill.losses import build_loss
 from crossdistill.models.registry import build_model, load_weights
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset
+
+log = logging.getLogger(__name__)
 
 
 def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> ModelWrapper:
@@ -208,3 +218,189 @@ def store_codecs(recipe: Recipe, distiller: Distiller) -> dict[str, KeyCodec]:
             dtype=(key_spec.dtype if key_spec and key_spec.dtype else spec.dtype),
         )
     return codecs
+
+
+# ------------------------------------------------------------------ preflight
+
+
+def preflight(
+    distiller: Distiller,
+    train_loader: Any,
+    eval_loader: Any,
+    device: torch.device,
+    *,
+    train_name: str = "the training data",
+    eval_name: str = "the evaluation data",
+    topk: int = 5,
+    world: int = 1,
+) -> None:
+    """What can be found wrong on real data, before a run folder exists or a step is trained:
+    an empty data set (or one that gives no batch), loss weights that are not finite or all
+    zero, NaN/Inf parameters, a model that cannot run on its inputs (images smaller than its
+    convolutions and pooling accept, say), a loss that needs what a model does not emit
+    (:meth:`Distiller.check`, which also builds the adapters), and a student the evaluation
+    cannot score. ``train_name``/``eval_name`` say in messages where the data came from."""
+    _check_loss_weights(distiller)
+    _check_size(train_loader, train_name, world)
+    if eval_loader is not None:
+        _check_size(eval_loader, eval_name)
+    sides = {"student": distiller.student, "teacher": distiller.teacher}
+    models = {side: wrapper for side, wrapper in sides.items() if wrapper is not None}
+    for side, wrapper in models.items():
+        _check_parameters(wrapper, side)
+    batch = to_device(loader_preview(train_loader), device)
+    what = f"first batch of {train_name}"
+    try:
+        distiller.to(device).check(batch, getattr(train_loader.dataset, "num_classes", None))
+    except CrossDistillError:
+        raise
+    except Exception as exc:  # a model or a loss failing on real data: say which, and on what
+        raise _failure(
+            models, batch, exc, what, f"the losses cannot be computed on the {what}"
+        ) from None
+    if eval_loader is None:
+        return
+    # a student the evaluation cannot score fails now, not after the last epoch
+    preview = to_device(loader_preview(eval_loader), device)
+    what = f"first batch of {eval_name}"
+    try:
+        check_evaluable(
+            distiller.student, preview, eval_loader.dataset, distiller.teacher, device, topk
+        )
+    except CrossDistillError:
+        raise
+    except Exception as exc:
+        raise _failure(models, preview, exc, what, f"the {what} cannot be evaluated") from None
+
+
+def _check_loss_weights(distiller: Distiller) -> None:
+    weights = distiller.weights
+    bad = {name: w for name, w in weights.items() if not math.isfinite(w)}
+    if bad:
+        raise ConfigError(
+            f"loss weights must be finite numbers, got {bad}",
+            hint="give every loss a finite weight (a loss's `weight:`); an infinite weight "
+            "makes the total loss NaN or Inf at the first step",
+        )
+    if not any(weights.values()):
+        raise ConfigError(
+            f"every loss has weight 0 ({sorted(weights)}): training would not change the student",
+            hint="give at least one loss a non-zero weight",
+        )
+
+
+def _check_size(loader: Any, name: str, world: int = 1) -> None:
+    """``loader`` must give at least one batch (per process, under DDP)."""
+    try:
+        n = len(loader.dataset)
+    except TypeError:  # an iterable dataset: its size is not known until it is read
+        n = None
+    if n == 0:
+        raise DataError(
+            f"{name} has no examples (0)",
+            hint="check the data source, its parameters and the split it reads",
+        )
+    if n is not None and n < world:
+        raise DataError(
+            f"{name} has {n} examples, fewer than the {world} processes that share it",
+            hint=f"give it at least {world} examples, or run on fewer processes",
+        )
+    try:
+        batches = len(loader)
+    except TypeError:
+        return
+    if batches == 0:
+        inner = getattr(loader, "loader", loader)  # your own DataLoader, inside ExampleBatches
+        size = getattr(inner, "batch_size", None)
+        raise DataError(
+            f"{name} gives no batch: {n} examples, batch size {size}"
+            + (", drop_last=True" if getattr(inner, "drop_last", False) else ""),
+            hint=f"use a batch size of at most {n}, or drop_last=False",
+        )
+
+
+def _check_parameters(wrapper: nn.Module, side: str) -> None:
+    """NaN/Inf in a model's parameters makes every loss NaN; name the tensors, not the lr."""
+    bad = [
+        name.removeprefix("model.")
+        for name, p in wrapper.named_parameters()
+        if not nn.parameter.is_lazy(p)
+        and p.is_floating_point()
+        and not bool(torch.isfinite(p).all())
+    ]
+    if bad:
+        raise ConfigError(
+            f"the {side}'s parameters {bad[:3]} hold NaN or Inf ({len(bad)} tensors in all)",
+            hint=f"the {side}'s weights are damaged: load a good copy (its `weights:`), or "
+            "retrain it",
+        )
+
+
+def _failure(
+    models: Mapping[str, ModelWrapper],
+    batch: Mapping[str, Any],
+    exc: Exception,
+    what: str,
+    otherwise: str,
+) -> CrossDistillError:
+    """The error for ``exc``, raised while checking ``batch``: the side whose model fails on
+    its own input when run alone (named with that input's shape), else ``otherwise``."""
+    views = batch.get("views", {})
+    for side, wrapper in models.items():
+        if side == "teacher" and "knowledge" in batch:
+            continue  # from a store: the teacher does not run
+        if side not in views:
+            return ConfigError(
+                f"the {what} has no {side!r} view (it has {sorted(views)})",
+                hint="give every example the inputs of both sides (`teacher`, `student`)",
+            )
+        was_training = wrapper.training
+        wrapper.eval()
+        try:
+            with torch.no_grad():
+                wrapper(views[side])
+        except CrossDistillError as own:
+            return own
+        except Exception as own:
+            return ConfigError(
+                f"the {side} ({_model_name(wrapper)}) cannot run on the {what}: its input is "
+                f"{_describe(views[side])}, and it raised {type(own).__name__}: {_short(own)}",
+                hint=f"check that the data fits the {side}: inputs smaller than the model "
+                "accepts (images of a pixel or two into convolutions and pooling that need "
+                f"more), other channels, or another type; the {side}'s input comes from the "
+                f"data (and its views) through the {side}'s pipeline",
+            )
+        finally:
+            wrapper.train(was_training)
+    return ConfigError(
+        f"{otherwise}: {type(exc).__name__}: {_short(exc)}",
+        hint="both models ran on it; check the losses' parameters and what each reads",
+    )
+
+
+def _model_name(wrapper: nn.Module) -> str:
+    model = getattr(wrapper, "model", None)
+    if model is None:
+        return f"an ensemble of {len(getattr(wrapper, 'members', []))} teachers"
+    spec = getattr(model, "plugin_spec", None)
+    name = spec.get("name") if isinstance(spec, dict) else None
+    kind = type(model).__name__
+    return f"model {name!r}, a {kind}" if isinstance(name, str) and name != kind else kind
+
+
+def _describe(x: Any) -> str:
+    """An input as an error message shows it: its shape and dtype, not its values."""
+    if isinstance(x, torch.Tensor):
+        return f"a {str(x.dtype).removeprefix('torch.')} tensor of shape {tuple(x.shape)}"
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (list, tuple)):
+        kind = type(x[0]).__name__ if x else "items"
+        return f"a {type(x).__name__} of {len(x)} {kind}"
+    return f"a {type(x).__name__}"
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -2,27 +2,42 @@
 
 ``load_recipe("recipe.yaml", overrides=["train.epochs=5"])`` reads YAML, applies ``--set``
 overrides and validates. Every error names the YAML path (``losses[1].params.temperature``) and
-what was expected; unknown keys are refused with the closest known ones.
+what was expected; unknown keys are refused with the closest known ones. Every number has a
+range (a seed fits 32 bits, a batch is at least one example and fits in memory, weights and
+rates are finite), and the YAML reader refuses duplicate keys and anchors/aliases.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic_core import PydanticCustomError
 
 from crossdistill._util.files import write_atomic
-from crossdistill._util.validation import format_validation_error
+from crossdistill._util.validation import format_validation_error, short_repr
 from crossdistill.errors import ConfigError
+
+SEED_MAX = 2**32 - 1  # what NumPy's and Python's seeding accept everywhere
+MAX_SIZE = 2**24  # batch and buffer sizes: above this an allocation fails, not training
+MAX_WORKERS = 1024
+NAME_MAX = 100  # characters in a run name (one folder name, on every file system)
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # every float is finite: an infinite weight or rate is a typo, never a setting
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class PluginSpec(_Strict):
@@ -40,7 +55,7 @@ class PluginSpec(_Strict):
             if extra and cls is PluginSpec:
                 raise ValueError(
                     f"{extra} belong under `params:` (every plug-in is {{name, params}}), e.g. "
-                    f"{{name: {raw['name']}, params: {{{extra[0]}: ...}}}}"
+                    f"{{name: {short_repr(raw['name'], 60)}, params: {{{extra[0]}: ...}}}}"
                 )
         return raw
 
@@ -53,7 +68,7 @@ class TapSpec(_Strict):
     on: Literal["output", "input"] = "output"
     select: str | int | None = None
     kind: Literal["features", "attention"] = "features"
-    pool: PositiveInt | None = None  # average-pool to a pool x pool grid (or pool tokens)
+    pool: Size | None = None  # average-pool to a pool x pool grid (or pool tokens)
     # how the captured tensor is laid out (batch first): a 2-D map, a 1-D map over time,
     # tokens, or a vector; unset, adapters read it from the rank and refuse to guess
     layout: Literal["NCHW", "NCT", "NLD", "ND"] | None = None
@@ -92,7 +107,7 @@ class TeacherSpec(_Strict):
     taps: list[TapSpec] = Field(default_factory=list)
     pipeline: list[PluginSpec] = Field(default_factory=list)
     members: list[ModelSpec] = Field(default_factory=list)
-    member_weights: list[float] | None = None
+    member_weights: list[Annotated[float, Field(ge=0)]] | None = None
 
     @pydantic.model_validator(mode="after")
     def _one_kind(self) -> TeacherSpec:
@@ -142,10 +157,10 @@ class DataSpec(_Strict):
     views: dict[str, str | list[str] | ViewSpec] = Field(default_factory=dict)
     augment: PluginSpec | None = None
     # K recorded augmentations per example (one picked per epoch); what a knowledge store holds
-    augment_slots: PositiveInt | None = None
-    batch_size: PositiveInt = 128
-    eval_batch_size: PositiveInt = 512
-    num_workers: NonNegativeInt = 0
+    augment_slots: Size | None = None
+    batch_size: Size = 128
+    eval_batch_size: Size = 512
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
     limit_train: PositiveInt | None = None  # use only the first N training examples
     limit_eval: PositiveInt | None = None
 
@@ -154,7 +169,7 @@ class StoreKeySpec(_Strict):
     """How one teacher Knowledge key is stored: dense, or top-k logits (``k`` required)."""
 
     format: Literal["dense", "topk"] = "dense"
-    k: PositiveInt | None = None
+    k: Size | None = None
     dtype: Literal["float16", "float32"] | None = None  # default: the store's dtype
 
     @pydantic.model_validator(mode="after")
@@ -179,8 +194,8 @@ class StoreSpec(_Strict):
     eval_path: Path | None = None
     dtype: Literal["float16", "float32"] = "float16"
     keys: dict[str, StoreKeySpec] = Field(default_factory=dict)
-    shard_size: PositiveInt = 4096
-    batch_size: PositiveInt = 256  # teacher batch size while writing
+    shard_size: Size = 4096
+    batch_size: Size = 256  # teacher batch size while writing
     verify: bool = True  # check each shard's SHA-256 when it is first read
 
 
@@ -190,7 +205,10 @@ class OptimizerSpec(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
 
 
 class ScheduleSpec(_Strict):
@@ -206,7 +224,7 @@ class TrainSpec(_Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     grad_clip: PositiveFloat | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps (checked against this machine later)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU
     deterministic: bool = True
     log_every: PositiveInt = 50
@@ -214,6 +232,15 @@ class TrainSpec(_Strict):
     # also checkpoint every N optimizer steps (mid-epoch), so a crash loses at most N steps
     checkpoint_every_steps: PositiveInt | None = None
     progress: bool = True
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        # the form only: whether this machine has it is checked when training starts
+        # (select_device), so a run trained on a GPU still opens on a laptop
+        if not _DEVICE.fullmatch(value):
+            raise PydanticCustomError("device", f"not a device name: use {DEVICES}")
+        return value
 
 
 class EvalSpec(_Strict):
@@ -228,10 +255,10 @@ class OutputSpec(_Strict):
 class Recipe(_Strict):
     """One experiment: data, teacher (optional), student, weighted losses, training, evaluation."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     # modules imported before anything is built, so that their plug-ins register
     imports: list[str] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     data: DataSpec
     teacher: TeacherSpec | None = None
     student: ModelSpec
@@ -240,6 +267,23 @@ class Recipe(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     store: StoreSpec | None = None
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        problem = run_name_problem(value)
+        if problem:
+            raise PydanticCustomError("run_name", problem)
+        return value
+
+    @pydantic.field_validator("losses")
+    @classmethod
+    def _some_weight(cls, losses: list[LossSpec]) -> list[LossSpec]:
+        if not any(loss.weight > 0 for loss in losses):
+            raise PydanticCustomError(
+                "loss_weights", "every loss weight is 0: the student would learn nothing"
+            )
+        return losses
 
     @pydantic.model_validator(mode="after")
     def _unique_terms(self) -> Recipe:
@@ -251,7 +295,16 @@ class Recipe(_Strict):
 
     @property
     def run_dir(self) -> Path:
-        return self.output.dir / self.name
+        """``output.dir/name``; an error when it leads out of ``output.dir`` (a link there)."""
+        path = self.output.dir / self.name
+        if path.resolve().parent != self.output.dir.resolve():
+            raise ConfigError(
+                f"run folder {path} leads outside output.dir {self.output.dir} "
+                f"(to {path.resolve()})",
+                hint="a run is written inside output.dir only: remove the link, or choose "
+                "another name (--name NEW)",
+            )
+        return path
 
     def fingerprint(self) -> str:
         """A short hash of what determines the trained weights (checked when resuming).
@@ -275,7 +328,77 @@ _NOT_FINGERPRINTED: dict[str, Any] = {
 }
 
 
+def run_name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit to be a run's folder name (None when it is fine): a run name is
+    one folder name inside ``output.dir``, never a path, ``.`` or ``..``."""
+    if not name:
+        return "a run name cannot be empty"
+    if len(name) > NAME_MAX:
+        return f"a run name has at most {NAME_MAX} characters, this one {len(name)}"
+    if name in (".", ".."):
+        return f"{name!r} is not a run name: it names output.dir itself or the folder above it"
+    if "/" in name or "\\" in name:
+        return "a run name is one folder name, without '/' or '\\'"
+    if not _NAME_CHARS.fullmatch(name):
+        return "a run name may hold only letters, digits, '_', '.' and '-'"
+    return None
+
+
 # ---------------------------------------------------------------------------- loading
+
+
+class RecipeYAMLError(yaml.YAMLError):
+    """YAML that parses but that a recipe refuses: a duplicate key, an anchor or alias."""
+
+    def __init__(self, line: int, message: str, hint: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line, self.message, self.hint = line, message, hint
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (the later one would silently win) and
+    anchors/aliases (``&a``/``*a``: a few lines of them expand to gigabytes, the "billion
+    laughs"; a recipe never needs them). Reads every recipe, override and run config."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # refusing every anchor leaves every alias undefined: yaml refuses those itself (and an
+        # override such as `--set glob=*png` stays the text it was)
+        event = self.peek_event()
+        if not isinstance(event, yaml.AliasEvent) and getattr(event, "anchor", None) is not None:
+            raise RecipeYAMLError(
+                event.start_mark.line + 1,
+                f"YAML anchor &{event.anchor} is not allowed in a recipe",
+                hint="write the value out in full where it is used (anchors and aliases are "
+                "refused: they can expand a few lines into gigabytes)",
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RecipeYAMLError(
+                    line,
+                    f"key {short_repr(key, 60)} appears twice in one mapping (lines "
+                    f"{seen[key]} and {line})",
+                    hint="keep one of them: YAML would silently use the later one",
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """``text`` read with :class:`RecipeLoader`; errors name ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: no Python objects
+    except RecipeYAMLError as exc:
+        raise ConfigError(f"{source}:{exc.line}: {exc.message}", hint=exc.hint) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -283,10 +406,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist", hint="check the path")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path.read_text(), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, not {type(raw).__name__}")
     for item in overrides or []:
@@ -294,12 +414,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return validate_recipe(raw, source=str(path))
 
 
+# hints for the recipe's own checks, by pydantic error type
+_HINTS = {
+    "run_name": "choose another name (`name:` in the recipe, or --name NEW): one folder name of "
+    f"letters, digits, '_', '.' and '-', at most {NAME_MAX} characters",
+    "loss_weights": "give at least one loss a weight above 0",
+    "device": f"set train.device to one of {DEVICES}",
+}
+
+
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except pydantic.ValidationError as exc:
+        errors = exc.errors()
+        hint = next((_HINTS[e["type"]] for e in errors if e["type"] in _HINTS), None)
+        if hint is None and any(e["type"] not in ("extra_forbidden", "missing") for e in errors):
+            hint = (
+                f"change the values named above in {source}, or override one with --set KEY=VALUE"
+            )
         raise ConfigError(
-            f"{source} is not a valid recipe:\n{format_validation_error(exc, model=Recipe)}"
+            f"{source} is not a valid recipe:\n{format_validation_error(exc, model=Recipe)}",
+            hint=hint,
         ) from None
 
 
@@ -309,7 +445,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not KEY=VALUE", hint="e.g. --set train.epochs=5")
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: no Python objects
+    except RecipeYAMLError as exc:
+        raise ConfigError(
+            f"override {short_repr(item, 80)}: {exc.message}", hint=exc.hint
+        ) from None
     except yaml.YAMLError:
         value = text
     parts = key.split(".")

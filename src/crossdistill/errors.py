@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Iterable
 from types import ModuleType
 
@@ -62,6 +63,36 @@ class CheckpointError(CrossDistillError):
 
 class NonFiniteLossError(CrossDistillError, FloatingPointError):
     """A loss became NaN or Inf during training."""
+
+
+class WriteError(CrossDistillError, OSError):
+    """A file crossdistill writes could not be written: the disk is full, the folder is
+    read-only or not writable. Also an :class:`OSError` (its ``errno`` kept), so code that
+    already handles write failures as ``OSError`` still does."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        errno: int | None = None,
+        next_step: str | None = None,
+    ) -> None:
+        super().__init__(message, hint if next_step is None else f"{hint}; then {next_step}")
+        self.advice, self.next_step = hint, next_step
+        self.errno = errno
+        self.strerror = os.strerror(errno) if errno is not None else None
+
+    def __str__(self) -> str:  # OSError would print "[Errno N] ..." without the hint
+        return Exception.__str__(self)
+
+    def with_next_step(self, step: str) -> WriteError:
+        """The same error, its hint ending in ``step`` (what to run once space is freed)."""
+        return WriteError(self.message, self.advice, self.errno, step)
+
+
+class UntrustedCodeError(CrossDistillError):
+    """A run, export or store folder (data) names code by import path that the user has not
+    allowed (``--allow-import PKG``)."""
 
 
 def close_matches(name: str, known: Iterable[str], n: int = 3) -> list[str]:

@@ -5,23 +5,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from crossdistill._util.device import select_device, to_device
+from crossdistill._util.device import select_device
 from crossdistill.build import (
     build_dataset,
     build_distiller,
     build_loaders,
+    preflight,
     store_codecs,
     store_fingerprint,
 )
 from crossdistill.config import Recipe
-from crossdistill.data.dataset import loader_preview, preview_batch
 from crossdistill.errors import ConfigError
-from crossdistill.evaluate import check_evaluable, evaluate_student
+from crossdistill.evaluate import evaluate_student
 from crossdistill.registry import import_modules
 from crossdistill.runs import Run
 from crossdistill.store import write_store
@@ -99,18 +102,17 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
     distiller = build_distiller(recipe)
     device = select_device(recipe.train.device)
     train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher, rank, world)
-    distiller.to(device).check(
-        to_device(preview_batch(train_loader.dataset), device),
-        num_classes=getattr(train_loader.dataset, "num_classes", None),
+    data = recipe.data
+    preflight(
+        distiller,
+        train_loader,
+        eval_loader,
+        device,
+        train_name=f"the training data (split {data.train_split!r} of {data.source!r})",
+        eval_name=f"the evaluation data (split {data.eval_split!r} of {data.source!r})",
+        topk=recipe.eval.topk,
+        world=world,
     )
-    if eval_loader is not None:  # a student the evaluation cannot score fails now, not at the end
-        check_evaluable(
-            distiller.student,
-            to_device(loader_preview(eval_loader), device),
-            eval_loader.dataset,
-            distiller.teacher,
-            device,
-        )
     run = Run(recipe.run_dir)
     trainer = Trainer(
         distiller,
@@ -125,12 +127,37 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
         history = trainer.fit(train_loader, eval_loader, resume=resume)
         barrier()  # every rank returns a finished run
         return RunResult(run, history, distiller.student.model, _last(history))
-    with run.writing(recipe, resume):
+    before = folder_state(run)
+    with run.writing(recipe, resume), discarded_on_failure(run, before):
         barrier()
         history = trainer.fit(train_loader, eval_loader, resume=resume)
         run.finish(distiller, recipe.student, _last(history), epochs=trainer.epoch)
     barrier()
     return RunResult(run, history, distiller.student.model, _last(history))
+
+
+def folder_state(run: Run) -> str:
+    """``"absent"``, ``"empty"`` or ``"used"``: ``run``'s folder before a run writes it."""
+    if not run.path.exists():
+        return "absent"
+    return "empty" if run.path.is_dir() and not any(run.path.iterdir()) else "used"
+
+
+@contextlib.contextmanager
+def discarded_on_failure(run: Run, before: str) -> Iterator[None]:
+    """Inside :meth:`Run.writing` (its lock held): when the run fails before its first
+    checkpoint, put a folder that was ``"absent"`` or ``"empty"`` ``before`` back as it was,
+    since nothing in it can be resumed and it would refuse a rerun ("already exists"). A used
+    folder is left alone, and so is what an interruption (Ctrl-C) leaves: --resume goes on."""
+    try:
+        yield
+    except Exception:
+        if before != "used" and run.path.is_dir() and not run.checkpoint_list():
+            # the lock file goes too: releasing the lock allows for that
+            shutil.rmtree(run.path, ignore_errors=True)
+            if before == "empty":
+                run.path.mkdir(exist_ok=True)
+        raise
 
 
 def _last(history: History) -> dict[str, float]:

@@ -15,11 +15,18 @@ and that file is imported by one of: the package of the registry (crossdistill's
 built-ins), an installed package's ``crossdistill.plugins`` entry point (crossdistill's own
 domains, and third-party packages), a recipe's ``imports:`` list, or ``--import MODULE`` on the
 command line. A name not found loads the entry points once and looks again.
+
+Trust: a recipe is code the user chose to run, so it may name any import path. A run or export
+folder is data: what it names is built under :func:`untrusted`, where an import path is refused
+unless its package is on an allow-list (``--allow-import PKG``, ``--import MODULE``, the
+``CROSSDISTILL_ALLOW_IMPORT`` environment variable, or ``allow=`` in Python). Registered names
+stay buildable: they are code the user installed or imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
 import importlib.metadata
@@ -29,12 +36,19 @@ import pkgutil
 import re
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import pydantic
 
-from crossdistill._util.validation import format_validation_error
-from crossdistill.errors import ConfigError, CrossDistillError, UnknownNameError, did_you_mean
+from crossdistill._util.validation import format_validation_error, short_repr
+from crossdistill.errors import (
+    ConfigError,
+    CrossDistillError,
+    UnknownNameError,
+    UntrustedCodeError,
+    did_you_mean,
+)
 
 T = TypeVar("T")
 PLUGIN_GROUP = "crossdistill.plugins"
@@ -93,6 +107,7 @@ class Registry(Generic[T]):
             return ref
         if ":" not in ref:
             return self.get(ref)
+        check_import(ref, f"the {self.kind} {ref!r}", where or self.kind)
         obj = import_object(ref, f"{where or self.kind}: {self.kind} {ref!r}")
         if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
             raise ConfigError(
@@ -126,7 +141,8 @@ class Registry(Generic[T]):
             raise
         except Exception as exc:  # a bad value the plug-in itself refused, or its own bug
             raise ConfigError(
-                f"{where}: cannot build {self.kind} {label!r} with params {dict(params or {})}: "
+                f"{where}: cannot build {self.kind} {label!r} with params "
+                f"{short_repr(dict(params or {}))}: "
                 f"{type(exc).__name__}: {exc}",
                 hint=f"check {where}.params (--debug shows the traceback)",
             ) from exc
@@ -225,10 +241,12 @@ def _type_name(annotation: Any) -> str:
 
 
 def import_object(ref: str, what: str) -> Any:
-    """The object an import path ``package.module:Attribute`` (attributes may be dotted) names."""
+    """The object an import path ``package.module:Attribute`` (attributes may be dotted) names;
+    refused under :func:`untrusted` unless its package is allowed."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{what}: an import path is package.module:Attribute, got {ref!r}")
+    check_import(ref, repr(ref), what)
     module = import_module(module_name, what)
     obj: Any = module
     for part in attr.split("."):
@@ -276,6 +294,88 @@ def import_submodules(package: str, path: Iterable[str]) -> None:
     for info in pkgutil.iter_modules(list(path)):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
+
+
+# ------------------------------------------------------------------------ trust
+
+ALLOW_IMPORT_ENV = "CROSSDISTILL_ALLOW_IMPORT"
+_PACKAGE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+@dataclass(frozen=True)
+class _Untrusted:
+    source: str  # the file that names what is being built
+    allow: tuple[str, ...]
+
+
+_UNTRUSTED: contextvars.ContextVar[_Untrusted | None] = contextvars.ContextVar(
+    "crossdistill_untrusted", default=None
+)
+_ALLOWED: list[str] = []  # the standing allow-list of this process (allow_imports)
+
+
+def _packages(names: Iterable[str], where: str) -> tuple[str, ...]:
+    """``names`` checked as dotted package names: a typo must not allow more than meant."""
+    out = []
+    for name in [names] if isinstance(names, str) else names:  # one name, not its letters
+        name = name.strip()
+        if not _PACKAGE.fullmatch(name):
+            raise ConfigError(
+                f"{where}: {name!r} is not a package name",
+                hint="give a dotted module name, e.g. my_pkg or my_pkg.nets",
+            )
+        out.append(name)
+    return tuple(out)
+
+
+def allow_imports(packages: Iterable[str], where: str = "--allow-import") -> None:
+    """Allow run and export folders to name code of ``packages`` (and their subpackages) by
+    import path, for the rest of this process: the CLI's ``--allow-import`` and ``--import``."""
+    _ALLOWED.extend(_packages(packages, where))
+
+
+def allowed_imports() -> tuple[str, ...]:
+    """The standing allow-list: :func:`allow_imports` and ``CROSSDISTILL_ALLOW_IMPORT``
+    (comma-separated), read now so that a changed environment counts."""
+    env = [p for p in os.environ.get(ALLOW_IMPORT_ENV, "").split(",") if p.strip()]
+    return (*_ALLOWED, *_packages(env, ALLOW_IMPORT_ENV))
+
+
+@contextlib.contextmanager
+def untrusted(source: str | os.PathLike[str], allow: Iterable[str] = ()) -> Iterator[None]:
+    """Build what the file ``source`` (a run or export folder's file: data, not code) names:
+    inside, an import path is refused unless its module is in a package of ``allow`` or of the
+    standing list (:func:`allowed_imports`); ``my_pkg`` allows ``my_pkg`` and ``my_pkg.sub``,
+    not ``my_pkgx``. Registered names are not affected. A nested context keeps what the outer
+    one allows (it reads on the outer one's behalf)."""
+    outer = _UNTRUSTED.get()
+    allowed = _packages(allow, "allow_import") + (outer.allow if outer else ())
+    token = _UNTRUSTED.set(_Untrusted(os.fspath(source), allowed))
+    try:
+        yield
+    finally:
+        _UNTRUSTED.reset(token)
+
+
+def check_import(ref: str, what: str, where: str = "") -> None:
+    """Refuse the import path ``ref`` (``package.module:Attribute``, or a dotted module or class
+    name) inside :func:`untrusted` unless its module is allowed; ``what`` names it in the
+    message (``the model 'pkg:make'``), ``where`` is its place in the file."""
+    context = _UNTRUSTED.get()
+    if context is None:  # a recipe or Python code: the user's own
+        return
+    module = ref.partition(":")[0] if ":" in ref else ref.rpartition(".")[0] or ref
+    allowed = (*context.allow, *allowed_imports())
+    if any(module == p or module.startswith(p + ".") for p in allowed):
+        return
+    raise UntrustedCodeError(
+        f"{context.source} names {what} by import path"
+        + (f" (at {where})" if where and not where.startswith(context.source) else "")
+        + "; crossdistill never imports code that a run or export folder names",
+        hint=f"if you trust {module!r}, pass `crossdistill --allow-import {module} ...` "
+        f"(Python: allow_import=[{module!r}]; or set {ALLOW_IMPORT_ENV}), or "
+        "`--import MODULE` a module that registers it by name",
+    )
 
 
 # ------------------------------------------------------------------------ parameters

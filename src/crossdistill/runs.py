@@ -16,8 +16,12 @@ This module is the only one that knows those names: every command that takes a r
 :class:`Run`. The files a run finishes with are written atomically, so an interrupted run never
 looks finished.
 
-A run folder is data, not code: opening one never imports a module its files name (a recipe's
-``imports:`` is not followed when a run is reopened; pass ``--import`` for plug-ins).
+A run folder is data, not code: ``student.json`` is validated against a schema and the student's
+SHA-256, and what the run's files name (its student, teacher, data source, pipeline steps) is
+built under :func:`crossdistill.registry.untrusted`: by registered name, or by an import path
+only inside the packages the user allows (``Run(path, allow_import=["my_pkg"])``,
+``--allow-import my_pkg``). A recipe's ``imports:`` is not followed when a run is reopened; pass
+``--import`` for plug-ins.
 """
 
 from __future__ import annotations
@@ -30,22 +34,25 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import torch
 from safetensors.torch import save
 
-from crossdistill._util.files import write_atomic, write_json
+from crossdistill._util.files import write_atomic, write_errors, write_json
 from crossdistill._util.hashing import sha256_file
+from crossdistill._util.validation import format_validation_error
 from crossdistill.build import build_eval_loader, build_teacher, build_wrapper
-from crossdistill.config import ModelSpec, Recipe, dump_recipe, load_recipe
+from crossdistill.config import ModelSpec, PluginSpec, Recipe, dump_recipe, load_recipe
 from crossdistill.core.distiller import Distiller
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import Split, load_source
-from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError
+from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError, WriteError
 from crossdistill.models.registry import MODELS
+from crossdistill.registry import untrusted
 from crossdistill.train import checkpoint as ckpt
 
 
@@ -53,11 +60,35 @@ class RunLockedError(CheckpointError):
     """Another process is writing the run directory."""
 
 
-class Run:
-    """One run directory (see the module docstring for its layout)."""
+class StudentMeta(pydantic.BaseModel):
+    """The schema of student.json (:meth:`Run.finish` writes it): the student's model (a
+    registered name or an import path; None for a module built in Python, then ``class`` names
+    it), its params, outputs and pipeline, its parameter count and the SHA-256 of
+    student.safetensors."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    model_config = pydantic.ConfigDict(
+        extra="forbid", strict=True, populate_by_name=True, protected_namespaces=()
+    )
+
+    model: str | None
+    class_: str | None = pydantic.Field(None, alias="class")
+    params: dict[str, Any] = pydantic.Field(default_factory=dict)
+    outputs: list[str] | dict[str, str] = pydantic.Field(default_factory=lambda: ["logits"])
+    pipeline: list[PluginSpec] = pydantic.Field(default_factory=list)
+    parameters: pydantic.NonNegativeInt | None = None
+    sha256: str = pydantic.Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Run:
+    """One run directory (see the module docstring for its layout).
+
+    ``allow_import``: packages whose code the run's files may name by import path (a student
+    ``my_pkg.nets:make_net`` needs ``["my_pkg"]``); without it only registered names build.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], allow_import: Iterable[str] = ()) -> None:
         self.path = Path(path)
+        self.allow_import = _names(allow_import)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -137,10 +168,15 @@ class Run:
         return ckpt.list_checkpoints(self.checkpoints)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | Run, finished: bool = True) -> Run:
+    def open(
+        cls,
+        path: str | os.PathLike[str] | Run,
+        finished: bool = True,
+        allow_import: Iterable[str] = (),
+    ) -> Run:
         """The run at ``path``; a clear error when it is not a run, or (``finished``) when its
-        training has not ended."""
-        run = path if isinstance(path, Run) else cls(path)
+        training has not ended. ``allow_import``: as for :class:`Run` (added to a given Run's)."""
+        run = _with_allowed(path if isinstance(path, Run) else cls(path), allow_import)
         if not run.exists:
             raise CheckpointError(
                 f"{run.path} is not a run directory (no config.yaml)",
@@ -172,24 +208,34 @@ class Run:
     def config(self) -> Recipe:
         return self.recipe()
 
+    def _rewrite_hint(self) -> str:
+        return (
+            "rewrite it from the last checkpoint: delete student.safetensors, then "
+            f"`crossdistill run {self.config_file} --resume`"
+        )
+
     def student_meta(self) -> dict[str, Any]:
-        """student.json: how to rebuild the student."""
+        """student.json (validated by :class:`StudentMeta`): how to rebuild the student."""
         if not self.finished:
             Run.open(self)  # says why: not a run, or not finished
         try:
-            meta = json.loads(self.student_json.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            meta = StudentMeta.model_validate_json(self.student_json.read_bytes())
+        except OSError as exc:
             raise CheckpointError(
-                f"{self.student_json} cannot be read: {exc}",
-                hint=f"rewrite it from the last checkpoint: delete student.safetensors, then "
-                f"`crossdistill run {self.config_file} --resume`",
+                f"{self.student_json} cannot be read: {exc}", hint=self._rewrite_hint()
             ) from None
-        if not isinstance(meta, dict) or "model" not in meta:
-            raise CheckpointError(f"{self.student_json} does not describe a student")
-        return meta
+        except pydantic.ValidationError as exc:
+            raise CheckpointError(
+                f"{self.student_json} does not describe a student:\n"
+                + format_validation_error(exc, model=StudentMeta),
+                hint=self._rewrite_hint(),
+            ) from None
+        return meta.model_dump(mode="json", by_alias=True)
 
     def student(self) -> Student:
-        """The trained student, with its input pipeline (its weights' SHA-256 checked)."""
+        """The trained student, with its input pipeline (its weights' SHA-256 checked). What
+        student.json names is built by registered name, or by an import path inside
+        ``allow_import``."""
         meta = self.student_meta()
         if meta["model"] is None:
             raise CheckpointError(
@@ -199,23 +245,22 @@ class Run:
                 "safetensors.torch.load_file; to make runs rebuildable, build students with "
                 "crossdistill.build_model(NAME or 'package.module:Callable', params)",
             )
-        if "sha256" in meta and sha256_file(self.student_file) != meta["sha256"]:
+        if sha256_file(self.student_file) != meta["sha256"]:
             raise CheckpointError(
                 f"{self.student_file} is corrupted: its SHA-256 differs from the one in "
                 "student.json",
-                hint=f"rewrite it from the last checkpoint: delete student.safetensors, then "
-                f"`crossdistill run {self.config_file} --resume`",
+                hint=self._rewrite_hint(),
             )
-        params = dict(meta.get("params") or {})
-        with self._plugins():
+        params = dict(meta["params"])
+        with self._plugins(), untrusted(self.student_json, self.allow_import):
             if MODELS.accepts(meta["model"], "init_from"):
                 # the trained weights replace the initialisation: never run a teacher for it
                 params["init_from"] = None
             spec = ModelSpec(
                 model=meta["model"],
                 params=params,
-                outputs=meta.get("outputs", ["logits"]),
-                pipeline=meta.get("pipeline", []),
+                outputs=meta["outputs"],
+                pipeline=meta["pipeline"],
                 weights=self.student_file,
             )
             return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
@@ -224,7 +269,7 @@ class Run:
         """The run's teacher, as its recipe names it (None when it has none)."""
         if self.config.teacher is None:
             return None
-        with self._plugins():
+        with self._plugins(), untrusted(self.config_file, self.allow_import):
             return build_teacher(self.config.teacher)
 
     def eval_data(
@@ -235,13 +280,13 @@ class Run:
         overrides = ["data.num_workers=0"]
         overrides += [f"data.eval_split={json.dumps(split)}"] if split else []
         overrides += [f"data.limit_eval={limit}"] if limit else []
-        with self._plugins():
+        with self._plugins(), untrusted(self.config_file, self.allow_import):
             return build_eval_loader(self.recipe(overrides), torch.device(device))
 
     def split(self, name: str | None = None) -> Split:
         """Split ``name`` (default: the evaluation split) of the recipe's data source."""
         data = self.config.data
-        with self._plugins():
+        with self._plugins(), untrusted(self.config_file, self.allow_import):
             return load_source(data.source, name or data.eval_split, **data.params)
 
     def final_metrics(self) -> dict[str, Any]:
@@ -286,24 +331,33 @@ class Run:
         """
         if self.path.is_dir():  # refused before the folder is touched, and again once locked
             self._check_writable(recipe, resume)
-        created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = _Lock(self.lock_file)
+        with write_errors(self.path, "the run folder"):
+            try:  # one atomic mkdir: of two processes starting at once, one creates the folder
+                self.path.mkdir(parents=True)
+                created = True
+            except FileExistsError:
+                created = False
+            lock = _Lock(self.lock_file)  # locked by another process: its folder, left alone
             try:
                 self._check_writable(recipe, resume)
                 dump_recipe(recipe, self.config_file)
             except BaseException:
+                if created and not self._written():  # leave nothing behind that looks like a run
+                    shutil.rmtree(self.path, ignore_errors=True)
                 lock.release()
                 raise
-        except BaseException:
-            if created:  # leave nothing behind that looks like a run
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
         try:
             yield self
+        except WriteError as exc:  # a full disk mid-run: the checkpoints so far are kept
+            raise exc.with_next_step(
+                f"continue with `crossdistill run {self.config_file} --resume`"
+            ) from exc
         finally:
             lock.release()
+
+    def _written(self) -> bool:
+        """Whether the folder holds anything but the lock (a run another process wrote)."""
+        return any(p.name != self.lock_file.name for p in self.path.iterdir())
 
     def _check_writable(self, recipe: Recipe, resume: bool) -> None:
         others = [p for p in self.path.iterdir() if p.name != self.lock_file.name]
@@ -339,7 +393,10 @@ class Run:
         weights are kept, and student.json says so."""
         model = distiller.student.model
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        write_atomic(self.student_file, save(state))
+        # a finish that fails (a full disk) must not leave an earlier finish looking current
+        with write_errors(self.student_json, "the student's description"):
+            self.student_json.unlink(missing_ok=True)
+        write_atomic(self.student_file, save(state), what="the student")
         fields = {"model", "params", "outputs", "pipeline"}
         meta = {
             **(
@@ -351,8 +408,8 @@ class Run:
             # Run.student() checks it: a flipped byte inside a tensor still parses
             "sha256": sha256_file(self.student_file),
         }
-        write_json(self.eval_file(), {"epoch": epochs, **metrics})
-        write_json(self.student_json, meta)
+        write_json(self.eval_file(), {"epoch": epochs, **metrics}, what="the evaluation")
+        write_json(self.student_json, meta, what="the student's description")
 
 
 def _class_path(obj: object) -> str:
@@ -412,6 +469,17 @@ def _holder(text: str) -> str:
         return "another process"
 
 
-def load_student(path: str | os.PathLike[str] | Run) -> Student:
-    """The trained student of the finished run at ``path``, with its input pipeline."""
-    return (path if isinstance(path, Run) else Run(path)).student()
+def load_student(path: str | os.PathLike[str] | Run, allow_import: Iterable[str] = ()) -> Student:
+    """The trained student of the finished run at ``path``, with its input pipeline;
+    ``allow_import``: the packages its student.json may name code of (see :class:`Run`)."""
+    return _with_allowed(path if isinstance(path, Run) else Run(path), allow_import).student()
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else tuple(names)  # one name, not its letters
+
+
+def _with_allowed(run: Run, allow_import: Iterable[str]) -> Run:
+    """``run``, or the same run with ``allow_import`` added to what it allows."""
+    extra = _names(allow_import)
+    return Run(run.path, (*run.allow_import, *extra)) if extra else run

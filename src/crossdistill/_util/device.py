@@ -12,8 +12,19 @@ import torch
 from crossdistill.errors import ConfigError
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has: ``cpu``, ``cuda:0`` … ``cuda:N-1``, ``mps``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an unavailable device is a clear error.
+    """``auto`` picks CUDA when present, else CPU; a device this machine lacks (or a name that
+    is no device) is a clear error listing the devices it has.
 
     Under torchrun a plain ``cuda`` (or ``auto`` on a CUDA machine) is this process's GPU,
     ``cuda:$LOCAL_RANK``.
@@ -22,15 +33,23 @@ def select_device(name: str = "auto") -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    have = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):  # "tpu9": not even a device type torch knows
+        device = None
+    if device is None or _label(device) not in have:
         raise ConfigError(
-            f"train.device is {name!r} but CUDA is not available here",
-            hint="use device: auto or cpu",
+            f"train.device is {name!r}, which is not available on this machine; it has: "
+            f"{', '.join(have)}",
+            hint=f"use device: auto, or one of {', '.join(have)}",
         )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device is {name!r} but MPS is not available here")
     return device
+
+
+def _label(device: torch.device) -> str:
+    """How :func:`available_devices` names ``device`` (``cuda`` is ``cuda:0``)."""
+    return f"cuda:{device.index or 0}" if device.type == "cuda" else device.type
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -7,9 +7,11 @@ the traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from crossdistill.cli._app import app, console, state
+from crossdistill.cli._signals import Interrupted, message, raising_on_signals
 from crossdistill.registry import import_submodules
 
 import_submodules(__name__, __path__)  # one module per command
@@ -18,13 +20,15 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point: run the app, turning user errors into one clear message (exit code 2)."""
+    """Entry point: run the app, turning user errors into one clear message (exit code 2), and
+    Ctrl-C / SIGTERM into one line saying how to continue (exit code 130 / 143)."""
     from rich.markup import escape
 
     from crossdistill.errors import CrossDistillError
 
     try:
-        app()  # standalone: click prints usage errors itself and exits with 2
+        with raising_on_signals():
+            app()  # standalone: click prints usage errors itself and exits with 2
     except CrossDistillError as exc:
         if state["debug"]:
             raise
@@ -33,8 +37,13 @@ def main() -> None:
         if exc.hint:
             console.print(f"  [yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted; the last checkpoint is intact (resume with --resume)")
+    except Interrupted as exc:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one line, not one per rank
+            # soft_wrap: the command in it stays one line that can be copied
+            console.print(escape(message(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # before the handlers were installed
+        console.print("interrupted")
         sys.exit(130)
     finally:
         dist = sys.modules.get("torch.distributed")

@@ -1,5 +1,5 @@
 """The typer app every command registers on, the console, and the options of the whole
-command line (``--debug``, ``--import``)."""
+command line (``--debug``, ``--import``, ``--allow-import``)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,25 @@ def _main(
             help="a module to import first, so that its plug-ins register (repeatable)",
         ),
     ] = None,
+    allow_import: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-import",
+            metavar="PKG",
+            help="let run and export folders name code of this package by import path "
+            "(repeatable; also CROSSDISTILL_ALLOW_IMPORT=a,b)",
+        ),
+    ] = None,
 ) -> None:
     state["debug"] = debug
     state["imports"] = list(import_ or [])
+    # A run or export folder is data: it may name code only by registered name, or by an import
+    # path inside what the user allows here (the modules they --import included).
+    if allow_import or state["imports"]:
+        from crossdistill.registry import allow_imports
+
+        allow_imports(allow_import or [])
+        allow_imports(state["imports"], "--import")
     # Like `python -m`, the current folder is importable, so that a recipe can name the user's
     # own modules (`model: nets:MyNet`, `imports: [my_losses]`). Appended, not prepended: a
     # stray file here must not shadow an installed package.

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from crossdistill.cli._app import app, console
+from crossdistill.cli._signals import command_line, on_interrupt
 
 
 @app.command()
@@ -21,7 +22,11 @@ def cache(
     from crossdistill.pipeline import cache_recipe
     from crossdistill.store import KnowledgeStore
 
-    path = cache_recipe(load_recipe(recipe, set_))
+    spec = load_recipe(recipe, set_)
+    store = f"the knowledge store {spec.store.path}" if spec.store else "the knowledge store"
+    again = command_line("cache", recipe, set_ or [])
+    on_interrupt(lambda: f"{store} is not complete; finish it with: {again}")
+    path = cache_recipe(spec)
     if KnowledgeStore.complete(path):
         store = KnowledgeStore(path, verify=False)
         per_example = store.nbytes() / store.num_examples

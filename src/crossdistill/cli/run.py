@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from crossdistill.cli._app import app, print_metrics, state
+from crossdistill.cli._signals import Interrupted, command_line, on_interrupt
 
 
 @app.command()
@@ -37,16 +38,32 @@ def run(
     CPU, nccl on CUDA. ``torchrun ... -m crossdistill run RECIPE`` works the same.
     """
     from crossdistill.config import load_recipe
-    from crossdistill.errors import ConfigError
+    from crossdistill.errors import ConfigError, WriteError
     from crossdistill.pipeline import run_recipe
+    from crossdistill.runs import Run
 
     # JSON-quoted so that YAML reads the name as a string even when it looks like a number
     overrides = list(set_ or []) + ([f"name={json.dumps(name)}"] if name else [])
+    processes = ["--nproc", str(nproc)] if nproc > 1 else []  # a resume needs the same ones
+    if nnodes > 1:
+        processes += ["--nnodes", str(nnodes), "--node-rank", str(node_rank)]
+        processes += ["--master-addr", master_addr, "--master-port", str(master_port)]
+    options = ["--resume", *(["--name", name] if name else []), *processes]
+    again = command_line("run", recipe, set_ or [], *options)
+    run_dir: list[Path] = []  # known once the recipe is read
+
+    def where() -> str:
+        found = Run(run_dir[0]).checkpoint_list() if run_dir else []
+        last = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        return f"{last}; continue with: {again}"
+
+    on_interrupt(where)
     if (nproc > 1 or nnodes > 1) and "LOCAL_RANK" not in os.environ:
         if node_rank >= nnodes:
             raise typer.BadParameter(f"--node-rank {node_rank} must be below --nnodes {nnodes}")
         # what can be checked here is, so that a bad recipe gives one message, not one per rank
         spec = load_recipe(recipe, overrides)
+        run_dir.append(spec.run_dir)
         if spec.data.batch_size % (nproc * nnodes):
             raise ConfigError(
                 f"data.batch_size {spec.data.batch_size} does not split evenly over "
@@ -64,8 +81,19 @@ def run(
         command = [sys.executable, "-m", "torch.distributed.run", *launch,
                    f"--nproc_per_node={nproc}", "-m", "crossdistill", *imports, "run",
                    *args]  # fmt: skip
-        raise typer.Exit(subprocess.call(command))
-    result = run_recipe(load_recipe(recipe, overrides), resume=resume)
+        torchrun = subprocess.Popen(command)
+        try:
+            raise typer.Exit(torchrun.wait())
+        except Interrupted as exc:  # torchrun passes the signal on to every rank
+            torchrun.send_signal(exc.signum)
+            torchrun.wait()
+            raise
+    spec = load_recipe(recipe, overrides)
+    run_dir.append(spec.run_dir)
+    try:
+        result = run_recipe(spec, resume=resume)
+    except WriteError as exc:  # the disk filled up: the checkpoints so far are kept
+        raise exc.with_next_step(f"continue with `{again}`") from exc
     if int(os.environ.get("RANK", "0")) == 0:
         print_metrics(result.metrics, f"run {result.run_dir}")
         typer.echo(str(result.run_dir))

@@ -7,6 +7,7 @@ uint32 sizes, then the data in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -54,7 +55,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     except OSError as e:
         raise DataError(f"cannot read IDX file {path}: {e.strerror or e}") from None
 
-    if raw[:2] == GZIP_MAGIC:
+    compressed = raw[:2] == GZIP_MAGIC
+    if compressed:
         try:
             raw = gzip.decompress(raw)
         except (EOFError, OSError, zlib.error) as e:
@@ -82,20 +84,19 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             hint="download or reinstall the file",
         )
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(shape, dtype=np.int64))
+    # Python ints: a header's dimensions (up to 2**32 - 1 each) overflow int64 when multiplied
+    count = math.prod(shape)
     expected = count * dtype.itemsize
     actual = len(raw) - header_len
-    if actual < expected:
+    if actual != expected:
+        size = f"{len(raw)} bytes" + (" once decompressed" if compressed else "")
+        # Trailing bytes mean the header and the data disagree too: better to refuse than guess.
+        problem = "is truncated" if actual < expected else "is malformed"
         raise DataError(
-            f"IDX file {path} is truncated: shape {shape} needs {expected} data bytes but only"
-            f" {actual} are present",
+            f"IDX file {path} {problem}: its header declares shape {shape} of {dtype.name}, "
+            f"{expected:,} data bytes, but the file holds {actual:,} after its {header_len}-byte "
+            f"header ({size})",
             hint="download or reinstall the file",
-        )
-    if actual > expected:
-        # Trailing bytes mean the header and the data disagree: better to refuse than guess.
-        raise DataError(
-            f"IDX file {path} is malformed: shape {shape} needs {expected} data bytes but"
-            f" {actual} are present"
         )
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header_len)
     # astype copies: the result is writable (torch.from_numpy warns otherwise) and native-endian.

@@ -6,6 +6,7 @@ They know batches and Knowledge, not runs, recipes or the trainer: the trainer c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from crossdistill.evaluate.metrics import (
 )
 from crossdistill.losses.logit.bce import dense_target
 
+log = logging.getLogger(__name__)
+
 
 class _Classification:
     """Classification of the data's labels, and agreement with the teacher's label space.
@@ -35,10 +38,14 @@ class _Classification:
     accuracy on it. Teacher agreement (top-1, top-k overlap, KL) compares the teacher's
     ``logits`` with the student output of the same width — its ``logits``, or a head such as
     ``teacher_logits`` trained by KD — so it is reported whatever the data's label space.
+
+    A top-k metric over ``C <= k`` classes is 1.0 whatever the student predicts: it is left
+    out (and named in ``left_out``, which the check before training warns about).
     """
 
     def __init__(self, topk: int, num_classes: int | None, class_names: Any) -> None:
         self.topk = topk
+        self.left_out: list[str] = []
         self.num_classes = num_classes or None
         self.class_names = list(class_names or [])
         self.data: list[torch.Tensor] = []
@@ -78,6 +85,7 @@ class _Classification:
             out.update(teacher_agreement(torch.cat(self.mimic), teacher, self.topk))
             if self.mimic_key != LOGITS:
                 out["agreement_of"] = self.mimic_key
+        self._leave_out_trivial_topk(out)
         if not out:
             raise ShapeError(
                 f"nothing to evaluate: the student's logits have "
@@ -86,6 +94,14 @@ class _Classification:
                 hint="give the student a head of the data's classes, or of the teacher's",
             )
         return out
+
+    def _leave_out_trivial_topk(self, out: dict[str, Any]) -> None:
+        k = self.topk
+        ranked = {f"top{k}_accuracy": self.data, f"agreement_top{k}": self.mimic}
+        for key, logits in ranked.items():
+            if key in out and k >= logits[0].shape[-1]:
+                del out[key]
+                self.left_out.append(f"{key} ({logits[0].shape[-1]} classes)")
 
 
 class _Binary:
@@ -396,6 +412,11 @@ def evaluate_student(
     emits candidate ``scores``, paired-row agreement when it has two towers
     (``text_embedding``), else embedding agreement with the teacher; decided on the first
     batch, in one pass."""
+    return _evaluate(student, loader, teacher, device, amp, _pick(loader, topk))
+
+
+def _pick(loader: Any, topk: int) -> Callable[[Mapping[str, Any], Mapping[str, Any]], Any]:
+    """How :func:`evaluate_student` chooses its metrics from the first output and batch."""
 
     def pick(out: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
         logits = any("logits" in key for key in out)
@@ -411,7 +432,7 @@ def evaluate_student(
             return _Embeddings()
         return _classification(loader, topk)  # logits, no labels: agreement with the teacher
 
-    return _evaluate(student, loader, teacher, device, amp, pick)
+    return pick
 
 
 class _Preview:
@@ -430,8 +451,27 @@ def check_evaluable(
     dataset: Any,
     teacher: Teacher | None = None,
     device: torch.device | None = None,
+    topk: int = 5,
 ) -> None:
     """Evaluate ``batch`` (a preview of the evaluation data, of ``dataset``) before training,
     so that a student whose outputs no evaluator can score fails before anything is written
-    rather than after the last epoch. The error is the evaluator's."""
-    evaluate_student(student, _Preview(batch, dataset), teacher, device)
+    rather than after the last epoch. The error is the evaluator's. Top-k metrics that ``topk``
+    would make trivially 1.0 (``topk`` not below the classes ranked) are left out of every
+    evaluation; this says so once, with the setting to change."""
+    preview = _Preview(batch, dataset)
+    chosen: list[Any] = []  # the metrics the evaluator picked, to read what they left out
+
+    def pick(out: Mapping[str, Any], first: Mapping[str, Any]) -> Any:
+        chosen.append(_pick(preview, topk)(out, first))
+        return chosen[0]
+
+    _evaluate(student, preview, teacher, device, None, pick)
+    left_out = getattr(chosen[0], "left_out", None) if chosen else None
+    if left_out:
+        log.warning(
+            "eval.topk is %d, not below the classes these metrics rank: %s would be 1.0 "
+            "whatever the student predicts, so they are left out; set eval.topk below the "
+            "class count to report them",
+            topk,
+            ", ".join(left_out),
+        )

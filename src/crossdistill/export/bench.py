@@ -32,6 +32,7 @@ from crossdistill.errors import CheckpointError
 from crossdistill.evaluate.latency import call_times
 from crossdistill.export.base import EXPORTERS, Runner, torch_runner
 from crossdistill.export.export import PARITY, PREPROCESSING
+from crossdistill.registry import untrusted
 from crossdistill.runs import Run
 
 
@@ -105,12 +106,40 @@ def _wrapper_runner(wrapper: torch.nn.Module, threads: int) -> Runner:
     return torch_runner(lambda x: wrapper(x)[first], threads)
 
 
-def _export_candidate(folder: Path, threads: int, params: int | None) -> Candidate:
-    pre = json.loads((folder / PREPROCESSING).read_text())
-    exporter = EXPORTERS.build(pre["format"], where=str(folder / PREPROCESSING))
+def _preprocessing(folder: Path) -> dict[str, Any]:
+    """An export's preprocessing.json; a CheckpointError when it is not a JSON object with a
+    ``format``."""
+    path = folder / PREPROCESSING
+    try:
+        pre = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        pre = exc
+    if not isinstance(pre, dict) or not isinstance(pre.get("format"), str):
+        why = f": {pre}" if isinstance(pre, Exception) else " (no `format` string)"
+        raise CheckpointError(
+            f"{path} does not describe an export{why}",
+            hint="export the run again with `crossdistill export RUN_DIR --format FORMAT`",
+        )
+    return pre
+
+
+def _export_candidate(
+    folder: Path, threads: int, params: int | None, allow: tuple[str, ...] = ()
+) -> Candidate:
+    """An export folder (data: what its files name is built as :func:`untrusted` says)."""
+    pre = _preprocessing(folder)
+    with untrusted(folder / PREPROCESSING, allow):
+        exporter = EXPORTERS.build(pre["format"], where=f"{folder / PREPROCESSING}: format")
     files = [p for p in folder.iterdir() if p.name not in (PREPROCESSING, PARITY)]
-    params = params if params is not None else pre.get("student", {}).get("parameters")
-    return Candidate(folder.name, "export", lambda: exporter.load(folder, threads), files, params)
+    student = pre.get("student")
+    if params is None and isinstance(student, dict) and isinstance(student.get("parameters"), int):
+        params = student["parameters"]
+
+    def load() -> Runner:
+        with untrusted(folder, allow):
+            return exporter.load(folder, threads)
+
+    return Candidate(folder.name, "export", load, files, params)
 
 
 def run_candidates(run: Run, threads: int) -> list[Candidate]:
@@ -149,7 +178,10 @@ def run_candidates(run: Run, threads: int) -> list[Candidate]:
     if run.exports.is_dir():
         for folder in sorted(run.exports.iterdir()):
             if folder.is_dir() and (folder / PREPROCESSING).is_file():
-                out.append(_export_candidate(folder, threads, meta.get("parameters")))
+                candidate = _export_candidate(
+                    folder, threads, meta.get("parameters"), run.allow_import
+                )
+                out.append(candidate)
     return out
 
 
@@ -192,7 +224,7 @@ def bench(
         views, targets = _eval_views(run, examples)
     elif (path / PREPROCESSING).is_file():
         candidates = [_export_candidate(path, threads, None)]
-        shape = json.loads((path / PREPROCESSING).read_text())["input"]["shape"][1:]
+        shape = _preprocessing(path)["input"]["shape"][1:]
         rng = np.random.default_rng(0)  # no labelled data here: inputs in [0, 1]
         views = {"student": rng.random((64, *shape), dtype=np.float32)}
         targets = None

@@ -6,6 +6,10 @@ crossdistill's zoo or the user's own module; reading the weights needs only ``sa
 The input pipeline is not in the weights: ``preprocessing.json`` lists its steps with their
 parameters. For a model that runs without any Python class, use torchscript or onnx.
 
+An export folder is data: :func:`rebuild` validates ``model.json`` (:class:`ModelJson`), checks
+``model.safetensors`` against its ``sha256``, and builds a model named by import path only
+inside the packages the user allows (``--allow-import PKG``; ``allow_import=`` in Python).
+
 int8: the Linear layers are quantized dynamically (per output channel); their weights are stored
 as ``<layer>.weight.int8`` + ``.weight.scale`` + ``.weight.zero_point`` (axis 0) and the float
 bias, everything else stays float32.
@@ -14,14 +18,20 @@ bias, everything else stays float32.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from crossdistill._util.hashing import sha256_file
+from crossdistill._util.validation import format_validation_error
+from crossdistill.config import PluginSpec
 from crossdistill.data.steps import build_pipeline
+from crossdistill.errors import CheckpointError
 from crossdistill.export.base import (
     EXPORTERS,
     TENSOR,
@@ -34,8 +44,27 @@ from crossdistill.export.base import (
     torch_runner,
 )
 from crossdistill.models.registry import build_model
+from crossdistill.registry import untrusted
 
 META = "model.json"
+
+
+class ModelJson(pydantic.BaseModel):
+    """The schema of an export's ``model.json``: the factory (registered name or import path)
+    and its params, the class it returned, the outputs, the pipeline steps, whether the weights
+    are int8, and the SHA-256 of ``model.safetensors``."""
+
+    model_config = pydantic.ConfigDict(
+        extra="forbid", strict=True, populate_by_name=True, protected_namespaces=()
+    )
+
+    model: str
+    class_: str = pydantic.Field(alias="class")
+    params: dict[str, Any]
+    outputs: list[str] | dict[str, str]
+    pipeline: list[PluginSpec]
+    int8: bool
+    sha256: str = pydantic.Field(pattern=r"^[0-9a-f]{64}$")
 
 
 def _factory(model: nn.Module) -> str:
@@ -104,6 +133,7 @@ class SafetensorsExporter(Exporter):
             "outputs": inputs.meta["outputs"],
             "pipeline": inputs.meta["pipeline"],
             "int8": inputs.int8,
+            "sha256": sha256_file(folder / self.filename),  # rebuild() checks it
         }
         (folder / META).write_text(json.dumps(meta, indent=1))
         info: dict[str, Any] = {
@@ -125,14 +155,50 @@ class SafetensorsExporter(Exporter):
         return torch_runner(rebuild(folder), threads)
 
 
-def rebuild(folder: str | Path) -> nn.Module:
-    """The model of a safetensors export (pipeline in front), rebuilt only from its files."""
+def read_meta(folder: str | Path) -> ModelJson:
+    """``model.json`` of the export in ``folder``, validated; a CheckpointError naming the file
+    and the field when it is missing or malformed."""
+    path = Path(folder) / META
+    hint = "export the run again: `crossdistill export RUN_DIR --format safetensors`"
+    try:
+        return ModelJson.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}", hint=hint) from None
+    except pydantic.ValidationError as exc:
+        raise CheckpointError(
+            f"{path} does not describe a safetensors export:\n"
+            + format_validation_error(exc, model=ModelJson),
+            hint=hint,
+        ) from None
+
+
+def rebuild(folder: str | Path, allow_import: Iterable[str] = ()) -> nn.Module:
+    """The model of a safetensors export (pipeline in front), rebuilt only from its files: the
+    weights' SHA-256 checked, what model.json names built by registered name or by an import
+    path inside ``allow_import`` (or the user's standing allow-list)."""
     folder = Path(folder)
-    meta = json.loads((folder / META).read_text())
-    model = build_model(meta["model"], meta["params"], where=str(folder / META))
-    state = load_file(str(folder / SafetensorsExporter.filename))
-    if meta.get("int8"):
-        model = load_int8_state(model, state)
-    else:
-        model.load_state_dict(state, strict=True)
-    return StudentGraph(build_pipeline(meta["pipeline"]), model, meta["outputs"]).eval()
+    meta = read_meta(folder)
+    weights = folder / SafetensorsExporter.filename
+    if not weights.is_file() or sha256_file(weights) != meta.sha256:
+        raise CheckpointError(
+            f"{weights} is {'corrupted' if weights.is_file() else 'missing'}: its SHA-256 "
+            f"differs from the one in {META}",
+            hint="export the run again: `crossdistill export RUN_DIR --format safetensors`",
+        )
+    where = str(folder / META)
+    with untrusted(where, allow_import):
+        model = build_model(meta.model, meta.params, where=where)
+        pipeline = build_pipeline(meta.pipeline, f"{where}: pipeline")
+    state = load_file(str(weights))
+    try:
+        if meta.int8:
+            model = load_int8_state(model, state)
+        else:
+            model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as exc:  # params edited after export: other shapes
+        raise CheckpointError(
+            f"{weights} does not fit the model {where} names ({meta.model!r} with its params): "
+            f"{str(exc).splitlines()[0]}",
+            hint="export the run again: `crossdistill export RUN_DIR --format safetensors`",
+        ) from None
+    return StudentGraph(pipeline, model, meta.outputs).eval()

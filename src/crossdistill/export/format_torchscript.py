@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from crossdistill._util.files import write_atomic
 from crossdistill.export.base import (
     EXPORTERS,
     Exporter,
@@ -38,7 +39,8 @@ class TorchScriptExporter(Exporter):
             warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(graph, (inputs.example,), check_trace=False)
             traced = torch.jit.freeze(traced) if not inputs.int8 else traced
-        traced.save(str(folder / self.filename))
+        # through memory: torch's own file writer aborts the process on a full disk
+        write_atomic(folder / self.filename, traced.save_to_buffer())
         info: dict[str, Any] = {
             "exporter": f"torch.jit.trace (torch {torch.__version__})",
             "pipeline_in_graph": True,

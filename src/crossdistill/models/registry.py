@@ -69,6 +69,7 @@ def load_weights(
     strict = spec.strict if strict is None else strict
     state, _ = read_state_dict(spec, where, spec.key)
     _check_fit(model, state, spec.path, strict, where)
+    _check_values(model, state, spec.path, where)
     model.load_state_dict(state, strict=strict)
     if isinstance(getattr(model, "plugin_spec", None), dict):
         # a run rebuilds the model from this record: a plain path when that says everything
@@ -318,6 +319,41 @@ def _check_fit(
             type(model).__name__,
             path,
             missing[:3],
+        )
+
+
+def _check_values(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, where: str
+) -> None:
+    """Refuse what ``load_state_dict`` would take without a word: integer (e.g. int8 or
+    quantized) tensors cast into float tensors of the model, which turns quantized values into
+    wrong weights, and NaN/Inf in parameters (the losses would be NaN from the first step).
+    Buffers may hold -inf on purpose (attention masks): only parameters are checked for it."""
+    own = model.state_dict()
+    cast = [
+        f"{k} ({str(state[k].dtype).removeprefix('torch.')} into "
+        f"{str(own[k].dtype).removeprefix('torch.')})"
+        for k in own
+        if k in state and own[k].is_floating_point() and not state[k].is_floating_point()
+    ]
+    if cast:
+        raise CheckpointError(
+            f"{where}: {path} holds integer tensors where {type(model).__name__} has float ones: "
+            f"{'; '.join(cast[:3])}" + (f" and {len(cast) - 3} more" if len(cast) > 3 else ""),
+            hint="a quantized checkpoint needs its own loader (with its scales); load the float "
+            "weights it was made from, or dequantize them to float tensors first",
+        )
+    parameters = {name for name, _ in model.named_parameters()}
+    bad = [
+        k
+        for k in sorted(parameters & set(state))
+        if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{where}: {path} holds NaN or Inf in {len(bad)} parameters (e.g. {bad[:3]})",
+            hint="the file is damaged, or was saved after training diverged: load an earlier "
+            "or a good copy",
         )
 
 

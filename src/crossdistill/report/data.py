@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import yaml
 
+from crossdistill.config import RecipeLoader
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluate.latency import latency_ms
 from crossdistill.runs import Run
@@ -150,7 +151,7 @@ def load_run(run_dir: str | Path) -> RunData:
         )
     config_text = config_path.read_text(errors="replace")
     try:
-        config = yaml.safe_load(config_text)
+        config = yaml.load(config_text, Loader=RecipeLoader)  # no anchors: no expansion
     except yaml.YAMLError:
         config = None
     if not isinstance(config, dict):
@@ -177,8 +178,11 @@ def load_run(run_dir: str | Path) -> RunData:
         run.per_class = final["per_class"]
     weights, meta = files.student_file, files.student_json
     if weights.is_file() and meta.is_file():
-        run.student = json.loads(meta.read_text())
-        run.size_bytes = weights.stat().st_size
+        try:  # validated: a malformed student.json is a note, not a traceback
+            run.student = files.student_meta()
+            run.size_bytes = weights.stat().st_size
+        except CrossDistillError as exc:
+            notes.append(f"the student cannot be shown: {exc.message}")
     else:
         notes.append(
             "the run has not finished (no student.safetensors/student.json): no confusion "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from crossdistill._util.files import write_atomic
+from crossdistill._util.files import write_atomic, write_errors
 from crossdistill._version import __version__
 from crossdistill.errors import require
 from crossdistill.report.data import (
@@ -77,11 +77,12 @@ def write_report(
         run.color = RUN_COLORS[i % len(RUN_COLORS)]
         measure(run, max_examples, threads)
         if tensorboard:
-            tb = write_tensorboard(run)
+            with write_errors(Run(run.run_dir).tensorboard_dir, "TensorBoard's event files"):
+                tb = write_tensorboard(run)
             if tb not in footnotes:
                 footnotes.append(tb)
     page = render_report(runs, (), threads, max_examples, footnotes)
-    write_atomic(out, page)
+    write_atomic(out, page, what="the report")
     return out
 
 

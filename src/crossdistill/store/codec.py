@@ -39,6 +39,14 @@ class KeyCodec(BaseModel):
             return [key]
         return [f"{key}.values", f"{key}.indices", f"{key}.rest"]
 
+    def row_shapes(self, key: str) -> dict[str, tuple[int, ...]]:
+        """Each array of this key (see :meth:`arrays`) and its shape per example and slot."""
+        assert self.shape is not None
+        if self.format == "dense":
+            return {key: tuple(self.shape)}
+        assert self.k is not None
+        return {f"{key}.values": (self.k,), f"{key}.indices": (self.k,), f"{key}.rest": ()}
+
     def check(self, key: str, shape: tuple[int, ...]) -> KeyCodec:
         """A copy with ``shape`` filled in; refuses top-k of anything but ``(C,)`` rows."""
         if self.format == "topk":

@@ -1,4 +1,5 @@
-"""Reading a knowledge store: memory-mapped shards, checksums verified lazily, per shard."""
+"""Reading a knowledge store: memory-mapped shards, records checked on open, checksums verified
+lazily, per shard."""
 
 from __future__ import annotations
 
@@ -10,19 +11,31 @@ import torch
 
 from crossdistill._util.hashing import sha256_file as sha256
 from crossdistill.errors import StoreError
-from crossdistill.store.manifest import MANIFEST, PLAN, Manifest, read_manifest
+from crossdistill.store.manifest import (
+    MANIFEST,
+    PLAN,
+    Manifest,
+    read_manifest,
+    read_record,
+    shard_file,
+)
 from crossdistill.store.shards import map_shard
 
-REWRITE = "run `crossdistill cache RECIPE` again: it rewrites the damaged shards and keeps the rest"
+REWRITE = (
+    "run `crossdistill cache RECIPE` again: it rewrites every shard that is damaged or not this "
+    "store's own, and keeps the rest"
+)
 
 
 class KnowledgeStore:
     """A complete store, opened for reading.
 
-    Opening reads only the manifest and checks that every shard file exists with its recorded
-    size (a truncated shard fails here). A shard's SHA-256 is checked the first time one of its
-    rows is read (``verify=False`` skips it), so a corrupted byte is found before its rows are
-    used, and the error names the shard.
+    Opening reads the manifest and each shard's record, and checks that every shard file
+    exists with its recorded size (a truncated shard fails here) and that its record names this
+    store, this index and the manifest's SHA-256 (a shard copied from another store or index
+    fails here). A shard's bytes are checked against the manifest's SHA-256 the first time one
+    of its rows is read (``verify=False`` skips it), so a corrupted byte is found before its
+    rows are used, and the error names the shard.
     """
 
     @staticmethod
@@ -54,10 +67,19 @@ class KnowledgeStore:
                 f"{self.manifest.num_examples} examples need {self.manifest.num_shards}",
                 hint=REWRITE,
             )
+        digest = self.manifest.plan_digest()
         for j, info in enumerate(self.manifest.shards):
+            # the manifest names the files: any other name (another index, a path outside the
+            # store) is a damaged manifest, never a file to open
+            start, stop = self.manifest.shard_range(j)
+            if (info.file, info.start, info.stop) != (shard_file(j), start, stop):
+                raise StoreError(
+                    f"{manifest_path}: shard {j} is listed as {info.file}, rows "
+                    f"{info.start}..{info.stop - 1}; it is {shard_file(j)}, "
+                    f"rows {start}..{stop - 1}",
+                    hint=REWRITE,
+                )
             file = self.path / info.file
-            if (info.start, info.stop) != self.manifest.shard_range(j):
-                raise StoreError(f"{manifest_path}: shard {info.file} has the wrong row range")
             if not file.is_file():
                 raise StoreError(f"knowledge store shard {file} is missing", hint=REWRITE)
             if file.stat().st_size != info.bytes:
@@ -66,7 +88,24 @@ class KnowledgeStore:
                     f"{file.stat().st_size} bytes, the manifest says {info.bytes}",
                     hint=REWRITE,
                 )
+            self._check_record(j, digest)
         self._maps: dict[int, dict[str, np.ndarray]] = {}
+
+    def _check_record(self, j: int, digest: str) -> None:
+        """Refuse shard ``j`` unless its record names this store, index and SHA-256."""
+        info = self.manifest.shards[j]
+        file = self.path / info.file
+        record = read_record(file.with_suffix(".json"))
+        if isinstance(record, str):
+            why = record
+        else:
+            why = self.manifest.record_mismatch(j, record, digest)
+            if why is None and (record.sha256, record.bytes) != (info.sha256, info.bytes):
+                why = f"its record's SHA-256 differs from the one in {MANIFEST}"
+        if why is not None:
+            raise StoreError(
+                f"knowledge store shard {file} is not this store's shard {j}: {why}", hint=REWRITE
+            )
 
     @property
     def num_examples(self) -> int:

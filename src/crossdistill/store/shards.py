@@ -70,16 +70,28 @@ def map_shard(path: Path) -> dict[str, np.ndarray]:
         ) from None
     base = 8 + header_len
     arrays = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, stop = info["data_offsets"]
-        dtype = np.dtype(_NUMPY_DTYPES[info["dtype"]])
-        shape = tuple(info["shape"])
-        if base + stop > size:
-            raise StoreError(f"store shard {path} is truncated (array {name!r} ends past its end)")
-        if stop == start:
-            arrays[name] = np.empty(shape, dtype=dtype)
-        else:
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, stop = info["data_offsets"]
+            dtype = np.dtype(_NUMPY_DTYPES[info["dtype"]])
+            shape = tuple(info["shape"])
+            if base + stop > size:
+                raise StoreError(
+                    f"store shard {path} is truncated (array {name!r} ends past its end)",
+                    hint="run `crossdistill cache` again to rewrite it",
+                )
+            if stop == start:
+                arrays[name] = np.empty(shape, dtype=dtype)
+            else:
+                arrays[name] = np.memmap(
+                    path, dtype=dtype, mode="r", offset=base + start, shape=shape
+                )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # a header that is JSON but not a safetensors header (say, edited by hand)
+        raise StoreError(
+            f"store shard {path} has a malformed header: {exc!r}",
+            hint="run `crossdistill cache` again to rewrite it",
+        ) from None
     return arrays

@@ -2,14 +2,17 @@
 
 Writing is resumable and deterministic. Shard ``j`` holds examples ``j*S .. (j+1)*S-1`` with all
 K slots, computed in the same batches every time, so a shard rewritten after a crash has the same
-bytes as one written without it. A shard is written atomically and then its SHA-256 is recorded
-next to it; a rerun keeps every shard whose checksum holds and writes the rest. Under torchrun
-rank ``r`` writes shards ``r, r + W, ...``; rank 0 writes ``manifest.json`` after all are done.
+bytes as one written without it. A shard is written atomically and then its record (the store's
+fingerprint, its index and SHA-256) next to it. A rerun keeps an existing shard only when its
+record belongs to this plan and this index and its bytes and arrays match the record and the
+plan; every other shard (half-written, damaged, copied from another store) is written again.
+Under torchrun rank ``r`` writes shards ``r, r + W, ...``; rank 0 writes ``manifest.json`` after
+all are done.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,17 +30,19 @@ from crossdistill.errors import ConfigError, StoreError
 from crossdistill.store.codec import KeyCodec
 from crossdistill.store.manifest import (
     MANIFEST,
+    NO_RECORD,
     PLAN,
     SHARDS,
     Manifest,
     ShardInfo,
+    ShardRecord,
     read_manifest,
+    read_record,
+    shard_file,
 )
-from crossdistill.store.shards import write_json, write_shard
+from crossdistill.store.shards import map_shard, write_json, write_shard
 
-
-def shard_name(j: int) -> str:
-    return f"shard-{j:05d}.safetensors"
+log = logging.getLogger(__name__)
 
 
 def write_store(
@@ -84,27 +89,35 @@ def write_store(
         torch.distributed.barrier()
     if rank != 0:
         _claim(path, plan)  # rank 0 has written the plan: check that this rank agrees
-    mine = [plan.shard_range(j) for j in range(plan.num_shards) if j % world_size == rank]
-    total = sum(stop - start for start, stop in mine) * slots
+    digest = plan.plan_digest()
+    mine = [j for j in range(plan.num_shards) if j % world_size == rank]
+    total = sum(stop - start for start, stop in map(plan.shard_range, mine)) * slots
     with ProgressBar(progress, f"teacher -> {path}", total, unit="ex") as bar:
-        for start, stop in mine:
-            j = start // shard_size
-            if _shard_done(path, j) is None:
-                file = path / SHARDS / shard_name(j)
-                write_shard(
-                    file,
-                    _compute_shard(teacher, dataset, plan, start, stop, batch_size, device, bar),
-                )
-                info = ShardInfo(
-                    file=f"{SHARDS}/{shard_name(j)}",
-                    start=start,
-                    stop=stop,
-                    sha256=sha256(file),
-                    bytes=file.stat().st_size,
-                )
-                write_json(file.with_suffix(".json"), info.model_dump())
-            else:
+        for j in mine:
+            start, stop = plan.shard_range(j)
+            kept, why = _verify_shard(path, plan, digest, j)
+            if kept is not None:
                 bar.advance((stop - start) * slots)
+                continue
+            file = path / shard_file(j)
+            if why is not None:
+                log.warning("%s: rewriting %s: %s", path, file.name, why)
+            # the old record goes first: a crash before the new one leaves no claim on the bytes
+            file.with_suffix(".json").unlink(missing_ok=True)
+            write_shard(
+                file, _compute_shard(teacher, dataset, plan, start, stop, batch_size, device, bar)
+            )
+            record = ShardRecord(
+                file=shard_file(j),
+                start=start,
+                stop=stop,
+                sha256=sha256(file),
+                bytes=file.stat().st_size,
+                index=j,
+                fingerprint=plan.fingerprint,
+                plan=digest,
+            )
+            write_json(file.with_suffix(".json"), record.model_dump())
     if synced:
         torch.distributed.barrier()
     if rank != 0:
@@ -149,19 +162,30 @@ def _claim(path: Path, plan: Manifest) -> None:
     write_json(existing, plan.model_dump())
 
 
-def _shard_done(path: Path, j: int) -> ShardInfo | None:
-    """The shard's record when its file is there and matches its checksum, else None."""
-    file = path / SHARDS / shard_name(j)
-    record = file.with_suffix(".json")
-    if not (file.exists() and record.exists()):
-        return None
+def _verify_shard(
+    path: Path, plan: Manifest, digest: str, j: int
+) -> tuple[ShardInfo | None, str | None]:
+    """Shard ``j``'s manifest entry when the shard on disk is this plan's shard ``j`` (its
+    record names this plan and index, its bytes match the record's SHA-256, its arrays have the
+    plan's shapes); otherwise None and why (None too when neither file is there yet)."""
+    file = path / shard_file(j)
+    record = read_record(file.with_suffix(".json"))
+    if not file.is_file():
+        return None, None if record == NO_RECORD else "its file is missing"
+    if isinstance(record, str):
+        return None, record
+    why = plan.record_mismatch(j, record, digest)
+    if why is not None:
+        return None, why
+    if record.bytes != file.stat().st_size or record.sha256 != sha256(file):
+        return None, "its bytes differ from its record's SHA-256"
     try:
-        info = ShardInfo.model_validate(json.loads(record.read_text()))
-    except ValueError:
-        return None
-    if info.bytes != file.stat().st_size or info.sha256 != sha256(file):
-        return None
-    return info
+        shapes = {name: a.shape for name, a in map_shard(file).items()}
+    except StoreError as exc:
+        return None, str(exc)
+    if shapes != plan.shard_shapes(j):
+        return None, f"its arrays {shapes} are not the plan's {plan.shard_shapes(j)}"
+    return record.entry(), None
 
 
 @torch.no_grad()
@@ -209,7 +233,8 @@ def _compute_shard(
 
 def _finalise(path: Path, plan: Manifest) -> Manifest | None:
     """Write ``manifest.json`` when every shard is there; otherwise say what is missing."""
-    shards = [_shard_done(path, j) for j in range(plan.num_shards)]
+    digest = plan.plan_digest()
+    shards = [_verify_shard(path, plan, digest, j)[0] for j in range(plan.num_shards)]
     missing = [j for j, info in enumerate(shards) if info is None]
     if missing:
         print(

@@ -14,7 +14,6 @@ half-written checkpoint under its final name.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from crossdistill._util.files import fsync_path
+from crossdistill._util.files import fsync_path, replace_dir, write_errors
 from crossdistill._util.hashing import sha256_file as sha256
 from crossdistill.errors import CheckpointError
 
@@ -80,31 +79,38 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint atomically into ``directory``; ``rng`` defaults to this process's
-    RNG states (under DDP the Trainer passes every rank's)."""
+    RNG states (under DDP the Trainer passes every rank's).
+
+    A full disk or a read-only folder is a :class:`~crossdistill.errors.WriteError` naming the
+    checkpoint, the free space and the bytes it needs; the partial copy is removed, and an
+    older checkpoint of the same name stays whole."""
     tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     contents = {
         "trainable.safetensors": {k: v.detach().contiguous().cpu() for k, v in trainable.items()},
         "optimizer.safetensors": opt_tensors,
         "rng.safetensors": rng if rng is not None else rng_state(),
     }
-    for name, tensors in contents.items():
-        save_file(tensors, str(tmp / name))
-        fsync_path(tmp / name)
-    full_state = {
-        **state,
-        "optimizer": opt_meta,
-        "sha256": {name: sha256(tmp / name) for name in contents},
-    }
-    (tmp / STATE).write_text(json.dumps(full_state, indent=1))
-    fsync_path(tmp / STATE)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-    fsync_path(directory.parent)
+    needed = sum(t.numel() * t.element_size() for ts in contents.values() for t in ts.values())
+    with write_errors(directory, "the checkpoint", needed):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            for name, tensors in contents.items():
+                save_file(tensors, str(tmp / name))
+                fsync_path(tmp / name)
+            full_state = {
+                **state,
+                "optimizer": opt_meta,
+                "sha256": {name: sha256(tmp / name) for name in contents},
+            }
+            (tmp / STATE).write_text(json.dumps(full_state, indent=1))
+            fsync_path(tmp / STATE)
+            replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never left to look like a checkpoint
+            raise
     return directory
 
 

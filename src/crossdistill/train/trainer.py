@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from crossdistill._util.device import amp_dtype, autocast, select_device, to_device
+from crossdistill._util.files import AppendLog
 from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.core.distiller import Distiller
@@ -131,7 +132,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of the current epoch done (resumed mid-epoch)
         self._epoch_loss = (0.0, 0)  # loss sum and steps of the current epoch, for resuming
-        self._metrics_file: Any = None
+        self._metrics_file: AppendLog | None = None
         self._finite: torch.Tensor | None = None  # CUDA: all losses finite since the last check
         self._checked_step = 0
 
@@ -165,7 +166,7 @@ class Trainer:
             # flag that check_finite() reads at log steps and before every checkpoint.
             self._finite = finite if self._finite is None else self._finite & finite
         elif not finite:
-            self._non_finite(terms)
+            self._non_finite(terms, batch=batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.spec.grad_clip is not None:
@@ -184,12 +185,32 @@ class Trainer:
             self._non_finite(terms, since=self._checked_step)
         self._finite, self._checked_step = None, self.step
 
-    def _non_finite(self, terms: Mapping[str, torch.Tensor], since: int | None = None) -> None:
+    def _non_finite(
+        self,
+        terms: Mapping[str, torch.Tensor],
+        since: int | None = None,
+        batch: Mapping[str, Any] | None = None,
+    ) -> None:
         bad = [k for k, v in terms.items() if not torch.isfinite(v)]
         what = f"loss terms {bad}" if bad else "a loss term"
         # steps are counted from 1: the failing step is the one after the last completed
         failing = self.step + 1 if since is None else self.step
         when = f"step {failing}" if since is None else f"steps {since + 1}..{self.step}"
+        causes = self._non_finite_causes(bad or list(terms), batch)
+        if causes:
+            cause = "; ".join(causes)
+            hint = "clean the data of NaN/Inf, or fix the weights named"
+        elif failing == 1:  # no optimizer step yet: the learning rate cannot be the cause
+            cause = (
+                "no optimizer step had been taken (so not the learning rate), and the inputs, "
+                "loss weights and teacher outputs were finite: the student's outputs or the "
+                "loss itself made it"
+                if batch is not None
+                else "no optimizer step had been taken (so not the learning rate)"
+            )
+            hint = "check the loss's parameters (a temperature of 0, say) and the student's inputs"
+        else:
+            cause, hint = "", "lower train.optimizer.lr, set train.grad_clip, or check the inputs"
         found = ckpt.list_checkpoints(self.run.checkpoints) if self.run else []
         last = found[-1] if found else None
         self._log(
@@ -201,10 +222,42 @@ class Trainer:
             }
         )
         raise NonFiniteLossError(
-            f"{what} became NaN/Inf at epoch {self.epoch + 1}, {when}; "
-            f"training stopped. The last good checkpoint is {last or '(none yet)'}",
-            hint="lower train.optimizer.lr, set train.grad_clip, or check the inputs for NaNs",
+            f"{what} became NaN/Inf at epoch {self.epoch + 1}, {when}"
+            + (f": {cause}" if cause else "")
+            + f"; training stopped. The last good checkpoint is {last or '(none yet)'}",
+            hint=hint,
         )
+
+    def _non_finite_causes(self, names: list[str], batch: Mapping[str, Any] | None) -> list[str]:
+        """What made ``names`` non-finite, among what is cheap to look at: their loss weights,
+        the batch's inputs, and the teacher's Knowledge of it (stored, or run again: it is
+        frozen, so it says now what it said in the step)."""
+        causes = [
+            f"the weight of {name!r} is {self.distiller.weights[name]}"
+            for name in names
+            if not math.isfinite(self.distiller.weights.get(name, 0.0))
+        ]
+        if batch is None:  # CUDA checks lazily, after the batch is gone
+            return causes
+        for side, x in batch.get("views", {}).items():
+            if _has_non_finite(x):
+                causes.append(f"the {side}'s inputs in this batch hold NaN/Inf")
+        stored = batch.get("knowledge")
+        if stored is not None:
+            causes += [
+                f"the teacher's stored {key!r} in this batch holds NaN/Inf"
+                for key, value in stored.items()
+                if _has_non_finite(value)
+            ]
+        elif self.distiller.uses_teacher and self.distiller.teacher is not None:
+            with torch.no_grad(), autocast(self.device, self.amp):
+                knowledge = self.distiller.teacher(batch["views"]["teacher"])
+            causes += [
+                f"the teacher's {key!r} on this batch holds NaN/Inf (its weights or inputs)"
+                for key, value in knowledge.items()
+                if _has_non_finite(value)
+            ]
+        return causes
 
     # ------------------------------------------------------------------ the loop
 
@@ -224,7 +277,7 @@ class Trainer:
             eval_loader = None
         if self.run is not None and self.main:
             self.run.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-            self._metrics_file = self.run.metrics_file.open("a")
+            self._metrics_file = AppendLog(self.run.metrics_file, "the metrics log")
         try:
             if resume:
                 self.resume()
@@ -434,4 +487,12 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self._metrics_file is not None:
             self._metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
-            self._metrics_file.flush()
+
+
+def _has_non_finite(x: Any) -> bool:
+    """Whether a tensor (or a dict of them, a view of several fields) holds NaN/Inf."""
+    if isinstance(x, Mapping):
+        return any(_has_non_finite(v) for v in x.values())
+    return (
+        isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all())
+    )

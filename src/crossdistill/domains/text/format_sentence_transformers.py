@@ -18,6 +18,7 @@ With ``--half`` they are float16 (half the bytes; the model then embeds in float
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +30,10 @@ from torch import nn
 
 from crossdistill.domains.text.static_embedding import StaticEmbedding
 from crossdistill.domains.text.tiny_transformer import TinyTransformer
-from crossdistill.errors import TEXT_EXTRA, require
+from crossdistill.errors import TEXT_EXTRA, CheckpointError, require
 from crossdistill.export.base import EXPORTERS, TEXT, Exporter, ExportError, ExportInputs, Runner
 from crossdistill.models.hub.minilm import SentenceEncoder
+from crossdistill.registry import check_import
 
 # the special tokens a fast tokenizer is told about, where the vocabulary has them
 SPECIAL_TOKENS = {
@@ -195,6 +197,7 @@ class SentenceTransformersExporter(Exporter):
 
     def load(self, folder: Path, threads: int = 1) -> Runner:
         st = _sentence_transformers()
+        _check_module_classes(folder)
         model = st.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
 
         def run(texts: list[str]) -> list[np.ndarray]:
@@ -207,3 +210,22 @@ class SentenceTransformersExporter(Exporter):
             return [np.asarray(out, dtype=np.float32).reshape(len(texts), -1)]
 
         return run
+
+
+def _check_module_classes(folder: Path) -> None:
+    """Every class ``modules.json`` names is sentence-transformers' own, or allowed as
+    :func:`crossdistill.registry.untrusted` says: sentence-transformers before 6.0 imports any
+    class a local folder names."""
+    path = folder / SentenceTransformersExporter.filename
+    try:
+        modules = json.loads(path.read_text())
+        refs = [m["type"] for m in modules]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path} does not list the model's modules: {type(exc).__name__}: {exc}",
+            hint="export the run again: `crossdistill export RUN_DIR --format "
+            "sentence-transformers`",
+        ) from None
+    for i, ref in enumerate(refs):
+        if not (isinstance(ref, str) and ref.startswith("sentence_transformers.")):
+            check_import(str(ref), f"the module class {ref!r}", f"{path}[{i}].type")
