@@ -332,6 +332,18 @@ def _foreign_shard(ws: Workspace) -> list[str]:
     return ["run", str(ws.recipe("kd.yaml", base))]
 
 
+def _name_dotdot(*extra: str) -> Setup:
+    """``run --name .. EXTRA`` with output.dir ``runs/out``: ``..`` is ``runs/``, which holds
+    the finished run and a user's own ``eval.json``."""
+
+    def setup(ws: Workspace) -> list[str]:
+        (ws.runs / "eval.json").write_text('{"the user\'s": "own file"}\n')
+        changes = {"output.dir": str(ws.runs / "out")}
+        return _run(changes, "teacher.yaml", "--name", "..", *extra)(ws)
+
+    return setup
+
+
 def _teacher_weights(change: Callable[[dict[str, torch.Tensor]], None]) -> Setup:
     """``run`` of the KD recipe whose teacher weights were changed by ``change(state)``."""
 
@@ -620,22 +632,27 @@ CASES: dict[str, Case] = {
     "store-foreign-shard": Case(
         _foreign_shard, ("shard-00001.safetensors",)),
     # Issue 20: names, YAML and numbers out of range.
+    # `--name ..` wrote the run into output.dir's parent (here runs/, with the user's eval.json)
+    "name-dotdot": Case(
+        _name_dotdot(), ("name: '..' is not a run name", "hint:", "--name NEW")),
     "name-dotdot-resume": Case(
-        _run(None, "teacher.yaml", "--name", "..", "--resume"),
-        ("name",)),
+        _name_dotdot("--resume"), ("name: '..' is not a run name", "hint:")),
     "name-300-characters": Case(
         _run(None, "teacher.yaml", "--name", "n" * 300),
-        ("name", "100")),
+        ("name: a run name has at most 100 characters, this one 300", "(got 'nnnn", "n…n")),
     "yaml-duplicate-key": Case(
         _run_text("name: a\nseed: 1\nseed: 2\n"),
-        ("seed", "twice", "lines 2 and 3")),
+        ("bad.yaml:3: key 'seed' appears twice in one mapping (lines 2 and 3)",)),
     "yaml-billion-laughs": Case(
         _run_text("name: a\nx: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\ny: &b [*a, *a, *a, *a, *a, *a]\n"),
-        ("anchor",)),
-    "seed-1e23": Case(_run({"seed": 1.0e23}), ("seed", "4294967295")),
-    "seed-negative": Case(_run({"seed": -1}), ("seed", "4294967295")),
-    "device-tpu9": Case(_run({"train.device": "tpu9"}), ("train.device", "tpu9")),
-    "batch-size-1e20": Case(_run({"data.batch_size": 1.0e20}), ("data.batch_size",)),
+        ("bad.yaml:2: YAML anchor &a is not allowed", "write the value out")),
+    # seed=1e23, device tpu9 and batch_size=1e20 were tracebacks (the last left a run folder)
+    "seed-device-batch": Case(
+        _run({"seed": 1.0e23, "train.device": "tpu9", "data.batch_size": 1.0e20}),
+        ("seed: ", "allowed: 0..4294967295 (got 1e+23)",
+         "train.device: not a device name: use auto, cpu, cuda, cuda:N or mps (got 'tpu9')",
+         "data.batch_size: ", "allowed: 1..16777216 (got 1e+20)")),
+    "seed-negative": Case(_run({"seed": -1}), ("seed: ", "allowed: 0..4294967295 (got -1)")),
     "loss-weights-all-zero": Case(_run({"losses": [{"name": "ce", "weight": 0}]}), ("losses",)),
     "loss-weight-infinite": Case(_run({"losses.0.weight": float("inf")}), ("weight",)),
     # Issue 20: data and weights that cannot train, found before a run folder exists.
