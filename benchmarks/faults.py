@@ -114,9 +114,11 @@ def finish(proc: subprocess.Popen, log: Path, what: str) -> None:
         raise RuntimeError(f"{what} exited with {rc}; end of {log}:\n{tail}")
 
 
-def kill(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+def kill(proc: subprocess.Popen, sig: signal.Signals = signal.SIGKILL) -> int:
+    """Send ``sig``; wait for the process to end; its exit code (a Python process exits
+    130 / 143 after SIGINT / SIGTERM by itself when it handles them)."""
+    os.kill(proc.pid, sig)
+    return proc.wait(timeout=TIMEOUT_S)
 
 
 def write_recipe(path: Path, raw: dict[str, Any]) -> Path:
@@ -205,10 +207,16 @@ def compare_students(a: Path, b: Path) -> tuple[bool, float]:
 
 
 def one_training_kill(
-    recipe: Path, runs: Path, name: str, k: int, delay: float, reference: Path
+    recipe: Path,
+    runs: Path,
+    name: str,
+    k: int,
+    delay: float,
+    reference: Path,
+    sig: signal.Signals = signal.SIGKILL,
 ) -> dict:
-    """Start a fresh run, SIGKILL it ``delay`` s after a step >= k is logged, resume it to the
-    end, compare."""
+    """Start a fresh run, send ``sig`` ``delay`` s after a step >= k is logged, resume it to
+    the end, compare. ``rc_at_kill`` and ``first_log`` are what the signalled process did."""
     run = runs / name
     shutil.rmtree(run, ignore_errors=True)
     log = runs.parent / "logs" / f"{name}.log"
@@ -223,7 +231,8 @@ def one_training_kill(
     time.sleep(delay)
     if proc.poll() is not None:  # finished (or failed) before the kill
         return {"target_step": k, "killed": False, "rc": proc.returncode}
-    kill(proc)
+    rc_at_kill = kill(proc, sig)
+    first_log = log.read_text(errors="replace")
     found = records(run / "metrics.jsonl")
     last = max((r["step"] for r in found if r.get("kind") == "step"), default=0)
     root = run / "checkpoints"
@@ -236,6 +245,8 @@ def one_training_kill(
         "last_step_logged": last,
         "checkpoints_left": folders,
         "in_checkpoint_write": any(f.endswith(".tmp") for f in folders),
+        "rc_at_kill": rc_at_kill,
+        "first_log": first_log[-1000:],
     }
     resume = crossdistill([*args, "--resume"], log)
     rc = resume.wait(timeout=TIMEOUT_S)
