@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples]'
+	$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples,logging,docs]'
 	$(BIN)/pip install -q --no-deps torchdistill==1.1.5 animal-mnist==0.4
 	touch $(STAMP)
 
@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
-BENCHMARKS := fashion_mnist overhead losses cross_arch loss_zoo store faults scaling text fusion_to_dual cross_modal examples
+BENCHMARKS := fashion_mnist overhead losses cross_arch loss_zoo store faults scaling text fusion_to_dual cross_modal examples cli bad_inputs
 
 bench: setup
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done

@@ -66,6 +66,7 @@ def test_onnx_matches_student_on_validation_set(kd_run: Path, onnx_export: Path)
 
     assert onnx_export == kd_run / "export" / "onnx"
     assert sorted(p.name for p in onnx_export.iterdir()) == [
+        "README.md",
         "model.onnx",
         "parity.json",
         "preprocessing.json",

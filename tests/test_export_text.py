@@ -164,9 +164,11 @@ def test_export_contents_parity_and_no_pickle(runs: dict[str, Path], exports: di
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         assert {"modules.json", "model.safetensors", "tokenizer.json"} <= set(files)
         assert {"parity.json", "preprocessing.json"} <= set(files)
-        # no pickle, no code: every file is JSON or safetensors
+        card = (folder / "README.md").read_text()  # sentence-transformers' card + crossdistill's
+        assert "library_name: sentence-transformers" in card and "## Parity" in card
+        # no pickle, no code: every file is JSON or safetensors (and the README model card)
         for file in files:
-            assert file.endswith((".json", ".safetensors")), file
+            assert file.endswith((".json", ".safetensors")) or file == "README.md", file
             assert (folder / file).read_bytes()[:1] != b"\x80", file  # pickle protocol 2+
         listed = json.loads((folder / "modules.json").read_text())
         assert [m["type"].rsplit(".", 1)[-1] for m in listed] == modules[name]

@@ -43,6 +43,7 @@ from crossdistill.record import recipe_of
 from crossdistill.registry import plugin_name
 from crossdistill.runs import Run
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
+from crossdistill.train.callbacks import Callback
 from crossdistill.train.runtime import seed_everything
 from crossdistill.train.trainer import History, Trainer
 
@@ -138,7 +139,9 @@ def distill(
     dropout); the models you pass are built already, so seed before building them
     (``torch.manual_seed``) for reproducible initial weights. Other keyword arguments are
     ``train:`` settings of a recipe (``epochs=5``, ``optimizer={"name": "adamw", "lr":
-    1e-3}``, ``device="cuda"``, ``progress=False`` ...).
+    1e-3}``, ``device="cuda"``, ``progress=False``, ``loggers=["tensorboard"]`` ...);
+    ``callbacks`` may hold :class:`~crossdistill.train.callbacks.Callback` instances as well as
+    ``{name, params}`` specs.
 
     With ``run_dir`` the run is written there, complete: config.yaml, metrics.jsonl,
     checkpoints, student.safetensors, student.json, eval.json, and a copy of ``eval_data``
@@ -147,6 +150,10 @@ def distill(
     ``package.module:Callable``) or a class importable from a module whose arguments all have
     defaults; for any other module the run keeps its weights, and says so.
     """
+    # Callback objects go to the Trainer as they are; the spec keeps what a recipe can name
+    given = list(train.pop("callbacks", ()))
+    objects = [c for c in given if isinstance(c, Callback)]
+    train["callbacks"] = [c for c in given if not isinstance(c, Callback)]
     try:
         spec = TrainSpec(**train)
     except pydantic.ValidationError as exc:
@@ -184,7 +191,9 @@ def distill(
             "a run, use `crossdistill run RUN_DIR/config.yaml --resume`",
         )
     if run is None:
-        trainer = Trainer(distiller, spec, eval_spec=eval_spec, evaluator=evaluate_student)
+        trainer = Trainer(
+            distiller, spec, eval_spec=eval_spec, evaluator=evaluate_student, callbacks=objects
+        )
         history = trainer.fit(train_loader, eval_loader)
         return DistillResult(wrapped.model, history, _last(history))
     recipe, student_spec, keep = recipe_of(
@@ -210,6 +219,7 @@ def distill(
             eval_spec=eval_spec,
             fingerprint=recipe.fingerprint(),
             evaluator=evaluate_student,
+            callbacks=objects,
         )
         history = trainer.fit(train_loader, eval_loader)
         run.finish(distiller, student_spec, _last(history), trainer.epoch)

@@ -232,6 +232,19 @@ class TrainSpec(_Strict):
     # also checkpoint every N optimizer steps (mid-epoch), so a crash loses at most N steps
     checkpoint_every_steps: PositiveInt | None = None
     progress: bool = True
+    # written while training (crossdistill.train.callbacks): jsonl, tensorboard, mlflow or an
+    # import path; a name alone or {name, params}. metrics.jsonl is always written.
+    loggers: list[PluginSpec] = Field(default_factory=list)
+    # user code called at each step, epoch, evaluation, checkpoint: {name: pkg.mod:Class, params}
+    callbacks: list[PluginSpec] = Field(default_factory=list)
+
+    @pydantic.field_validator("loggers", "callbacks", mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        # `loggers: [tensorboard]` is `[{name: tensorboard}]`
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
 
     @pydantic.field_validator("device")
     @classmethod
@@ -323,7 +336,15 @@ _NOT_FINGERPRINTED: dict[str, Any] = {
     "store": {"path", "eval_path", "shard_size", "batch_size", "verify"},
     "output": True,
     "eval": True,
-    "train": {"device", "progress", "log_every", "keep_checkpoints", "checkpoint_every_steps"},
+    "train": {
+        "device",
+        "progress",
+        "log_every",
+        "keep_checkpoints",
+        "checkpoint_every_steps",
+        "loggers",
+        "callbacks",
+    },
     "data": {"num_workers", "eval_split", "eval_batch_size", "limit_eval"},
 }
 
@@ -398,7 +419,13 @@ def read_yaml(text: str, source: str) -> Any:
     except RecipeYAMLError as exc:
         raise ConfigError(f"{source}:{exc.line}: {exc.message}", hint=exc.hint) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:  # PyYAML names the text "<unicode string>"
+                mark.name = source
+        raise ConfigError(
+            f"{source} is not valid YAML: {exc}",
+            hint="fix the line and column named above (check indentation, brackets, quotes)",
+        ) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -65,6 +65,10 @@ class NonFiniteLossError(CrossDistillError, FloatingPointError):
     """A loss became NaN or Inf during training."""
 
 
+class CallbackError(CrossDistillError):
+    """A training callback or logger (``train.loggers``, ``train.callbacks``) raised."""
+
+
 class WriteError(CrossDistillError, OSError):
     """A file crossdistill writes could not be written: the disk is full, the folder is
     read-only or not writable. Also an :class:`OSError` (its ``errno`` kept), so code that

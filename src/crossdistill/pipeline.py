@@ -28,6 +28,7 @@ from crossdistill.evaluate import evaluate_student
 from crossdistill.registry import import_modules
 from crossdistill.runs import Run
 from crossdistill.store import write_store
+from crossdistill.train.callbacks import check_callbacks
 from crossdistill.train.runtime import barrier, distributed_rank, seed_everything
 from crossdistill.train.trainer import History, Trainer
 
@@ -91,11 +92,15 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
     return recipe.store.path
 
 
-def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
-    """Build everything a recipe names, train, evaluate, and finish its Run."""
+def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunResult:
+    """Build everything a recipe names, train, evaluate, and finish its Run.
+
+    ``overwrite``: an existing run folder of the same name is emptied and written anew, once
+    every check before training has passed (never together with ``resume``)."""
     # Under torchrun every rank runs this; the process group is set up first (gloo or nccl).
     rank, world = distributed_rank()
     import_modules(recipe.imports)
+    check_callbacks(recipe.train)  # loggers' packages, callbacks' import paths and params
     seed_everything(recipe.seed, recipe.train.deterministic)
     # Everything that can be wrong is found before the run directory is touched: models,
     # weights, losses, device, data files, and what each loss needs from a real batch.
@@ -127,8 +132,9 @@ def run_recipe(recipe: Recipe, resume: bool = False) -> RunResult:
         history = trainer.fit(train_loader, eval_loader, resume=resume)
         barrier()  # every rank returns a finished run
         return RunResult(run, history, distiller.student.model, _last(history))
-    before = folder_state(run)
-    with run.writing(recipe, resume), discarded_on_failure(run, before):
+    # an overwritten folder that fails before its first checkpoint goes, like a new one
+    before = "absent" if overwrite else folder_state(run)
+    with run.writing(recipe, resume, overwrite), discarded_on_failure(run, before):
         barrier()
         history = trainer.fit(train_loader, eval_loader, resume=resume)
         run.finish(distiller, recipe.student, _last(history), epochs=trainer.epoch)

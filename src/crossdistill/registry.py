@@ -163,8 +163,9 @@ class Registry(Generic[T]):
     def describe(self, ref: str | T, exclude: Iterable[str] = ()) -> dict[str, Any]:
         """What a user can know of the plug-in ``ref`` without reading its code: ``name``,
         ``path`` (its import path), ``summary`` (its docstring's first paragraph, on one line),
-        ``params`` (``{name, type, default}`` each, from the signature :meth:`build` validates
-        against; ``default`` is ``"required"`` where there is none).
+        ``paper`` (the citation its docstring gives, ``(Author et al., Venue 2020,
+        arXiv:…)``, or None), ``params`` (``{name, type, default}`` each, from the signature
+        :meth:`build` validates against; ``default`` is ``"required"`` where there is none).
 
         ``exclude``: the parameters crossdistill supplies itself, the ``fixed`` of :meth:`build`
         (an adapter's ``student_shape`` and ``teacher_shape``, a data source's ``split``). The
@@ -182,13 +183,15 @@ class Registry(Generic[T]):
             for name, field in model.model_fields.items()
             if name not in skip
         ]
-        paragraph = inspect.cleandoc(obj.__doc__ or "").split("\n\n")[0]  # own, not inherited
+        doc = inspect.cleandoc(obj.__doc__ or "")  # its own, not inherited
+        paragraph = doc.split("\n\n")[0]
         registered = isinstance(ref, str) and ":" not in ref
         target = obj if hasattr(obj, "__qualname__") else type(obj)  # a callable instance
         return {
             "name": ref if registered else plugin_name(obj),
             "path": f"{target.__module__}:{target.__qualname__}",
             "summary": " ".join(paragraph.split()),
+            "paper": citation(doc),
             "params": params,
         }
 
@@ -204,6 +207,19 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+# a parenthesis that cites: an arXiv id, a DOI, or an author list and a year
+_CITATION = re.compile(
+    r"\(([^()]*?(?:arXiv:\s?\d{4}\.\d{4,5}|doi:\S+|\b[A-Z][^()]*\b(?:19|20)\d\d\b)[^()]*)\)"
+)
+
+
+def citation(doc: str) -> str | None:
+    """The first paper a docstring cites in parentheses (``Hinton, Vinyals & Dean 2015,
+    arXiv:1503.02531``), on one line; None when it cites none."""
+    found = _CITATION.search(doc)
+    return " ".join(found.group(1).split()) if found else None
 
 
 def plugin_name(obj: Any) -> str:

@@ -10,7 +10,7 @@ A run directory holds::
     student.json           how to rebuild it: model, params, outputs, pipeline, size, SHA-256
     eval.json              the last evaluation of training ({"epoch": N, metric: value})
     eval-<name>.json       later evaluations (``crossdistill eval``)
-    bench.json, report.html, tensorboard/, export/<format>/, data/
+    bench.json, report.html, tensorboard/, mlflow/, export/<format>/, data/
 
 This module is the only one that knows those names: every command that takes a run takes a
 :class:`Run`. The files a run finishes with are written atomically, so an interrupted run never
@@ -133,6 +133,11 @@ class Run:
     @property
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The MLflow store of the ``mlflow`` logger (train.loggers)."""
+        return self.path / "mlflow"
 
     @property
     def data_dir(self) -> Path:
@@ -322,14 +327,19 @@ class Run:
     # ------------------------------------------------------------------ writing
 
     @contextlib.contextmanager
-    def writing(self, recipe: Recipe, resume: bool = False) -> Iterator[Run]:
-        """Hold the run for writing: create it (or check that ``resume`` may continue it),
-        lock it against other processes, write config.yaml; the lock is released at the end.
+    def writing(
+        self, recipe: Recipe, resume: bool = False, overwrite: bool = False
+    ) -> Iterator[Run]:
+        """Hold the run for writing: create it (or check that ``resume`` may continue it, or
+        empty it when ``overwrite``), lock it against other processes, write config.yaml; the
+        lock is released at the end.
 
-        Refused: a run that exists when not resuming, a finished run without a checkpoint, a
-        run started by a different recipe, a run another process holds.
+        Refused: a run that exists when neither resuming nor overwriting, a finished run
+        without a checkpoint, a run started by a different recipe, a run another process holds.
         """
-        if self.path.is_dir():  # refused before the folder is touched, and again once locked
+        if resume and overwrite:
+            raise ConfigError("a run is either resumed or overwritten, not both")
+        if self.path.is_dir() and not overwrite:  # refused before the folder is touched
             self._check_writable(recipe, resume)
         with write_errors(self.path, "the run folder"):
             try:  # one atomic mkdir: of two processes starting at once, one creates the folder
@@ -339,6 +349,8 @@ class Run:
                 created = False
             lock = _Lock(self.lock_file)  # locked by another process: its folder, left alone
             try:
+                if overwrite:  # under the lock: a run another process writes is left alone
+                    self._empty()
                 self._check_writable(recipe, resume)
                 dump_recipe(recipe, self.config_file)
             except BaseException:
@@ -355,6 +367,16 @@ class Run:
         finally:
             lock.release()
 
+    def _empty(self) -> None:
+        """Remove everything in the folder but the lock (``--overwrite``)."""
+        for entry in self.path.iterdir():
+            if entry.name == self.lock_file.name:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
     def _written(self) -> bool:
         """Whether the folder holds anything but the lock (a run another process wrote)."""
         return any(p.name != self.lock_file.name for p in self.path.iterdir())
@@ -364,7 +386,8 @@ class Run:
         if others and not resume:
             raise ConfigError(
                 f"run directory {self.path} already exists",
-                hint="pass --resume to continue it, or --name NEW to start another run",
+                hint="pass --resume to continue it, --overwrite to replace it, or --name NEW to "
+                "start another run",
             )
         if resume and self.student_file.exists() and not self.checkpoint_list():
             raise ConfigError(f"{self.path} is a finished run with no checkpoint to resume from")

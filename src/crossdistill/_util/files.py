@@ -120,6 +120,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def temporary_name(path: Path) -> Path:
     """A hidden sibling of ``path`` owned by this process (ranks never share one)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -140,6 +147,8 @@ def atomic_path(
         tmp = temporary_name(path)
         try:
             yield tmp
+            if tmp.is_file():  # some writers (safetensors) create their file 0600
+                os.chmod(tmp, 0o666 & ~_umask())
             if fsync:
                 fsync_path(tmp)
             os.replace(tmp, path)
@@ -198,6 +207,10 @@ class AppendLog:
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished folder ``tmp`` to ``target``; a folder already there is removed only
     after the rename, so ``target`` always holds one complete version."""
+    mode = 0o666 & ~_umask()
+    for file in tmp.rglob("*"):  # some writers (safetensors) create their files 0600
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

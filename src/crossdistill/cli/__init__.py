@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-from crossdistill.cli._app import app, console, state
+from crossdistill.cli._app import app, console, help_text, state
 from crossdistill.cli._signals import Interrupted, message, raising_on_signals
 from crossdistill.registry import import_submodules
 
 import_submodules(__name__, __path__)  # one module per command
+for _command in app.registered_commands:
+    _command.help = _command.help or help_text(_command.callback)
 
 __all__ = ["app", "main"]
 

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from crossdistill.cli._app import app, console
+from crossdistill.cli._app import app, console, overrides
 from crossdistill.cli._signals import command_line, on_interrupt
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def cache(
+    ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="recipe YAML with a `store:` section")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE")] = None,
 ) -> None:
@@ -22,6 +23,7 @@ def cache(
     from crossdistill.pipeline import cache_recipe
     from crossdistill.store import KnowledgeStore
 
+    set_ = overrides(set_, ctx.args)
     spec = load_recipe(recipe, set_)
     store = f"the knowledge store {spec.store.path}" if spec.store else "the knowledge store"
     again = command_line("cache", recipe, set_ or [])

@@ -11,16 +11,24 @@ from typing import Annotated
 
 import typer
 
-from crossdistill.cli._app import app, print_metrics, state
+from crossdistill.cli._app import app, overrides, print_metrics, state
 from crossdistill.cli._signals import Interrupted, command_line, on_interrupt
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def run(
+    ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE")] = None,
     name: Annotated[str | None, typer.Option(help="run name (default: the recipe's)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="replace an existing run folder of the same name (finished or not), once the "
+            "recipe's checks have passed"
+        ),
+    ] = False,
     nproc: Annotated[
         int, typer.Option(min=1, help="processes on this machine (DDP via torchrun)")
     ] = 1,
@@ -33,17 +41,24 @@ def run(
 ) -> None:
     """Train a student as the recipe says; writes runs/<name>/.
 
-    ``--nproc N`` (and ``--nnodes``/``--node-rank``/``--master-addr``/``--master-port`` for
-    several machines) launches the same command under torchrun: data-parallel training, gloo on
-    CPU, nccl on CUDA. ``torchrun ... -m crossdistill run RECIPE`` works the same.
+    An existing run folder is refused unless `--resume` continues it or `--overwrite` replaces
+    it. `--nproc N` (and `--nnodes`, `--node-rank`, `--master-addr`, `--master-port` for several
+    machines) launches the same command under torchrun: data-parallel training, gloo on CPU,
+    nccl on CUDA. `torchrun ... -m crossdistill run RECIPE` works the same.
     """
     from crossdistill.config import load_recipe
     from crossdistill.errors import ConfigError, WriteError
     from crossdistill.pipeline import run_recipe
     from crossdistill.runs import Run
 
+    set_ = overrides(set_, ctx.args)
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume and --overwrite contradict each other",
+            hint="--resume continues the run folder, --overwrite replaces it: pass one",
+        )
     # JSON-quoted so that YAML reads the name as a string even when it looks like a number
-    overrides = list(set_ or []) + ([f"name={json.dumps(name)}"] if name else [])
+    changes = set_ + ([f"name={json.dumps(name)}"] if name else [])
     processes = ["--nproc", str(nproc)] if nproc > 1 else []  # a resume needs the same ones
     if nnodes > 1:
         processes += ["--nnodes", str(nnodes), "--node-rank", str(node_rank)]
@@ -62,7 +77,7 @@ def run(
         if node_rank >= nnodes:
             raise typer.BadParameter(f"--node-rank {node_rank} must be below --nnodes {nnodes}")
         # what can be checked here is, so that a bad recipe gives one message, not one per rank
-        spec = load_recipe(recipe, overrides)
+        spec = load_recipe(recipe, changes)
         run_dir.append(spec.run_dir)
         if spec.data.batch_size % (nproc * nnodes):
             raise ConfigError(
@@ -76,7 +91,8 @@ def run(
             else [f"--nnodes={nnodes}", f"--node_rank={node_rank}",
                   f"--master_addr={master_addr}", f"--master_port={master_port}"]
         )  # fmt: skip
-        args = [str(recipe), *(f"--set={o}" for o in overrides), *(["--resume"] * resume)]
+        args = [str(recipe), *(f"--set={o}" for o in changes), *(["--resume"] * resume)]
+        args += ["--overwrite"] * overwrite
         imports = [f"--import={m}" for m in state["imports"]]
         command = [sys.executable, "-m", "torch.distributed.run", *launch,
                    f"--nproc_per_node={nproc}", "-m", "crossdistill", *imports, "run",
@@ -88,10 +104,10 @@ def run(
             torchrun.send_signal(exc.signum)
             torchrun.wait()
             raise
-    spec = load_recipe(recipe, overrides)
+    spec = load_recipe(recipe, changes)
     run_dir.append(spec.run_dir)
     try:
-        result = run_recipe(spec, resume=resume)
+        result = run_recipe(spec, resume=resume, overwrite=overwrite)
     except WriteError as exc:  # the disk filled up: the checkpoints so far are kept
         raise exc.with_next_step(f"continue with `{again}`") from exc
     if int(os.environ.get("RANK", "0")) == 0:

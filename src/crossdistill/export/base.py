@@ -36,6 +36,7 @@ class ExportInputs:
     recipe's pipeline steps, for formats that store them separately. ``example`` is a small batch
     of real inputs (for tracing), ``calibration`` real training inputs (for static int8); for a
     text student both are lists of strings. ``half``: store float weights as float16.
+    ``card``: facts for a format that writes its own model card (see ``export/card.py``).
     """
 
     graph: nn.Module
@@ -47,11 +48,14 @@ class ExportInputs:
     int8: bool
     half: bool = False
     info: dict[str, Any] = field(default_factory=dict)  # filled by the exporter
+    # for a format's own model card: model_name, train/eval data (name, size, losses), tags
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 class Exporter:
     """One export format, registered with ``@EXPORTERS.register("name")``. Subclasses set
-    ``filename`` and implement both methods.
+    ``filename`` and implement ``export`` and ``load``; ``usage`` (the model card's "how to load
+    it without crossdistill" code) is optional.
 
     ``inputs`` names the kinds of student input the format can hold: ``"tensor"`` (a float
     batch) and/or ``"text"`` (raw strings, tokenized by the student itself). ``half`` says
@@ -72,6 +76,27 @@ class Exporter:
         """A callable running the exported model on a float32 batch (``N, ...``) or, for a text
         student, on a list of strings."""
         raise NotImplementedError
+
+    def usage(self, pre: dict[str, Any]) -> str:
+        """Python code that loads the export without crossdistill and runs it, for the model
+        card; ``pre`` is the export's preprocessing.json. Run from the export folder."""
+        return f"# {pre.get('load', 'see preprocessing.json')}"
+
+
+def example_shape(pre: dict[str, Any], batch: int = 2) -> tuple[int, ...]:
+    """A concrete input shape from preprocessing.json's ``[None, ...]`` (a free axis is 16)."""
+    shape = (pre.get("input") or {}).get("shape") or [None]
+    return (batch, *(16 if d is None else int(d) for d in shape[1:]))
+
+
+def input_comment(pre: dict[str, Any]) -> str:
+    """One comment line saying what the input holds (preprocessing.json's shape and range)."""
+    inp = pre.get("input") or {}
+    where = "inside the model" if pre.get("pipeline_in_graph") else "before the model: do it"
+    return (
+        f"# raw {inp.get('dtype', 'float32')} inputs, shape {inp.get('shape')}, values in "
+        f"{inp.get('value_range')}; the pipeline runs {where}"
+    )
 
 
 EXPORTERS: Registry[type[Exporter]] = Registry("export format", base=Exporter, returns=Exporter)

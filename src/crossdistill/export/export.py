@@ -3,7 +3,8 @@ TorchScript or ONNX (optionally int8), or a text student as a sentence-transform
 ``preprocessing.json`` and a parity check. A dual encoder exports its tower: the text encoder
 that embeds queries and documents alike.
 
-``RUN_DIR/export/<format>[-int8]/`` holds the model file, ``preprocessing.json`` (input shape,
+``RUN_DIR/export/<format>[-int8]/`` holds the model file, ``README.md`` (the model card: see
+:mod:`crossdistill.export.card`), ``preprocessing.json`` (input shape,
 dtype, value range, pipeline steps, output names, classes) and ``parity.json`` (the exported
 model, run by its own runtime, against the trained student in crossdistill on real validation
 examples; for a text student: embeddings' max abs diff and cosine on up to 1,000 sentences).
@@ -35,6 +36,7 @@ from crossdistill.export.base import (
     StudentGraph,
     torch_runner,
 )
+from crossdistill.export.card import card_data, write_card
 from crossdistill.registry import plugin_name, untrusted
 from crossdistill.runs import Run
 
@@ -199,6 +201,7 @@ def export_run(
     kind = _input_kind(x)
     _check_format(exporter, kind, run)
     calibration, calibrated_on = _calibration(run, calibration_examples) if int8 else (x[:0], None)
+    split = run.eval_data().dataset.split
     # a batch at a time, as the export runs: a text student pads each batch to its longest text
     reference = _run_batched(torch_runner(graph, torch.get_num_threads()), _numpy(x))
 
@@ -211,6 +214,7 @@ def export_run(
         calibration=calibration,
         int8=int8,
         half=half,
+        card=card_data(run, len(split)),
     )
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     with write_errors(target, "the export"):
@@ -249,9 +253,9 @@ def export_run(
         (tmp / PARITY).write_text(json.dumps(result, indent=1))
         if kind == TEXT:
             info["input"] = {**text_input(model), **info.get("input", {})}
-        split = run.eval_data().dataset.split
         pre = preprocessing(recipe, split, meta, x, reference, names, exporter, info, int8)
         (tmp / PREPROCESSING).write_text(json.dumps(pre, indent=1))
+        write_card(run, tmp, exporter, pre, result, eval_examples=len(split))
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossdistill.export.base import EXPORTERS, Exporter, ExportError, ExportInputs, Runner
+from crossdistill.export.base import (
+    EXPORTERS,
+    Exporter,
+    ExportError,
+    ExportInputs,
+    Runner,
+    example_shape,
+    input_comment,
+)
 
 OPSET = 18
 INPUT = "input"
@@ -149,6 +157,22 @@ class OnnxExporter(Exporter):
                 "float_layers": "the last Conv/Gemm/MatMul (the classifier)",
             }
         return info
+
+    def usage(self, pre: dict[str, Any]) -> str:
+        return "\n".join(
+            [
+                "import numpy as np",
+                "import onnxruntime as ort",
+                "",
+                f'session = ort.InferenceSession("{self.filename}", '
+                'providers=["CPUExecutionProvider"])',
+                input_comment(pre),
+                f"x = np.zeros({example_shape(pre)}, dtype=np.float32)",
+                "names = [o.name for o in session.get_outputs()]",
+                f'outputs = dict(zip(names, session.run(None, {{"{INPUT}": x}})))',
+                "print({name: value.shape for name, value in outputs.items()})",
+            ]
+        )
 
     def load(self, folder: Path, threads: int = 1) -> Runner:
         import onnxruntime as ort

@@ -151,6 +151,29 @@ class SafetensorsExporter(Exporter):
             }
         return info
 
+    def usage(self, pre: dict[str, Any]) -> str:
+        steps = ", ".join(f"{s['name']}({s.get('params', {})})" for s in pre.get("pipeline", []))
+        lines = [
+            "import json",
+            "",
+            "from safetensors.torch import load_file",
+            "",
+            f'state = load_file("{self.filename}")  # the weights: needs safetensors + torch only',
+            f'spec = json.load(open("{META}"))  # the architecture: a class and its arguments',
+            'print(spec["class"], spec["params"])',
+            "# the architecture is Python code: with that class importable (copy its file, or",
+            "# pip install crossdistill and use crossdistill.export.format_safetensors.rebuild):",
+            '#   model = TheClass(**spec["params"]); model.load_state_dict(state); model.eval()',
+        ]
+        if pre.get("int8"):
+            lines.append(
+                "# int8: each Linear weight is <layer>.weight.int8 + .weight.scale + "
+                ".weight.zero_point (per output channel, axis 0); dequantize before loading"
+            )
+        if steps:
+            lines.append(f"# then apply the pipeline to the inputs yourself, first: {steps}")
+        return "\n".join(lines)
+
     def load(self, folder: Path, threads: int = 1) -> Runner:
         return torch_runner(rebuild(folder), threads)
 

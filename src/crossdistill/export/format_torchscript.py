@@ -18,6 +18,8 @@ from crossdistill.export.base import (
     Exporter,
     ExportInputs,
     Runner,
+    example_shape,
+    input_comment,
     linear_int8,
     torch_runner,
 )
@@ -56,6 +58,20 @@ class TorchScriptExporter(Exporter):
                 "Conv2d",
             }
         return info
+
+    def usage(self, pre: dict[str, Any]) -> str:
+        return "\n".join(
+            [
+                "import torch",
+                "",
+                f'model = torch.jit.load("{self.filename}", map_location="cpu").eval()',
+                input_comment(pre),
+                f"x = torch.zeros{example_shape(pre)}",
+                "with torch.no_grad():",
+                "    outputs = model(x)  # one tensor, or a tuple in preprocessing.json's order",
+                "print(outputs.shape if torch.is_tensor(outputs) else [o.shape for o in outputs])",
+            ]
+        )
 
     def load(self, folder: Path, threads: int = 1) -> Runner:
         with warnings.catch_warnings():

@@ -20,6 +20,7 @@ from crossdistill.config import RecipeLoader
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluate.latency import latency_ms
 from crossdistill.runs import Run
+from crossdistill.train.callbacks.tensorboard_logger import LIVE_SUFFIX
 
 # Keys of a "step" record that are not loss terms.
 STEP_META = frozenset({"time", "kind", "epoch", "step", "lr"})
@@ -251,6 +252,8 @@ def write_tensorboard(run: RunData) -> str:
             "(pip install tensorboard)."
         )
     target = Run(run.run_dir).tensorboard_dir
+    if any(target.glob(f"events.out.tfevents.*{LIVE_SUFFIX}")):  # train.loggers wrote them already
+        return f"TensorBoard event files were written while training, in {target}."
     target.mkdir(exist_ok=True)
     for old in target.glob("events.out.tfevents.*"):  # a report rewrites its own events
         old.unlink()

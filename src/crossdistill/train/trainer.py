@@ -9,6 +9,10 @@ Under torchrun (a process group is initialised) the Distiller is wrapped in
 DistributedDataParallel with the teacher's parameters and buffers left out: the student,
 adapters and loss modules are synchronised, the frozen teacher is replicated as it is. Rank 0
 alone logs, evaluates and writes checkpoints; checkpoints hold every rank's RNG state.
+
+Callbacks (:mod:`crossdistill.train.callbacks`: the loggers of ``train.loggers``, the user code
+of ``train.callbacks`` and the ``callbacks=`` given to the Trainer) are called at each logged
+step, epoch, evaluation and checkpoint, on rank 0 only unless a callback sets ``all_ranks``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,9 +35,10 @@ from crossdistill._util.files import AppendLog
 from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.core.distiller import Distiller
-from crossdistill.errors import CheckpointError, ConfigError, NonFiniteLossError
+from crossdistill.errors import CallbackError, CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
+from crossdistill.train.callbacks import Callback, CallbackList, build_callbacks
 
 
 def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -91,7 +96,9 @@ class Trainer:
 
     ``run`` receives the metrics (``run.metrics_file``) and checkpoints (``run.checkpoints``);
     without one nothing is written. ``evaluator`` scores the student on the evaluation loader
-    (default: :func:`crossdistill.evaluate.evaluate_student`).
+    (default: :func:`crossdistill.evaluate.evaluate_student`). ``callbacks`` are called after
+    those ``spec.loggers`` and ``spec.callbacks`` name (built here: a logger whose package is
+    missing fails before any training).
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class Trainer:
         eval_spec: EvalSpec | None = None,
         fingerprint: str = "",
         evaluator: Evaluator = evaluate_student,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.spec = spec or TrainSpec()
         self.eval_spec = eval_spec or EvalSpec()
@@ -122,6 +130,7 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         self.main = self.rank == 0
+        self.callbacks = CallbackList([*build_callbacks(self.spec), *callbacks], self.main)
         self._model: nn.Module = self._data_parallel(distiller) if self.distributed else distiller
         self._params = [p for p in distiller.trainable().parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self._params, self.spec.optimizer)
@@ -133,6 +142,7 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of the current epoch done (resumed mid-epoch)
         self._epoch_loss = (0.0, 0)  # loss sum and steps of the current epoch, for resuming
         self._metrics_file: AppendLog | None = None
+        self._epoch_record: dict[str, Any] = {}  # the last epoch's log record, for callbacks
         self._finite: torch.Tensor | None = None  # CUDA: all losses finite since the last check
         self._checked_step = 0
 
@@ -278,32 +288,52 @@ class Trainer:
         if self.run is not None and self.main:
             self.run.metrics_file.parent.mkdir(parents=True, exist_ok=True)
             self._metrics_file = AppendLog(self.run.metrics_file, "the metrics log")
+        failed = True
         try:
             if resume:
                 self.resume()
             if self.distiller.adapter_choices and self.step == 0:
                 # the adapters `auto` chose, for the log and the report
                 self._log({"kind": "adapters", **self.distiller.adapter_choices})
+            self._callback("on_start")
             while self.epoch < self.spec.epochs:
                 history.train_loss.append(self._train_epoch(train_loader, steps_per_epoch))
+                epoch_record = self._epoch_record
                 self.epoch += 1
                 last = self.epoch == self.spec.epochs
                 every = self.eval_spec.every_epochs
+                scalars = None
                 if eval_loader is not None and (last or (every and self.epoch % every == 0)):
                     try:
                         history.eval.append(self._evaluate_and_log(eval_loader))
                     except BaseException:
                         self.save()  # an evaluation that fails loses no training: --resume
                         raise
+                    scalars = _scalars(history.eval[-1])
                 # after evaluating, as the RNG state then is what the next epoch starts from
-                self.save()
+                path = self.save()
+                # callbacks after the checkpoint: one that fails leaves it to resume from
+                self._callback("on_epoch", self.epoch, epoch_record)
+                if scalars is not None:
+                    self._callback("on_eval", self.epoch, scalars)
+                if path is not None:
+                    self._callback("on_checkpoint", path)
             if eval_loader is not None and not history.eval:  # resumed a finished run
                 history.eval.append(self._evaluate_and_log(eval_loader))
+                self._callback("on_eval", self.epoch, _scalars(history.eval[-1]))
+            self._callback("on_end", history)
+            failed = False
         finally:
-            if self._metrics_file is not None:
-                self._metrics_file.close()
-                self._metrics_file = None
+            try:
+                self.callbacks.close(self, failing=failed)
+            finally:
+                self._close_metrics()
         return history
+
+    def _close_metrics(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
 
     def _train_epoch(self, loader: Any, steps_per_epoch: int) -> float:
         # crossdistill's loaders move sampler and dataset on together; a plain DataLoader may
@@ -345,7 +375,7 @@ class Trainer:
                     self.check_finite(terms)
                     values = {k: float(v) for k, v in terms.items()}
                     running = values["loss"]
-                    self._log(
+                    record = self._log(
                         {
                             "kind": "step",
                             "epoch": self.epoch,
@@ -354,6 +384,7 @@ class Trainer:
                             **values,
                         }
                     )
+                    self._callback("on_step", self.step, record)
                 bar.advance(loss=running)
                 if every and self.step % every == 0 and i + 1 < steps_per_epoch:
                     self.check_finite(terms)
@@ -362,14 +393,16 @@ class Trainer:
                     self._epoch_loss = (prior_sum + float(loss_sum), prior_seen + seen)
                     loss_sum.zero_()
                     seen = 0
-                    self.save()
+                    path = self.save()
+                    if path is not None:
+                        self._callback("on_checkpoint", path)
         self.check_finite(terms)  # never checkpoint weights a NaN has reached
         mean_loss = self._mean_over_ranks(
             self._epoch_loss[0] + float(loss_sum), self._epoch_loss[1] + seen
         )
         self.batch_in_epoch, self._epoch_loss = 0, (0.0, 0)
         seconds = time.perf_counter() - start
-        self._log(
+        self._epoch_record = self._log(
             {
                 "kind": "epoch",
                 "epoch": self.epoch + 1,
@@ -391,7 +424,7 @@ class Trainer:
     def _evaluate_and_log(self, loader: Any) -> dict[str, Any]:
         metrics = self.evaluate(loader)
         # the log keeps the numbers; tables (per-class scores) go to eval.json
-        scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        scalars = _scalars(metrics)
         self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **scalars})
         return metrics
 
@@ -484,9 +517,28 @@ class Trainer:
         )
         return True
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = {"time": time.time(), **record}
         if self._metrics_file is not None:
-            self._metrics_file.write(json.dumps({"time": time.time(), **record}) + "\n")
+            self._metrics_file.write(json.dumps(record) + "\n")
+        return record
+
+    def _callback(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback; a failure is logged to metrics.jsonl and raised."""
+        if not self.callbacks:
+            return
+        try:
+            self.callbacks.call(hook, self, *args)
+        except CallbackError as exc:
+            self._log(
+                {"kind": "error", "epoch": self.epoch, "step": self.step, "error": exc.message}
+            )
+            raise
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """An evaluation's numbers, without its tables (per-class scores)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
 def _has_non_finite(x: Any) -> bool:

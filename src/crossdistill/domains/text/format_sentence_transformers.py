@@ -176,11 +176,15 @@ class SentenceTransformersExporter(Exporter):
         stage = folder / ".stage"
         stage.mkdir()
         modules = build(inputs.model, stage)
-        model = st.SentenceTransformer(modules=modules, device="cpu")
+        model = st.SentenceTransformer(
+            modules=modules, device="cpu", model_card_data=card_data(inputs.card)
+        )
         shutil.rmtree(stage)  # the modules hold their weights in memory now
         if inputs.half:
             model.half()  # float16 on disk; sentence-transformers loads and runs it as float16
-        model.save(str(folder), create_model_card=False, safe_serialization=True)
+        # README.md by sentence-transformers' own card (offline: local_files_only); export_run
+        # appends crossdistill's sections. A card it fails to make is logged and skipped by it
+        model.save(str(folder), create_model_card=True, safe_serialization=True)
         return {
             "weights_dtype": "float16" if inputs.half else "float32",
             "exporter": f"sentence_transformers {st.__version__} SentenceTransformer.save of "
@@ -194,6 +198,18 @@ class SentenceTransformersExporter(Exporter):
             "load": "sentence_transformers.SentenceTransformer(path, device='cpu', "
             "local_files_only=True).encode(texts)",
         }
+
+    def usage(self, pre: dict[str, Any]) -> str:
+        return "\n".join(
+            [
+                "from sentence_transformers import SentenceTransformer",
+                "",
+                "# this folder's path; local_files_only: never asks the Hub",
+                'model = SentenceTransformer(".", device="cpu", local_files_only=True)',
+                'embeddings = model.encode(["a first sentence", "and a second one"])',
+                "print(embeddings.shape)",
+            ]
+        )
 
     def load(self, folder: Path, threads: int = 1) -> Runner:
         st = _sentence_transformers()
@@ -210,6 +226,31 @@ class SentenceTransformersExporter(Exporter):
             return [np.asarray(out, dtype=np.float32).reshape(len(texts), -1)]
 
         return run
+
+
+def card_data(facts: dict[str, Any]) -> Any:
+    """sentence-transformers' card data from :func:`crossdistill.export.card.card_data`'s
+    facts: the model name, the training and evaluation data (its template needs ``columns`` and
+    a ``loss``), tags; ``local_files_only`` so that making the card never asks the Hub. No
+    language: a run does not record one."""
+    from sentence_transformers import SentenceTransformerModelCardData
+
+    def dataset(kind: str) -> list[dict[str, Any]]:
+        info = facts.get(kind)
+        if not info:
+            return []
+        entry = {"name": info["name"], "columns": ["text"], "loss": {"fullname": info["losses"]}}
+        return [{**entry, "size": info["size"]} if info.get("size") else entry]
+
+    data = SentenceTransformerModelCardData(
+        model_name=facts.get("model_name"),
+        train_datasets=dataset("train"),
+        eval_datasets=dataset("eval"),
+        local_files_only=True,
+        generate_widget_examples=False,
+    )
+    data.add_tags(facts.get("tags", []))
+    return data
 
 
 def _check_module_classes(folder: Path) -> None:

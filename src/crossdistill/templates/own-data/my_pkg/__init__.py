@@ -1,0 +1,1 @@
+"""Your own code: the data source that recipe.yaml names as ``my_pkg.data:load``."""
