@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.crossdistill-installed
+# setup prints one line per step; the tools' output goes to this log (its tail on a failure)
+SETUP_LOG := $(VENV)/setup.log
+STEP   := bash scripts/setup_step.sh $(SETUP_LOG)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -11,17 +14,19 @@ export TRANSFORMERS_OFFLINE := 1
 setup: system-deps $(STAMP)
 
 system-deps:
-	@bash scripts/system_deps.sh
+	@bash scripts/system_deps.sh $(SETUP_LOG)
 
 # The venv is rebuilt only when pyproject.toml changes. torch is pinned first so the CPU build is
 # used where one is offered; the range in pyproject then installs nothing more.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples,logging,docs]'
-	$(BIN)/pip install -q --no-deps torchdistill==1.1.5 animal-mnist==0.4
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(STEP) "$(PYTHON) -m venv $(VENV)" $(PYTHON) -m venv $(VENV)
+	@$(STEP) "pip install --upgrade pip" $(BIN)/pip install -q --upgrade pip
+	@$(STEP) "pip install torch==2.13.0" $(BIN)/pip install -q torch==2.13.0
+	@$(STEP) "pip install -e .[dev,onnx,text,report,examples,logging,docs]" \
+		$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples,logging,docs]'
+	@$(STEP) "pip install --no-deps torchdistill==1.1.5 animal-mnist==0.4" \
+		$(BIN)/pip install -q --no-deps torchdistill==1.1.5 animal-mnist==0.4
+	@touch $(STAMP)
 
 demo: setup
 	$(BIN)/python scripts/demo_fashion_mnist.py

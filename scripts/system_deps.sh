@@ -7,7 +7,11 @@
 # (the tests that need them then skip with the same hint).
 # chromium is large: about 350 MB on disk (/usr/lib/chromium), plus its libraries; the report
 # itself never needs it.
+# apt's output goes to the log file LOG (default .venv/setup.log); one line per step is printed.
+# Usage: scripts/system_deps.sh [LOG]
 set -euo pipefail
+log=${1:-.venv/setup.log}
+step=(bash "$(dirname "$0")/setup_step.sh" "$log")
 packages=(dataset-fashion-mnist wordnet-base chromium espeak-ng flite)
 marker=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 wordnet_marker=/usr/share/wordnet/data.noun
@@ -19,9 +23,9 @@ if [ ${#missing[@]} -eq 0 ] && [ -f "$marker" ] && [ -f "$wordnet_marker" ]; the
   exit 0
 fi
 if [ "$(id -u)" -eq 0 ]; then
-  echo "crossdistill setup: installing Debian packages: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  "${step[@]}" "apt-get update" apt-get update -qq
+  "${step[@]}" "apt-get install ${missing[*]}" \
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 else
   echo "crossdistill setup: missing Debian packages. Install them with:" >&2
   echo "  sudo apt-get install -y ${missing[*]}" >&2

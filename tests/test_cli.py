@@ -49,7 +49,7 @@ def runs(workdir: Path, cli: Cli) -> dict[str, subprocess.CompletedProcess]:
         ],
         cwd=workdir,
     )
-    out["eval"] = cli(["eval", "runs/kd_cli"], cwd=workdir)
+    out["eval"] = cli(["eval", "runs/kd_cli", "--json"], cwd=workdir)
     return out
 
 

@@ -86,7 +86,7 @@ def test_commands_take_a_run_trained_from_python(
     exported = cli(["export", str(run_dir), "--format", "onnx"], cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert json.loads((run.export_dir("onnx") / "parity.json").read_text())["top1_agreement"] == 1.0
-    evaluated = cli(["eval", str(run_dir)], cwd=tmp_path)
+    evaluated = cli(["eval", str(run_dir), "--json"], cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout.strip().splitlines()[-1])["accuracy"] == pytest.approx(
         run.final_metrics()["accuracy"]

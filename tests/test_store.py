@@ -387,7 +387,7 @@ def test_bad_manifest(written: Recipe, text: str, phrase: str) -> None:
 @pytest.mark.parametrize(
     ("change", "part"),
     [
-        ({"teacher.params.width": 8}, "teacher weights"),
+        ({"teacher.params.width": 8}, "teacher model"),  # found before the teacher is built
         (
             {"teacher.pipeline": [{"name": "normalize", "params": {"mean": [0.3], "std": [0.4]}}]},
             "input pipeline",

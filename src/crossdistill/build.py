@@ -1,6 +1,8 @@
 """From a recipe to the objects it names: the Distiller (teacher, student, losses), datasets and
-loaders, and the knowledge store's fingerprint and codecs; and :func:`preflight`, the checks on
-real data that ``run`` and ``distill()`` make before a run folder exists.
+loaders, and the knowledge store's fingerprint and codecs; :func:`preflight`, the checks on
+real data that ``run`` and ``distill()`` make before a run folder exists; and the store checks
+that ``run`` and ``cache`` make before any expensive work (:func:`check_stores_early`,
+:func:`check_store_plans`).
 
 Everything here builds or checks; nothing trains or writes. ``pipeline`` (recipe → finished
 run), ``api`` (``distill()``) and ``runs`` (reopening a run's student, teacher and data) build
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +35,7 @@ from crossdistill.evaluate import check_evaluable
 from crossdistill.losses import build_loss
 from crossdistill.models.registry import build_model, load_weights
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset
+from crossdistill.store.manifest import MANIFEST, PLAN, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +175,6 @@ def store_fingerprint(
     Without ``teacher`` the parts that need it are left out."""
     data = recipe.data
     split, limit = (data.train_split, data.limit_train) if train else (data.eval_split, None)
-    augmented = train and data.augment is not None
     found = {
         "data": digest(
             data.source,
@@ -182,6 +185,19 @@ def store_fingerprint(
             dataset.split.fingerprint(),
             len(dataset),
         ),
+        **_recipe_fingerprint(recipe, train),
+    }
+    if teacher is not None and recipe.teacher is not None:
+        found["teacher_weights"] = weights_digest(teacher)
+    return found
+
+
+def _recipe_fingerprint(recipe: Recipe, train: bool) -> dict[str, str]:
+    """The parts of a store's fingerprint that the recipe alone decides: no data is read and
+    no model is built for them."""
+    data = recipe.data
+    augmented = train and data.augment is not None
+    found = {
         # without augmentation every slot of every example is the same view, whatever the seed:
         # one store then serves all seeds of a recipe
         "augmentation": digest(
@@ -190,10 +206,41 @@ def store_fingerprint(
             recipe.seed if augmented else None,
         ),
     }
-    if teacher is not None and recipe.teacher is not None:
-        found["teacher_weights"] = weights_digest(teacher)
+    if recipe.teacher is not None:
         found["teacher"] = digest(recipe.teacher.model_dump(mode="json", exclude={"weights"}))
     return found
+
+
+def store_paths(recipe: Recipe) -> list[tuple[Path, str, bool]]:
+    """``(path, split, train)`` of each store a recipe names: training, then evaluation."""
+    assert recipe.store is not None
+    found = [(recipe.store.path, recipe.data.train_split, True)]
+    if recipe.store.eval_path is not None:
+        found.append((recipe.store.eval_path, recipe.data.eval_split, False))
+    return found
+
+
+def check_stores_early(recipe: Recipe) -> None:
+    """Before anything is built: the stores a recipe trains from are there, complete, and were
+    written for this recipe's teacher and augmentation (the data and the teacher's weights are
+    checked once they are loaded, by :func:`build_loaders`). Opening a store reads its manifest
+    and shard records only."""
+    if recipe.store is None:
+        return
+    for path, _, train in store_paths(recipe):
+        store = KnowledgeStore(path, verify=False)
+        store.check(_recipe_fingerprint(recipe, train), only=True)
+
+
+def check_store_plans(stores: list[tuple[Path, dict[str, str]]]) -> None:
+    """Before a teacher pass: each ``(path, fingerprint)`` store that ``cache`` would write
+    or finish is new, or was planned for this very fingerprint (a store for another recipe is
+    refused here, not after the stores before it have been written)."""
+    for path, fingerprint in stores:
+        for name, what in ((MANIFEST, "manifest"), (PLAN, "store plan")):
+            if (path / name).is_file():
+                read_manifest(path / name, what).check_fingerprint(fingerprint, path)
+                break
 
 
 def store_codecs(recipe: Recipe, distiller: Distiller) -> dict[str, KeyCodec]:

@@ -13,14 +13,18 @@ from pathlib import Path
 
 from torch import nn
 
+from crossdistill._util.deferred import deferred
 from crossdistill._util.device import select_device
 from crossdistill.build import (
     build_dataset,
     build_distiller,
     build_loaders,
+    check_store_plans,
+    check_stores_early,
     preflight,
     store_codecs,
     store_fingerprint,
+    store_paths,
 )
 from crossdistill.config import Recipe
 from crossdistill.errors import ConfigError
@@ -66,23 +70,28 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
             hint="name the teacher whose outputs the store keeps; a recipe with a store and no "
             "teacher trains from a store written elsewhere (`crossdistill run`, not `cache`)",
         )
-    distiller = build_distiller(recipe)
+    # the student's expensive initialisation (a token table built with a teacher) is never
+    # run: caching needs only the teacher and what the losses read from it
+    with deferred():
+        distiller = build_distiller(recipe)
     assert distiller.teacher is not None
     device = select_device(recipe.train.device)
     teacher = distiller.teacher.to(device)
     rank, world = distributed_rank()
     codecs = store_codecs(recipe, distiller)
-    stores = [(recipe.store.path, recipe.data.train_split, True)]
-    if recipe.store.eval_path is not None:
-        stores.append((recipe.store.eval_path, recipe.data.eval_split, False))
-    for path, split, train in stores:
+    # every store's data is read and its plan checked before the first teacher pass
+    stores = []
+    for path, split, train in store_paths(recipe):
         dataset = build_dataset(recipe, split, train)
+        stores.append((path, dataset, store_fingerprint(recipe, teacher, dataset, train)))
+    check_store_plans([(path, fingerprint) for path, _, fingerprint in stores])
+    for path, dataset, fingerprint in stores:
         write_store(
             path,
             teacher,
             dataset,
             codecs,
-            store_fingerprint(recipe, teacher, dataset, train),
+            fingerprint,
             shard_size=recipe.store.shard_size,
             batch_size=recipe.store.batch_size,
             rank=rank,
@@ -102,9 +111,13 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
     import_modules(recipe.imports)
     check_callbacks(recipe.train)  # loggers' packages, callbacks' import paths and params
     seed_everything(recipe.seed, recipe.train.deterministic)
-    # Everything that can be wrong is found before the run directory is touched: models,
-    # weights, losses, device, data files, and what each loss needs from a real batch.
-    distiller = build_distiller(recipe)
+    # Everything that can be wrong is found before the run directory is touched, and before
+    # any expensive work: the stores (present, for this teacher), models, weights, losses,
+    # device, data files, and what each loss needs from a real batch. Only then does a
+    # student's costly initialisation run (a token table built with a teacher: `expensive`).
+    check_stores_early(recipe)
+    with deferred() as expensive:
+        distiller = build_distiller(recipe)
     device = select_device(recipe.train.device)
     train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher, rank, world)
     data = recipe.data
@@ -118,6 +131,8 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
         topk=recipe.eval.topk,
         world=world,
     )
+    for step in expensive:
+        step()
     run = Run(recipe.run_dir)
     trainer = Trainer(
         distiller,

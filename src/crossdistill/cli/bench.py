@@ -19,12 +19,20 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="batch-1 calls timed per model")] = 200,
     batches: Annotated[int, typer.Option(min=1, help="batch-64 calls timed per model")] = 20,
 ) -> None:
-    """Latency, throughput, size, memory and agreement of the teacher, student and exports."""
-    from crossdistill.export.bench import bench as run_bench
+    """Latency, throughput, size, memory and agreement of the teacher, student and exports.
 
-    rows = run_bench(path, threads=threads, repeats=repeats, batches=batches)["results"]
+    A run directory's results go to RUN_DIR/bench.json, the run's one latency measurement:
+    `crossdistill report` shows its numbers. The table's caption states the sample size."""
+    from crossdistill.export.bench import bench as run_bench
+    from crossdistill.export.bench import sample_size
+
+    result = run_bench(path, threads=threads, repeats=repeats, batches=batches)
+    rows = result["results"]
     columns = list(dict.fromkeys(k for row in rows.values() for k in row))
-    table = Table(title=f"bench {path} ({threads} thread{'s' * (threads > 1)})")
+    table = Table(
+        title=f"bench {path} ({threads} thread{'s' * (threads > 1)})",
+        caption=sample_size(result),
+    )
     short = {"p50_ms_b1": "p50 ms", "p95_ms_b1": "p95 ms", "throughput_b64": "ex/s b64"}
     short |= {"peak_mem_mb": "peak MB", "size_mb": "MB", "accuracy": "acc"}
     short |= {"top1_agreement": "agree", "max_abs_diff": "max diff"}

@@ -1,17 +1,20 @@
 """``crossdistill eval [--suite NAME] TARGET [--OPTION VALUE ...]``: any registered evaluation
-suite. Each suite declares its options (``crossdistill list suites`` lists them) and renders
-its own result; the result is printed as one line of JSON and written next to the target (or to
-``--out``)."""
+suite. Each suite declares its options (``crossdistill list suites`` lists them). Every suite's
+result is printed the same way, by :func:`render_result`: tables on stdout (``--json`` prints the
+JSON instead); the whole result is written as JSON next to the target (or to ``--out``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from crossdistill.cli._app import app, console
+from crossdistill.cli._app import app, console, number
 
 
 @app.command(
@@ -34,18 +37,82 @@ def eval_(
     out: Annotated[
         Path | None, typer.Option(help="JSON file (default: TARGET/eval-<name>.json)")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the result as one line of JSON, not tables")
+    ] = False,
 ) -> None:
     """Evaluate TARGET with a suite; its options follow as --name VALUE (--flag for yes/no;
-    `crossdistill list suites` shows each suite's)."""
+    `crossdistill list suites` shows each suite's). Every suite prints the same tables; the
+    whole result is written as JSON (TARGET/eval-<name>.json or --out)."""
     from crossdistill.suites import SUITES
     from crossdistill.suites.base import run_suite
 
     options = _options(ctx.args, SUITES.build(suite, where="--suite"), suite)
-    runner, result, written = run_suite(suite, target, out, **options)
-    runner.render(result, console)
+    _, result, written = run_suite(suite, target, out, **options)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        title = f"{suite}: {Path(target).name or target}"
+        render_result(result, title, Console(width=max(Console().width, 100)))
     if written is not None:
         console.print(f"wrote {written}")
-    typer.echo(json.dumps(result))
+
+
+def render_result(result: dict[str, Any], title: str, to: Console) -> None:
+    """Any suite's result as tables, one style for all: a ``metric | value`` table of its
+    numbers and strings (nested sections flattened to ``section/metric`` rows), and one table
+    per section of records (a dict of dicts, such as per-class or per-task scores: a row per
+    key, a column per metric). Floats go through :func:`~crossdistill.cli._app.number`; lists
+    are counted (their items are in the JSON)."""
+    main = Table(title=title)
+    main.add_column("metric")
+    main.add_column("value", justify="right")
+    sections: list[Table] = []
+    for key, value in result.items():
+        if _records(value):
+            sections.append(_record_table(key, value))
+        else:
+            for name, cell in _flat(key, value):
+                main.add_row(name, cell)
+    for table in (main, *sections):
+        if table.row_count:
+            to.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} items (in the JSON)"
+    return "-" if value is None else str(value)
+
+
+def _flat(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    """``key``'s rows: a nested dict flattened to ``key/inner`` names."""
+    if isinstance(value, dict):
+        for inner, item in value.items():
+            yield from _flat(f"{key}/{inner}", item)
+    else:
+        yield key, _cell(value)
+
+
+def _records(value: Any) -> bool:
+    """A section of records: a non-empty dict whose values are all dicts."""
+    return (
+        isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
+    )
+
+
+def _record_table(title: str, records: dict[str, dict[str, Any]]) -> Table:
+    columns = list(dict.fromkeys(name for r in records.values() for name, _ in _flat("", r)))
+    table = Table(title=title)
+    table.add_column("")
+    for column in columns:
+        table.add_column(column.removeprefix("/"), justify="right")
+    for key, record in records.items():
+        cells = dict(_flat("", record))
+        table.add_row(str(key), *(cells.get(c, "") for c in columns))
+    return table
 
 
 def _options(args: list[str], runner: Any, suite: str) -> dict[str, Any]:

@@ -20,7 +20,11 @@ def report(
         int, typer.Option(help="at most this many eval examples for the confusion matrix")
     ] = 2000,
 ) -> None:
-    """Write one self-contained HTML page of plots and tables for one or more runs."""
+    """Write one self-contained HTML page of plots and tables for one or more runs.
+
+    Latency is each run's bench.json (`crossdistill bench RUN`): read when present and newer
+    than the student, otherwise measured the same way once and written; the page states its
+    sample size, date and machine."""
     from crossdistill.report import write_report
 
     typer.echo(str(write_report(run_dirs, out=out, max_examples=examples)))

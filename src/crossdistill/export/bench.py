@@ -10,16 +10,24 @@ memory is the increase of the process's peak resident set size (Linux ``VmHWM``,
 loaded, while loading it and running batch 64; torch and onnxruntime are imported beforehand, so
 library code is not counted; memory the allocator keeps from earlier candidates can be reused,
 so the figure is a lower bound. ``None`` where /proc is not available.
+
+``bench.json`` is the run's one latency measurement: ``crossdistill report`` shows its numbers
+(and measures them with :func:`bench` when the file is missing or older than the student). It
+records its sample size (calls, batches, batch sizes, threads, examples), when it was measured
+and on which machine; :func:`sample_size` says it in words, for every table that shows it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +77,32 @@ def _reset_peak() -> bool:
         return False
 
 
+def machine() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``) and the OS, for a measurement's record."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {platform.system()} {platform.release()}"
+
+
 # ----------------------------------------------------------------------------- timing
+
+WARMUP = 5
+B1, B64 = 1, 64  # the batch sizes of latency and of throughput
 
 
 def measure(
-    runner: Runner, x1: np.ndarray, x64: np.ndarray, repeats: int, batches: int, warmup: int = 5
+    runner: Runner,
+    x1: np.ndarray,
+    x64: np.ndarray,
+    repeats: int,
+    batches: int,
+    warmup: int = WARMUP,
 ) -> dict[str, float]:
     """p50/p95 ms at batch 1 over ``repeats`` calls; examples/s over ``batches`` batches."""
     times = call_times(lambda: runner(x1), repeats, warmup)
@@ -213,8 +242,11 @@ def bench(
 
     A run directory's results are also written to ``RUN_DIR/bench.json``.
     """
-    import onnxruntime  # noqa: F401  (imported before any memory is measured)
     from rich.progress import Progress
+
+    # Imported before any memory is measured; only an ONNX export needs it (and says so).
+    with contextlib.suppress(ImportError):
+        import onnxruntime  # noqa: F401
 
     path = Path(path)
     is_run = Run(path).exists
@@ -249,7 +281,7 @@ def bench(
                 rss0 = _status_kb("VmRSS")
                 reset = _reset_peak()
                 runner = cand.load()
-                row = measure(runner, x[:1], x[:64], repeats, batches)
+                row = measure(runner, x[:B1], x[:B64], repeats, batches)
                 peak = _status_kb("VmHWM")
                 row["peak_mem_mb"] = (
                     round(max(peak - rss0, 0) / 1024, 2) if reset and peak and rss0 else None
@@ -277,9 +309,13 @@ def bench(
         )
     report = {
         "path": str(path),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
         "threads": threads,
         "repeats_b1": repeats,
+        "warmup_b1": WARMUP,
         "batches_b64": batches,
+        "batch_size_throughput": B64,
         "examples": len(next(iter(views.values()))),
         "memory": "peak RSS increase (VmHWM) while loading + running batch 64, MB",
         "agreement_with": "the trained student (crossdistill, float32) on the same examples",
@@ -288,3 +324,47 @@ def bench(
     if is_run:
         write_json(Run(path).bench_file, report)
     return report
+
+
+def sample_size(report: dict[str, Any]) -> str:
+    """What a :func:`bench` result's numbers stand on, in words (for every table showing them)."""
+    threads = report.get("threads", "?")
+    text = (
+        f"latency: median/p95 of {report.get('repeats_b1', '?')} calls at batch {B1} "
+        f"(after {report.get('warmup_b1', WARMUP)} warm-up calls); throughput: "
+        f"{report.get('batches_b64', '?')} batches of {report.get('batch_size_throughput', B64)}; "
+        f"{threads} thread{'s' * (threads != 1)}"
+    )
+    if report.get("examples") is not None:
+        text += f"; accuracy and agreement on {report['examples']} eval examples"
+    when = ", ".join(str(report[k]) for k in ("measured_at", "machine") if report.get(k))
+    return text + (f"; measured {when}" if when else "")
+
+
+def read_bench(run: Run) -> dict[str, Any] | None:
+    """The run's ``bench.json`` when it holds the student's latency and is not older than the
+    student's weights (a run trained again after ``bench``); ``None`` otherwise."""
+    path = run.bench_file
+    try:
+        if path.stat().st_mtime < run.student_file.stat().st_mtime:
+            return None
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(found, dict) or not isinstance(found.get("results"), dict):
+        return None
+    student = found["results"].get("student")
+    if not isinstance(student, dict) or not isinstance(student.get("p50_ms_b1"), (int, float)):
+        return None
+    return found
+
+
+def student_bench(run_dir: str | Path, threads: int = 1) -> tuple[dict[str, Any], bool]:
+    """The run's one latency measurement: ``bench.json`` as :func:`read_bench` accepts it, or
+    :func:`bench` run now (which writes it). Returns it and whether it was read.
+
+    Raises a :class:`~crossdistill.errors.CrossDistillError` when it cannot be measured."""
+    found = read_bench(Run.open(run_dir))
+    if found is not None:
+        return found, True
+    return bench(run_dir, threads=threads, progress=False), False

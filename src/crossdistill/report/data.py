@@ -1,8 +1,9 @@
 """Reading a run directory into :class:`RunData` and measuring what the run did not log.
 
 Measured here, not read: the confusion matrix (the student on at most ``max_examples`` of the
-eval split, on CPU), batch-1 CPU latency of the model's forward only (its input pipeline applied
-beforehand, the same number of threads for every run) and ``student.safetensors``'s size.
+eval split, on CPU) and ``student.safetensors``'s size. The latency is the run's one measurement,
+``bench.json`` (:func:`crossdistill.export.bench.student_bench`): read when ``crossdistill
+bench`` wrote it after the student was trained, otherwise measured the same way and written.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 
 from crossdistill.config import RecipeLoader
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluate.latency import latency_ms
+from crossdistill.export.bench import student_bench
 from crossdistill.runs import Run
 from crossdistill.train.callbacks.tensorboard_logger import LIVE_SUFFIX
 
@@ -58,7 +59,9 @@ class RunData:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # eval.json's
     student: dict[str, Any] | None = None  # student.json
     size_bytes: int | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # bench.json's student p50 at batch 1
+    bench: dict[str, Any] | None = None  # bench.json, as read or written for this report
+    bench_read: bool = False  # read from an earlier `crossdistill bench` (not measured now)
     confusion: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     cm_examples: int = 0
@@ -193,7 +196,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def measure(run: RunData, max_examples: int, threads: int) -> None:
-    """Confusion matrix on the eval split (bounded) and batch-1 CPU latency of the student."""
+    """Confusion matrix on the eval split (bounded) and the student's latency (``bench.json``)."""
     if not run.finished:
         return
     device = torch.device("cpu")
@@ -211,13 +214,10 @@ def measure(run: RunData, max_examples: int, threads: int) -> None:
     )
     preds: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
-    example: torch.Tensor | None = None
     seen = 0
     with torch.no_grad():
         for batch in loader:
             x = batch["views"]["student"]
-            if example is None:
-                example = x[:1]
             if seen >= max_examples:
                 break
             out = student(x)
@@ -236,10 +236,20 @@ def measure(run: RunData, max_examples: int, threads: int) -> None:
         np.add.at(cm, (y_true, y_pred), 1)
         run.confusion, run.cm_examples = cm, seen
         run.class_names = list(names) if names and len(names) == n else [str(i) for i in range(n)]
-    if example is not None:
-        with torch.no_grad():
-            prepared = student.pipeline(example)
-        run.latency_ms = latency_ms(student.model, prepared, threads=threads)
+    _latency(run, threads)
+
+
+def _latency(run: RunData, threads: int) -> None:
+    """The student's latency from the run's one measurement, ``bench.json`` (read, or measured
+    now and written); a note when it cannot be measured."""
+    try:
+        run.bench, run.bench_read = student_bench(run.run_dir, threads=threads)
+    except CrossDistillError as exc:
+        run.notes.append(
+            f"latency not measured ({exc.message}): run `crossdistill bench {run.run_dir}`"
+        )
+        return
+    run.latency_ms = float(run.bench["results"]["student"]["p50_ms_b1"])
 
 
 def write_tensorboard(run: RunData) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crossdistill.export.bench import sample_size
 from crossdistill.report.data import STEP_META, RunData
 from crossdistill.report.figures import (
     fig_confusion,
@@ -82,6 +83,7 @@ td .sub { color: var(--muted); font-size: 12px; }
 .notes { background: #FFF9EB; border: 1px solid #F0DDAA; border-radius: 10px;
   padding: 10px 18px; font-size: 13.5px; margin-top: 22px; }
 .notes ul { margin: 4px 0; padding-left: 18px; }
+.samples { color: var(--muted); font-size: 13px; margin: 8px 0 0; padding-left: 18px; }
 details { background: #fff; border: 1px solid var(--line); border-radius: 10px;
   margin: 10px 0; }
 summary { cursor: pointer; padding: 10px 16px; font-weight: 600; font-size: 14px; }
@@ -204,7 +206,7 @@ def _summary_table(runs: Sequence[RunData], fronts: dict[str, list[bool]]) -> st
     best_acc, best_lat, best_size = best(acc, True), best(lat, False), best(size, False)
     cls = ' class="best"'
     head = (
-        "<tr><th>Run</th><th>Student</th><th>Params</th><th>Size</th><th>Latency</th>"
+        "<tr><th>Run</th><th>Student</th><th>Params</th><th>Size</th><th>Latency (p50, b1)</th>"
         f"<th>Accuracy</th><th>{e(top_key.replace('_accuracy', '')) if top_key else 'Top-k'}"
         "</th><th>ECE</th><th>Agreement</th><th>KL(t‖s)</th><th>Epochs</th><th>Training</th>"
         + ("<th>Pareto</th>" if fronts else "")
@@ -264,7 +266,7 @@ def _cards(run: RunData) -> str:
             )
         )
     items += [
-        ("latency", _fmt(run.latency_ms, ".3f", " ms"), "batch 1, CPU"),
+        ("latency", _fmt(run.latency_ms, ".3f", " ms"), "p50, batch 1, CPU (bench.json)"),
         ("size", _size(run.size_bytes), "student.safetensors"),
         (
             "parameters",
@@ -379,13 +381,29 @@ def _summary_section(runs: Sequence[RunData], fronts: dict[str, list[bool]], thr
     return _section(
         "Summary",
         "Final evaluation of each run on its recipe's eval split (last epoch, as logged by "
-        "training). Latency is the median of 50 calls of the student's forward at batch 1 "
-        f"on CPU with {threads} thread{'s' if threads != 1 else ''}, the same for every run; "
+        "training). Latency is the student's median at batch 1 on CPU, input pipeline "
+        "included: the run's one measurement, <code>bench.json</code> (<code>crossdistill "
+        "bench RUN</code>), read when present, otherwise measured now with "
+        f"{threads} thread{'s' if threads != 1 else ''} and written; "
         "size is student.safetensors on disk."
         + (" Bold: best in its column." if len(runs) != 1 else ""),
-        _summary_table(runs, fronts),
+        _summary_table(runs, fronts) + _latency_samples(runs),
         "summary",
     )
+
+
+def _latency_samples(runs: Sequence[RunData]) -> str:
+    """Under the summary table: where each run's latency comes from and its sample size."""
+    items = []
+    for run in runs:
+        if run.bench is None:
+            source = "latency not measured — run <code>crossdistill bench RUN</code>"
+        else:
+            where = e(str(Run(run.run_dir).bench_file))
+            how = "read from" if run.bench_read else "measured for this report, written to"
+            source = f"{how} <code>{where}</code>: {e(sample_size(run.bench))}"
+        items.append(f"<li>{_swatch(run)}: {source}</li>")
+    return f'<ul class="samples">{"".join(items)}</ul>'
 
 
 def _training_section(runs: Sequence[RunData]) -> str:

@@ -11,6 +11,7 @@ only the weight tensors.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossdistill._util.deferred import defer
 from crossdistill.domains.text.init_static import DEFAULT_SIF, init_from_teacher
 from crossdistill.errors import TEXT_EXTRA, ConfigError, DataError, require
 from crossdistill.models.hub.minilm import minilm_tokenizer_path
@@ -62,7 +64,9 @@ class StaticEmbedding(nn.Module):
     for none); ``init_params`` are that model's params. With ``out_dim`` set (it must then be the
     teacher's width) the projection starts as the PCA's inverse, so the student starts close to
     the teacher. The result is cached under ``$CROSSDISTILL_CACHE`` (default
-    ``~/.cache/crossdistill``).
+    ``~/.cache/crossdistill``). Built by ``crossdistill run``, the table is computed only after
+    every check of the recipe has passed (``crossdistill._util.deferred``), and
+    ``crossdistill cache`` never computes it.
     """
 
     def __init__(
@@ -97,7 +101,11 @@ class StaticEmbedding(nn.Module):
         self.out_dim = out_dim if out_dim is not None else dim
         self.init_from = init_from
         if init_from is not None:
-            self._init_from_teacher(init_from, init_params, sif_coefficient, init_pca, progress)
+            # a teacher pass over the vocabulary: `run` does it once the recipe's checks passed
+            init = functools.partial(
+                self._init_from_teacher, init_from, init_params, sif_coefficient, init_pca, progress
+            )
+            defer(init)
 
     @torch.no_grad()
     def _init_from_teacher(
