@@ -5,6 +5,7 @@ recipe's ``imports:`` / ``--import`` registers a user's plug-ins by name."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -186,6 +187,38 @@ def test_every_kind_of_plug_in_by_import_path(
     monkeypatch.setenv("CROSSDISTILL_ALLOW_IMPORT", "plugins_by_path")
     assert evaluate("plugins_by_path:Count", run.path) == {"examples": 256}
     assert json.loads(run.eval_file("count").read_text()) == {"examples": 256}
+
+
+def test_a_loss_and_adapter_of_a_package_by_import_path_train_and_resume(
+    plugins: Path, kd_recipe: Recipe
+) -> None:
+    """``my_pkg.losses:HalfCE``: the dots of a package path are no module name torch accepts;
+    the terms still train, log under their import path, checkpoint and resume."""
+    package = plugins / "my_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "losses.py").write_text("from plugins_by_path import HalfCE, Scale\n")
+    recipe = _recipe(
+        kd_recipe,
+        losses=[
+            {"name": "my_pkg.losses:HalfCE", "params": {"factor": 0.25}},
+            {"name": "kd", "adapter": {"name": "my_pkg.losses:Scale", "params": {"start": 2}}},
+        ],
+        train__epochs=2,
+    )
+    try:
+        first = run_recipe(recipe)
+        steps = [json.loads(line) for line in first.run_dir.joinpath("metrics.jsonl").open()]
+        assert any("my_pkg.losses:HalfCE" in r for r in steps if r["kind"] == "step")
+        # resume from the first epoch's checkpoint: the loss and adapter states load back
+        shutil.rmtree(first.run_dir / "checkpoints" / "epoch-0002")
+        (first.run_dir / "student.safetensors").unlink()
+        (first.run_dir / "student.json").unlink()
+        again = run_recipe(recipe, resume=True)
+        assert again.run_dir == first.run_dir and Run(first.run_dir).finished
+    finally:
+        for name in ("my_pkg", "my_pkg.losses"):
+            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize(

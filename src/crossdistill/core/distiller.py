@@ -41,6 +41,20 @@ class Term:
     adapter: AdapterArg = None
 
 
+class _ByTerm(nn.ModuleDict):
+    """Modules keyed by loss-term names. A term named by import path (``pkg.mod:MyLoss``) holds
+    dots, which torch refuses in a module name: they are stored as ``/``."""
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return super().__getitem__(name.replace(".", "/"))
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        super().__setitem__(name.replace(".", "/"), module)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.replace(".", "/"))
+
+
 class Distiller(nn.Module):
     """Runs both sides on a batch and returns the student's Knowledge and the weighted terms.
 
@@ -64,7 +78,7 @@ class Distiller(nn.Module):
             raise ConfigError("a Distiller needs at least one loss")
         self.student = student
         self.teacher = teacher
-        self.losses = nn.ModuleDict({t.name: t.loss for t in terms})
+        self.losses = _ByTerm({t.name: t.loss for t in terms})
         self.weights = {t.name: float(t.weight) for t in terms}
         self.needs = {t.name: t.loss.needs() for t in terms}
         for t in terms:
@@ -77,7 +91,7 @@ class Distiller(nn.Module):
                     "one student tensor to one teacher tensor",
                     hint=f"remove the adapter of {t.name!r}",
                 )
-        self.adapters = nn.ModuleDict(
+        self.adapters = _ByTerm(
             {t.name: t.adapter for t in terms if isinstance(t.adapter, nn.Module)}
         )
         self._pending = {
@@ -123,8 +137,8 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Every weighted loss term (through its adapter, if it has one)."""
         terms: dict[str, torch.Tensor] = {}
-        for name, loss in self.losses.items():
-            needs = self.needs[name]
+        for name, needs in self.needs.items():
+            loss = self.losses[name]
             student.require(needs.student, f"loss {name!r}")
             teacher.require(needs.teacher, f"loss {name!r}")
             if needs.target and target is None:
