@@ -38,7 +38,6 @@ from crossdistill.data.saved import save_split
 from crossdistill.errors import ConfigError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import Loss
-from crossdistill.pipeline import discarded_on_failure, folder_state
 from crossdistill.record import recipe_of
 from crossdistill.registry import plugin_name
 from crossdistill.runs import Run
@@ -208,8 +207,7 @@ def distill(
         spec,
         None if store is None else Path(store),
     )
-    before = folder_state(run)
-    with run.writing(recipe), discarded_on_failure(run, before):
+    with run.writing(recipe):
         if keep is not None:
             save_split(keep, run.data_dir / "eval")
         trainer = Trainer(

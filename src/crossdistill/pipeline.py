@@ -5,9 +5,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,38 +144,12 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
         history = trainer.fit(train_loader, eval_loader, resume=resume)
         barrier()  # every rank returns a finished run
         return RunResult(run, history, distiller.student.model, _last(history))
-    # an overwritten folder that fails before its first checkpoint goes, like a new one
-    before = "absent" if overwrite else folder_state(run)
-    with run.writing(recipe, resume, overwrite), discarded_on_failure(run, before):
+    with run.writing(recipe, resume, overwrite):
         barrier()
         history = trainer.fit(train_loader, eval_loader, resume=resume)
         run.finish(distiller, recipe.student, _last(history), epochs=trainer.epoch)
     barrier()
     return RunResult(run, history, distiller.student.model, _last(history))
-
-
-def folder_state(run: Run) -> str:
-    """``"absent"``, ``"empty"`` or ``"used"``: ``run``'s folder before a run writes it."""
-    if not run.path.exists():
-        return "absent"
-    return "empty" if run.path.is_dir() and not any(run.path.iterdir()) else "used"
-
-
-@contextlib.contextmanager
-def discarded_on_failure(run: Run, before: str) -> Iterator[None]:
-    """Inside :meth:`Run.writing` (its lock held): when the run fails before its first
-    checkpoint, put a folder that was ``"absent"`` or ``"empty"`` ``before`` back as it was,
-    since nothing in it can be resumed and it would refuse a rerun ("already exists"). A used
-    folder is left alone, and so is what an interruption (Ctrl-C) leaves: --resume goes on."""
-    try:
-        yield
-    except Exception:
-        if before != "used" and run.path.is_dir() and not run.checkpoint_list():
-            # the lock file goes too: releasing the lock allows for that
-            shutil.rmtree(run.path, ignore_errors=True)
-            if before == "empty":
-                run.path.mkdir(exist_ok=True)
-        raise
 
 
 def _last(history: History) -> dict[str, float]:

@@ -336,6 +336,11 @@ class Run:
 
         Refused: a run that exists when neither resuming nor overwriting, a finished run
         without a checkpoint, a run started by a different recipe, a run another process holds.
+
+        A run that fails before its first checkpoint in a folder that was new, empty or
+        overwritten leaves the folder as it was (nothing in it could be resumed, and it would
+        refuse a rerun as "already exists"); a used folder is left alone, and so is what an
+        interruption (Ctrl-C, a BaseException) leaves: ``--resume`` goes on from there.
         """
         if resume and overwrite:
             raise ConfigError("a run is either resumed or overwritten, not both")
@@ -348,6 +353,7 @@ class Run:
             except FileExistsError:
                 created = False
             lock = _Lock(self.lock_file)  # locked by another process: its folder, left alone
+            was_empty = not created and not self._written()
             try:
                 if overwrite:  # under the lock: a run another process writes is left alone
                     self._empty()
@@ -360,10 +366,16 @@ class Run:
                 raise
         try:
             yield self
-        except WriteError as exc:  # a full disk mid-run: the checkpoints so far are kept
-            raise exc.with_next_step(
-                f"continue with `crossdistill run {self.config_file} --resume`"
-            ) from exc
+        except Exception as exc:
+            if (created or was_empty or overwrite) and not self.checkpoint_list():
+                shutil.rmtree(self.path, ignore_errors=True)  # the lock file too: release allows it
+                if was_empty:
+                    self.path.mkdir(exist_ok=True)
+            if isinstance(exc, WriteError):  # a full disk mid-run: the checkpoints so far are kept
+                raise exc.with_next_step(
+                    f"continue with `crossdistill run {self.config_file} --resume`"
+                ) from exc
+            raise
         finally:
             lock.release()
 
