@@ -172,6 +172,28 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path: Path
     assert not run.lock_file.exists()
 
 
+def test_a_lock_taken_but_not_yet_described_names_its_holder_once_it_is(tmp_path: Path) -> None:
+    """The holder writes its record just after taking the lock; a second writer arriving in
+    between waits for the record rather than naming "another process" (CI caught that race)."""
+    import fcntl
+    import threading
+
+    from crossdistill.runs import _Lock
+
+    path = tmp_path / "run.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, record not yet written
+    record = json.dumps({"pid": 4242, "command": "crossdistill run", "since": "now"}).encode()
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, record, 0))
+    writer.start()
+    try:
+        with pytest.raises(RunLockedError, match=r"locked by PID 4242 \(crossdistill run"):
+            _Lock(path)
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 def test_two_run_processes_on_one_run_directory(
     digits_teacher_run: Path, tmp_path: Path, flat
 ) -> None:

@@ -464,10 +464,10 @@ class _Lock:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace")
+                holder = _read_holder(self.fd)
                 os.close(self.fd)
                 raise RunLockedError(
-                    f"run directory {path.parent} is locked by {_holder(holder)}: another "
+                    f"run directory {path.parent} is locked by {holder}: another "
                     "process is writing it",
                     hint="wait for that process to finish (or stop it); two processes must not "
                     "write one run",
@@ -496,12 +496,27 @@ class _Lock:
             self.fd = -1
 
 
+def _read_holder(fd: int, wait_s: float = 2.0) -> str:
+    """The holder's record, read from the locked file ``fd``. The holder writes it just after
+    taking the lock, so an empty or partial record is waited for a moment before giving up."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        described = _holder(text)
+        if described != _UNKNOWN_HOLDER or time.monotonic() >= deadline:
+            return described
+        time.sleep(0.02)
+
+
+_UNKNOWN_HOLDER = "another process"
+
+
 def _holder(text: str) -> str:
     try:
         info = json.loads(text)
         return f"PID {info['pid']} ({info['command']}, since {info['since']})"
     except (ValueError, KeyError, TypeError):
-        return "another process"
+        return _UNKNOWN_HOLDER
 
 
 def load_student(path: str | os.PathLike[str] | Run, allow_import: Iterable[str] = ()) -> Student:
