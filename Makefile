@@ -41,7 +41,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
-BENCHMARKS := fashion_mnist overhead losses cross_arch loss_zoo store faults scaling text fusion_to_dual cross_modal examples cli bad_inputs
+BENCHMARKS := fashion_mnist overhead losses cross_arch loss_zoo store faults scaling text fusion_to_dual cross_modal examples cli bad_inputs throughput
 
 bench: setup
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done

@@ -109,6 +109,7 @@ def main() -> None:
         *common,
         *([f"train.epochs={epochs}"] if epochs else []),
         f"data.limit_train={limit}",
+        "data.limit_mode=first",  # published numbers used the first N (limit_mode's old behaviour)
         "eval.every_epochs=0",  # evaluate once, after the last epoch
     ]
 

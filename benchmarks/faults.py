@@ -336,6 +336,7 @@ def store_recipe(work: Path, teacher: Path) -> Path:
         augment={"name": "crop_flip", "params": {"padding": 1}},
         augment_slots=STORE_SLOTS,
         limit_train=STORE_EXAMPLES,
+        limit_mode="first",  # published numbers used the first N (limit_mode's old behaviour)
     )
     raw["train"].update(progress=False, device="cpu")
     raw["output"] = {"dir": str(work / "runs")}

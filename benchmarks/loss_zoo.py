@@ -114,6 +114,7 @@ def main() -> None:
         f"teacher.weights={teacher.student_file}",
         f"train.epochs={epochs}",
         f"data.limit_train={limit}",
+        "data.limit_mode=first",  # published numbers used the first N (limit_mode's old behaviour)
         "eval.every_epochs=0",
     ]
     rows = {row: spec for row, spec in ROWS.items() if not args.rows or row in args.rows}

@@ -164,6 +164,7 @@ def one_run(setup: dict[str, Any], work: Path, nproc: int, rep: int) -> dict[str
             f"teacher.weights={setup['teacher']}",
             f"data.batch_size={GLOBAL_BATCH}",
             f"data.limit_train={setup['limit_train']}",
+            "data.limit_mode=first",  # published numbers used the first N (the old default)
             "data.limit_eval=1000",
             f"train.epochs={setup['epochs']}",
             "train.progress=false",

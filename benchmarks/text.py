@@ -354,7 +354,8 @@ def main() -> None:
         f"store.path={out}/stores/minilm_sentences",
     ]
     if args.quick:
-        common += [f"data.limit_train={QUICK_SENTENCES}", "train.epochs=1"]
+        # published numbers used the first N (limit_mode's old behaviour)
+        common += [f"data.limit_train={QUICK_SENTENCES}", "data.limit_mode=first", "train.epochs=1"]
     tokenizer = f"student.params.tokenizer={out / 'tokenizers' / Path(TOKENIZER).name}"
     students = [
         Variant(name, ROOT / STUDENTS[name], [tokenizer] if name == "static_unigram" else [])

@@ -200,7 +200,7 @@ def test_distill_is_exported() -> None:
 
 
 def test_distill_with_a_feature_loss_through_an_auto_adapter(tmp_path: Path) -> None:
-    """The README's cross-architecture call: taps on both sides, a dict loss with
+    """docs/cross-architecture.md's Python call: taps on both sides, a dict loss with
     ``adapter: auto``; the adapter is built from the real shapes, trained, and not returned."""
     teacher, data, _, _ = _task()
     model = _student()

@@ -1,10 +1,12 @@
 """Callbacks and live loggers (``train.loggers`` / ``train.callbacks``): the hooks a user callback
-sees, TensorBoard and MLflow written while training and read back by their own readers, a failing
-callback's error and the resume after it, and a logger whose package is missing."""
+sees, TensorBoard, MLflow and W&B (offline) written while training and read back by their own
+readers, a failing callback's error and the resume after it, and a logger whose package is
+missing."""
 
 from __future__ import annotations
 
 import json
+import struct
 import sys
 import textwrap
 from pathlib import Path
@@ -128,6 +130,55 @@ def _mlflow(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's file store, to read it
     saved = json.loads((run_dir / "mlflow" / "crossdistill_run.json").read_text())
     return mlflow.MlflowClient(tracking_uri=saved["tracking_uri"]), saved["run_id"]
+
+
+def _wandb_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))  # the logger must not use it
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):  # not the home folder
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the logger's default: offline
+
+
+def _wandb_records(path: Path) -> list[Any]:
+    """The records of an offline W&B run file, as ``wandb_internal_pb2.Record`` protobufs.
+
+    wandb 0.31 no longer ships a Python reader for these files (the old
+    ``wandb.sdk.internal.datastore``), so this reads its framing, LevelDB's log format: a
+    7-byte file header (``:W&B``, magic, version), then 32 KiB blocks of chunks, each a 7-byte
+    header (CRC, length, type: 1 full, 2 first, 3 middle, 4 last) and its bytes.
+    """
+    pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    records, parts, pos = [], [], 7
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # a block's zero padding
+            pos += left
+            continue
+        parts.append(data[pos + 7 : pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(b"".join(parts))
+            records.append(record)
+            parts = []
+    return records
+
+
+def _wandb_history(path: Path) -> list[dict[str, Any]]:
+    """The history rows (``_step`` and every logged value) of an offline W&B run file."""
+    return [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in _wandb_records(path)
+        if r.WhichOneof("record_type") == "history"
+    ]
 
 
 # ------------------------------------------------------------------ the callback interface
@@ -278,6 +329,43 @@ def test_mlflow_metrics_are_read_back_by_mlflows_client(
     assert [(m.step, m.value) for m in accuracy] == [(r["step"], r["accuracy"]) for r in evals]
 
 
+# ------------------------------------------------------------------ Weights & Biases
+
+
+def test_wandb_writes_offline_into_the_run_and_is_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _wandb_offline(monkeypatch, tmp_path)
+    result = run_recipe(_recipe(tmp_path, "train.loggers=[wandb]", "train.epochs=1"))
+    files = sorted((result.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1  # offline, in the run folder
+    assert not (tmp_path / "wandb_dir").exists()  # not in WANDB_DIR
+    rows = _wandb_history(files[0])
+    steps = _records(result.run_dir, "step")
+    logged = [(r["_step"], r["train/loss"], r["train/lr"]) for r in rows if "train/loss" in r]
+    assert logged == [(r["step"], r["loss"], r["lr"]) for r in steps]
+    evals = _records(result.run_dir, "eval")
+    accuracy = [(r["_step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    assert accuracy == [(r["step"], r["accuracy"]) for r in evals]
+    epochs = _records(result.run_dir, "epoch")
+    train_loss = [(r["_step"], r["epoch/train_loss"]) for r in rows if "epoch/train_loss" in r]
+    assert train_loss == [(r["step"], r["train_loss"]) for r in epochs]
+    assert len({r["_step"] for r in rows}) == len(rows)  # one row per step
+    # the W&B run: named after the run folder, the recipe as its config
+    (run,) = [r.run for r in _wandb_records(files[0]) if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.display_name) == ("crossdistill", result.run_dir.name)
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["train"]["epochs"] == 1 and config["name"] == result.run_dir.name
+
+
+def test_wandb_missing_names_the_logging_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    for check in (check_callbacks, build_callbacks):
+        with pytest.raises(ConfigError, match="the wandb logger needs the package 'wandb'") as e:
+            check(TrainSpec(loggers=["jsonl", "wandb"]))
+        assert "pip install wandb" in str(e.value) and "crossdistill[logging]" in str(e.value)
+
+
 # ------------------------------------------------------------------ failures and resume
 
 
@@ -295,10 +383,11 @@ def test_a_failing_callback_stops_with_its_name_and_the_run_resumes_without_dupl
 ) -> None:
     pytest.importorskip("torch.utils.tensorboard")
     pytest.importorskip("mlflow")
+    _wandb_offline(monkeypatch, tmp_path)
     out = tmp_path / "hooks.jsonl"
     steps_per_epoch = 23  # 1,437 training digits in batches of 64
     fail = steps_per_epoch + 2 * LOG_EVERY + 1  # a logged step of epoch 2
-    loggers = "train.loggers=[tensorboard, mlflow]"
+    loggers = "train.loggers=[tensorboard, mlflow, wandb]"
     checkpoints = f"train.checkpoint_every_steps={every or 'null'}"
 
     def callback(fail_at: int) -> str:
@@ -339,6 +428,14 @@ def test_a_failing_callback_stops_with_its_name_and_the_run_resumes_without_dupl
     assert [m.value for m in client.get_metric_history(run_id, "train/loss")] == pytest.approx(
         [r["loss"] for r in first] + [r["loss"] for r in final]
     )
+
+    # W&B: a file per attempt (offline-run-<time>-<id>), one run id; nothing logged twice
+    files = sorted((result.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and files[0].name == files[1].name  # run-<id>.wandb
+    rows = [row for f in files for row in _wandb_history(f)]
+    logged = [(r["_step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    losses = [r["loss"] for r in first] + [r["loss"] for r in final]
+    assert logged == list(zip(expected, losses, strict=True))
 
 
 def test_a_logger_whose_package_is_missing_fails_before_training(

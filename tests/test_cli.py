@@ -30,7 +30,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(workdir: Path, cli: Cli) -> dict[str, subprocess.CompletedProcess]:
-    """The README's commands: train the teacher, distil a student from it, evaluate it.
+    """The commands of docs/getting-started.md: train the teacher, distil a student from it,
+    evaluate it.
 
     The recipes are used as they are (the KD recipe finds the teacher's weights under ``runs/``
     relative to the working directory); only the student's run name is chosen on the command line.
@@ -146,7 +147,7 @@ def test_messages_keep_square_brackets(cli: Cli, tmp_path: Path) -> None:
 def test_readme_deploy_commands(
     runs: dict[str, subprocess.CompletedProcess], workdir: Path, cli: Cli
 ) -> None:
-    """The README's "from recipe to deployed student": export (ONNX int8), bench, report."""
+    """docs/export.md, "from a trained run to a student": export (ONNX int8), bench, report."""
     assert runs["kd"].returncode == 0, runs["kd"].stderr
     exported = cli(["export", "runs/kd_cli", "--format", "onnx", "--int8"], cwd=workdir)
     assert exported.returncode == 0, exported.stderr

@@ -1,6 +1,6 @@
 """The docs site: it builds with ``mkdocs build --strict`` (no broken link, anchor or API
-reference), its generated reference pages cover every recipe key, plug-in and public name, and
-the Python example on its front page runs."""
+reference), its generated reference pages cover every recipe key, plug-in and public name, the
+Python examples on its front page and in the README run, and the README links every page."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+import torch
 
 import crossdistill
 from crossdistill import config
@@ -198,6 +199,54 @@ def test_index_example_runs(tmp_path: Path, monkeypatch, capsys) -> None:
     run = tmp_path / "runs" / "digits_kd"
     assert (run / "student.safetensors").is_file() and (run / "eval.json").is_file()
     assert crossdistill.Run(run).student() is not None
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The README's one Python example, as printed: a CNN teacher, an MLP student, a run folder
+    that reopens without the objects that made it."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1, "the README holds one Python example"
+    assert len(blocks[0].splitlines()) <= 25
+    monkeypatch.chdir(tmp_path)  # its run folder goes under tmp_path
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    accuracy, agreement = map(float, capsys.readouterr().out.split())
+    assert 0.0 <= accuracy <= 1.0 and 0.0 <= agreement <= 1.0
+    run = tmp_path / "runs" / "digits_mlp"
+    assert (run / "student.safetensors").is_file() and (run / "eval.json").is_file()
+    reopened = namespace["reopened"].model  # rebuilt from the folder, with the trained weights
+    trained = namespace["student"]
+    assert type(reopened) is type(trained)
+    for a, b in zip(reopened.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+
+
+def _github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading (lower case, punctuation dropped, each space a '-')."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_every_docs_page_and_every_link_resolves() -> None:
+    """The README is the way in: it links each hand-written page of docs/, and every relative
+    link in it names a file that exists and, with ``#anchor``, a heading of that page whose
+    anchor GitHub and mkdocs spell alike."""
+    toc = pytest.importorskip("markdown.extensions.toc", reason=f"no markdown: {DOCS_EXTRA}")
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [link for link in links if "://" not in link]
+    for link in relative:
+        path, _, anchor = link.partition("#")
+        target = ROOT / path
+        assert target.exists(), f"README links {link}: no such file"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(), flags=re.M)
+            github = {_github_slug(h) for h in headings}
+            mkdocs = {toc.slugify(h, "-") for h in headings}
+            assert anchor in github and anchor in mkdocs, f"README links {link}: no such heading"
+    linked = {Path(link.partition("#")[0]) for link in relative}
+    pages = {p.relative_to(ROOT) for p in (ROOT / "docs").glob("*.md")}
+    assert pages - linked == set(), f"docs pages the README does not link: {pages - linked}"
 
 
 def test_every_environment_variable_is_documented() -> None:

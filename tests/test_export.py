@@ -90,6 +90,18 @@ def test_onnx_matches_student_on_validation_set(kd_run: Path, onnx_export: Path)
     _no_leftovers(kd_run)
 
 
+def test_onnx_export_records_the_exporter_that_ran(onnx_export: Path) -> None:
+    """The digits student goes through the TorchScript-based exporter (exact on it), and the
+    export says so, with the seconds it took, where the CLI and the model card read it."""
+    parity = json.loads((onnx_export / "parity.json").read_text())
+    pre = json.loads((onnx_export / "preprocessing.json").read_text())
+    chosen = pre["onnx_exporter"]
+    assert chosen["exporter"] == "torchscript" and len(chosen["attempts"]) == 1
+    assert parity["exporter"] == pre["exporter"] and "dynamo=False" in parity["exporter"]
+    assert 0 < chosen["attempts"][0]["seconds"] <= parity["export_seconds"]
+    assert "TorchScript-based exporter" in (onnx_export / "README.md").read_text()
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
 def test_int8_keeps_top1_agreement(kd_run: Path, fmt: str) -> None:
     folder = export_run(kd_run, fmt, int8=True)

@@ -1,4 +1,4 @@
-"""The import layers of ``src/crossdistill`` (README "Architecture"): every module may import only
+"""The import layers of ``src/crossdistill`` (docs/architecture.md): every module may import only
 its own layer and the layers below it, module-level imports form no cycle, and crossdistill is
 imported inside a function only by the command line (which loads its commands lazily)."""
 

@@ -10,8 +10,6 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from conftest import CLI_ENV
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "crossdistill"
@@ -194,7 +192,6 @@ def _site_packages(venv: Path) -> Path:
     return Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
 
 
-@pytest.mark.slow
 def test_built_wheel_installs_and_works_outside_the_repo(tmp_path: Path, flat) -> None:
     """Build the wheel, install it into a fresh venv outside the repository, and run ``init``,
     a one-epoch ``run`` and ``export`` there.

@@ -1,5 +1,6 @@
-"""The Split protocol: per-side fields, fingerprints over contents, saved splits, and the
-README's examples of bringing one's own data and one's own loss."""
+"""The Split protocol: per-side fields, fingerprints over contents, saved splits, and the docs'
+examples of bringing one's own data (docs/own-teacher-and-data.md) and one's own loss
+(docs/extending.md), executed as the pages print them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from crossdistill.data.saved import load_split, save_split
 from crossdistill.errors import DataError
 from crossdistill.losses import LOSSES, build_loss
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _sensors(n: int = 96, seed: int = 0) -> tuple[Split, torch.Tensor]:
@@ -45,24 +46,27 @@ def test_each_side_reads_its_own_field() -> None:
         DistillDataset(split, views=("teacher", "student", "peer"))
 
 
-def test_the_readme_split_example_trains_and_reopens(tmp_path: Path) -> None:
-    """A teacher on all nine channels, a student on three, from Python, into a run that the
-    commands can reopen (its data kept in the run, its sides too)."""
-    train, _ = _sensors(96, 0)
+def test_the_docs_split_example_trains_and_reopens(tmp_path: Path, monkeypatch) -> None:
+    """docs/own-teacher-and-data.md's Split example, run as printed: a teacher on all nine
+    channels, a student on three, from Python, into a run that the commands can reopen (its
+    data kept in the run, its sides too)."""
+    code = _docs_block("own-teacher-and-data.md", "a teacher that reads all 9 sensor channels")
+    train, x = _sensors(96, 0)
     test, x_test = _sensors(48, 1)
-    teacher = nn.Sequential(nn.Linear(9, 3))
-    student = crossdistill.build_model("mlp", {"in_features": 3, "num_classes": 3, "hidden": [8]})
-    crossdistill.distill(
-        teacher,
-        student,
-        train,
-        eval_data=test,
-        epochs=2,
-        batch_size=32,
-        run_dir=tmp_path / "sensors",
-        progress=False,
-    )
-    run = Run.open(tmp_path / "sensors")
+    names = {
+        "x": x,
+        "y": train.targets,
+        "test": test,
+        "teacher": nn.Sequential(nn.Linear(9, 3)),
+        "student": crossdistill.build_model(
+            "mlp", {"in_features": 3, "num_classes": 3, "hidden": [8]}
+        ),
+    }
+    monkeypatch.chdir(tmp_path)  # its run folder goes under tmp_path
+    exec(compile(code, "docs/own-teacher-and-data.md", "exec"), names)
+    # the page's Split is the one _sensors builds (same fields, targets, sides)
+    assert names["train"].fingerprint() == train.fingerprint()
+    run = Run.open(tmp_path / "runs" / "sensors")
     (batch,) = list(run.eval_data())
     torch.testing.assert_close(batch["views"]["student"], x_test[:, :3])
     torch.testing.assert_close(batch["views"]["teacher"], x_test)
@@ -138,16 +142,20 @@ def test_a_saved_split_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
         load_split(tmp_path / "broken")
 
 
-def _readme_block(after: str) -> str:
-    text = README.read_text()
-    start = text.index(after)
-    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)  # type: ignore[union-attr]
+def _docs_block(page: str, after: str) -> str:
+    """The ```python block of docs/PAGE that holds the text ``after``, else the next one."""
+    text = (DOCS / page).read_text()
+    at = text.index(after)
+    for block in re.finditer(r"```python\n(.*?)```", text, re.S):
+        if block.end() > at:
+            return block.group(1)
+    raise AssertionError(f"docs/{page} has no Python example at {after!r}")
 
 
-def test_the_readme_loss_example_registers_and_builds() -> None:
-    code = _readme_block("A loss in full")
+def test_the_docs_loss_example_registers_and_builds() -> None:
+    code = _docs_block("extending.md", "A loss in full")
     try:
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/extending.md", "exec"), {})
         loss = build_loss("soft_mse", {"temperature": 2.0})
         s, t = torch.randn(4, 5), torch.randn(4, 5)
         expected = nn.functional.mse_loss(torch.softmax(s / 2, 1), torch.softmax(t / 2, 1))

@@ -476,7 +476,8 @@ def test_minilm_sentence_store(tmp_path: Path) -> None:
     cache_recipe(recipe, progress=False)
     store = KnowledgeStore(recipe.store.path)
     assert (store.num_examples, store.keys) == (48, ["embedding"])
-    texts = build_dataset(recipe, "train", True).split.texts[:48]
+    dataset = build_dataset(recipe, "train", True)  # the 48 sentences limit_train drew
+    texts = [dataset[i]["views"]["teacher"] for i in range(48)]
     expected = minilm.load_model("cpu").encode(texts, convert_to_tensor=True, batch_size=48)
     stored = torch.stack([store.knowledge(i, 0)["embedding"] for i in range(48)])
     torch.testing.assert_close(stored, expected, rtol=0, atol=2e-3)  # float16 on disk

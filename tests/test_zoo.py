@@ -20,7 +20,7 @@ from crossdistill.models.registry import build_model
 )
 def test_zoo_models_classify_fashion_mnist_sized_images(name, params, count):
     model = build_model(name, params)
-    assert sum(p.numel() for p in model.parameters()) == count  # the sizes the README reports
+    assert sum(p.numel() for p in model.parameters()) == count  # the sizes docs/results.md reports
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 

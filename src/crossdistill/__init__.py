@@ -44,10 +44,12 @@ _PUBLIC = {
     "Run": "crossdistill.runs",
     "load_student": "crossdistill.runs",
     "Trainer": "crossdistill.train.trainer",
+    "Callback": "crossdistill.train.callbacks",
 }
 
 __all__ = [
     "LOSSES",
+    "Callback",
     "CrossDistillError",
     "DistillResult",
     "Distiller",
@@ -103,4 +105,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from crossdistill.models.registry import build_model, load_weights
     from crossdistill.pipeline import cache_recipe, run_recipe
     from crossdistill.runs import Run, load_student
+    from crossdistill.train.callbacks import Callback
     from crossdistill.train.trainer import Trainer

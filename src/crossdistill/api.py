@@ -38,10 +38,12 @@ from crossdistill.data.saved import save_split
 from crossdistill.errors import ConfigError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import Loss
+from crossdistill.models.runtime._convert import runtime_teacher
 from crossdistill.record import recipe_of
 from crossdistill.registry import plugin_name
 from crossdistill.runs import Run
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
+from crossdistill.store.manifest import RuntimeRecord
 from crossdistill.train.callbacks import Callback
 from crossdistill.train.runtime import seed_everything
 from crossdistill.train.trainer import History, Trainer
@@ -254,14 +256,19 @@ def cache(
     batch_size: int = 256,
     device: str = "auto",
     progress: bool = True,
+    runtime: str = "torch",
 ) -> Path:
     """Run ``teacher`` once over ``data`` and keep its outputs in a knowledge store at
     ``path`` (resumable: rerun after a crash and it continues); returns ``path``.
 
     ``keys``: which Knowledge keys to keep (default: every key the teacher emits), or
     ``{key: {"format": "topk", "k": 5}}`` as a recipe's ``store.keys``. :func:`distill` with
-    ``store=path`` then trains from it without running the teacher.
+    ``store=path`` then trains from it without running the teacher. ``runtime="onnx"``: the
+    teacher is exported to ONNX once, checked against itself on ``data`` and run by
+    onnxruntime (see ``crossdistill cache --runtime onnx``); the manifest records its parity.
     """
+    if runtime not in ("torch", "onnx"):
+        raise ConfigError(f"unknown teacher runtime {runtime!r}", hint="one of torch, onnx")
     teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
     dataset = as_distill_dataset(data)
     target = select_device(device)
@@ -277,15 +284,20 @@ def cache(
         **store_fingerprint(dataset, teacher),
         "teacher": digest(plugin_name(teacher.model)),
     }
+    writer, record = teacher, None
+    if runtime == "onnx":
+        writer, found = runtime_teacher(teacher, dataset, sorted(codecs))
+        record = RuntimeRecord(**found)
     write_store(
         Path(path),
-        teacher,
+        writer,
         dataset,
         codecs,
         fingerprint,
         shard_size=shard_size,
         batch_size=batch_size,
         progress=progress,
+        runtime=record,
     )
     return Path(path)
 

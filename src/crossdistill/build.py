@@ -11,12 +11,14 @@ through these functions.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset
@@ -53,10 +55,21 @@ def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> Model
 def build_teacher(spec: TeacherSpec) -> Teacher:
     if spec.members:
         members = [
-            build_wrapper(Teacher, m, f"teacher.members[{i}]") for i, m in enumerate(spec.members)
+            _checked(build_wrapper(Teacher, m, f"teacher.members[{i}]"), f"teacher.members[{i}]")
+            for i, m in enumerate(spec.members)
         ]
         return EnsembleTeacher(members, spec.member_weights)  # type: ignore[arg-type]
-    return build_wrapper(Teacher, spec.as_model_spec(), "teacher")  # type: ignore[return-value]
+    teacher = build_wrapper(Teacher, spec.as_model_spec(), "teacher")
+    return _checked(teacher, "teacher")  # type: ignore[return-value]
+
+
+def _checked(wrapper: ModelWrapper, where: str) -> ModelWrapper:
+    """``wrapper``, once a model that knows its output names (an ONNX graph: ``check_outputs``)
+    has confirmed that ``outputs:`` names only those, before any data is read."""
+    check = getattr(wrapper.model, "check_outputs", None)
+    if callable(check):
+        check(wrapper.outputs, where)
+    return wrapper
 
 
 def build_term(spec: LossSpec, where: str) -> Term:
@@ -74,21 +87,122 @@ def build_distiller(recipe: Recipe) -> Distiller:
     return Distiller(student, terms, teacher=teacher, knowledge_given=given)  # type: ignore[arg-type]
 
 
-class Head(Subset):
-    """The first ``n`` examples of a dataset; everything else (``set_epoch``, ``slot``,
-    ``example``, ...) is the dataset's."""
+class Limited(Subset):
+    """The examples ``indices`` of a dataset (kept in the dataset's order): example ``i`` is
+    ``dataset[indices[i]]``. The methods that take an example's position (``example``,
+    ``slot``, ``slot_params``, ``aug_params``, ``example_size``, ``slots_of``, ``batch``:
+    what a knowledge store's writer and reader call) take it here too; everything else
+    (``set_epoch``, ``split``, ``class_names``, ...) is the dataset's."""
 
-    def __init__(self, dataset: Any, n: int) -> None:
-        super().__init__(dataset, range(min(n, len(dataset))))
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        super().__init__(dataset, list(indices))
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":  # not set yet (during unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
+    def example(self, i: int, params: Any) -> dict[str, Any]:
+        return self.dataset.example(self.indices[i], params)
+
+    def slot(self, i: int, epoch: int | None = None) -> int:
+        return self.dataset.slot(self.indices[i], epoch)
+
+    def slot_params(self, i: int, k: int) -> Any:
+        return self.dataset.slot_params(self.indices[i], k)
+
+    def aug_params(self, i: int, epoch: int | None = None) -> Any:
+        return self.dataset.aug_params(self.indices[i], epoch)
+
+    def example_size(self, i: int) -> int:
+        return self.dataset.example_size(self.indices[i])
+
+    def slots_of(self, positions: Any) -> Any:
+        return self.dataset.slots_of(self._mapped(positions))
+
+    def batch(self, positions: Any, params: Any, views: Any = None) -> dict[str, Any]:
+        return self.dataset.batch(self._mapped(positions), params, views)
+
+    def _mapped(self, positions: Any) -> np.ndarray:
+        return np.asarray(self.indices, dtype=np.int64)[np.asarray(positions, dtype=np.int64)]
+
+
+class Head(Limited):
+    """The first ``n`` examples of a dataset."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        super().__init__(dataset, range(min(n, len(dataset))))
+
+
+def limit_indices(dataset: Any, n: int, mode: str = "random", seed: int = 0) -> list[int] | None:
+    """Which ``n`` examples of ``dataset`` a ``data.limit_train`` of ``n`` keeps, in order
+    (``None``: all of them, ``n`` >= its length).
+
+    ``first``: the first ``n``. ``random``: ``n`` drawn with a generator seeded by ``seed``
+    alone (never the global RNG), so every DDP process draws the same. When the split holds
+    its targets as class labels (an integer column in memory: only the targets are read, no
+    example) the draw is stratified: each class keeps ``round(n * its share)`` examples (the
+    largest remainders settle the total at exactly ``n``) and, when ``n`` allows, at least
+    one. Other targets (regression values, a lazily read column, none) draw plainly.
+    """
+    total = len(dataset)
+    if n >= total:
+        return None
+    if mode == "first":
+        return list(range(n))
+    g = torch.Generator().manual_seed(int(seed))
+    labels = _class_labels(dataset)
+    if labels is None:
+        return sorted(torch.randperm(total, generator=g)[:n].tolist())
+    return _stratified(labels, n, g)
+
+
+def _class_labels(dataset: Any) -> torch.Tensor | None:
+    """The split's targets as an ``(N,)`` int64 tensor when they are class labels held in
+    memory; ``None`` otherwise (nothing is read from a lazy column)."""
+    targets = getattr(getattr(dataset, "split", None), "targets", None)
+    if isinstance(targets, (np.ndarray, list, tuple)):
+        try:
+            targets = torch.as_tensor(np.asarray(targets))
+        except (TypeError, ValueError, RuntimeError):  # strings, ragged lists: not labels
+            return None
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or len(targets) != len(dataset):
+        return None
+    if targets.is_floating_point() or targets.is_complex():
+        return None  # regression targets
+    return targets.to(torch.int64)
+
+
+def _stratified(labels: torch.Tensor, n: int, g: torch.Generator) -> list[int]:
+    """``n`` indices drawn per class in proportion to the class sizes (see
+    :func:`limit_indices`), sorted."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    quota = counts.double() * n / len(labels)
+    take = quota.floor().long()
+    # the largest remainders get the rest (ties: the larger class, then the smaller label)
+    by_remainder = sorted(
+        range(len(counts)), key=lambda c: (-float(quota[c] - take[c]), -int(counts[c]), c)
+    )
+    for c in by_remainder[: n - int(take.sum())]:
+        take[c] += 1
+    if n >= len(counts):  # every class present: a missing one takes from the most over-served
+        for c in (take == 0).nonzero().flatten().tolist():
+            surplus = torch.where(take > 1, take - quota, torch.full_like(quota, -math.inf))
+            take[int(surplus.argmax())] -= 1
+            take[c] += 1
+    # a random order, then grouped by class (stable): each class's first `take` are kept
+    shuffled = torch.randperm(len(labels), generator=g)
+    grouped = shuffled[torch.sort(inverse[shuffled], stable=True).indices]
+    starts = torch.cumsum(counts, 0) - counts
+    cls = inverse[grouped]
+    rank = torch.arange(len(labels)) - starts[cls]
+    return sorted(grouped[rank < take[cls]].tolist())
+
 
 def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
-    """The examples of ``split``: augmented (with the recipe's slots) when ``train``."""
+    """The examples of ``split``: augmented (with the recipe's slots) when ``train``.
+    ``data.limit_train`` keeps the examples :func:`limit_indices` picks (``data.limit_mode``,
+    the recipe's seed); ``data.limit_eval`` the first N of the evaluation split."""
     spec = recipe.data
     data = load_source(spec.source, split, **spec.params)
     dataset: Any = make_dataset(
@@ -97,8 +211,12 @@ def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
         seed=recipe.seed,
         slots=spec.augment_slots if train else None,
     )
-    limit = spec.limit_train if train else spec.limit_eval
-    return Head(dataset, limit) if limit else dataset
+    if not train:
+        return Head(dataset, spec.limit_eval) if spec.limit_eval else dataset
+    if not spec.limit_train:
+        return dataset
+    indices = limit_indices(dataset, spec.limit_train, spec.limit_mode, recipe.seed)
+    return dataset if indices is None else Limited(dataset, indices)
 
 
 def _loader(
@@ -175,21 +293,30 @@ def store_fingerprint(
     Without ``teacher`` the parts that need it are left out."""
     data = recipe.data
     split, limit = (data.train_split, data.limit_train) if train else (data.eval_split, None)
-    found = {
-        "data": digest(
-            data.source,
-            data.params,
-            split,
-            limit,
-            dataset.split.side("teacher"),
-            dataset.split.fingerprint(),
-            len(dataset),
-        ),
-        **_recipe_fingerprint(recipe, train),
-    }
+    parts = [
+        data.source,
+        data.params,
+        split,
+        limit,
+        dataset.split.side("teacher"),
+        dataset.split.fingerprint(),
+        len(dataset),
+    ]
+    if limit and data.limit_mode != "first":
+        # which examples were drawn (the seed picks them); left out for `first`, so that a
+        # store written before limit_mode existed (the first N) still matches `first`
+        parts.append({"limit_mode": data.limit_mode, "examples": _examples_digest(dataset)})
+    found = {"data": digest(*parts), **_recipe_fingerprint(recipe, train)}
     if teacher is not None and recipe.teacher is not None:
         found["teacher_weights"] = weights_digest(teacher)
     return found
+
+
+def _examples_digest(dataset: Any) -> str | None:
+    """A SHA-256 of the indices a :class:`Limited` dataset keeps (``None``: it keeps all)."""
+    if not isinstance(dataset, Limited):
+        return None
+    return hashlib.sha256(np.asarray(dataset.indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def _recipe_fingerprint(recipe: Recipe, train: bool) -> dict[str, str]:

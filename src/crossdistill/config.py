@@ -17,7 +17,15 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    StrictBool,
+)
 from pydantic_core import PydanticCustomError
 
 from crossdistill._util.files import write_atomic
@@ -161,8 +169,13 @@ class DataSpec(_Strict):
     batch_size: Size = 128
     eval_batch_size: Size = 512
     num_workers: int = Field(0, ge=0, le=MAX_WORKERS)
-    limit_train: PositiveInt | None = None  # use only the first N training examples
-    limit_eval: PositiveInt | None = None
+    # use only N training examples, chosen as limit_mode says (all of them when N >= the split)
+    limit_train: PositiveInt | None = None
+    # how limit_train chooses: random (seeded by the recipe's seed, the same on every process;
+    # stratified by class when the split's targets are class labels, each class keeping its
+    # share) or first (the first N: what limit_train did before limit_mode existed)
+    limit_mode: Literal["random", "first"] = "random"
+    limit_eval: PositiveInt | None = None  # use only the first N evaluation examples, always
 
 
 class StoreKeySpec(_Strict):
@@ -219,6 +232,60 @@ class ScheduleSpec(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
+class CompileSpec(_Strict):
+    """``train.compile`` as a mapping: how ``torch.compile`` compiles the training step
+    (the student's forward, its adapters and the loss terms; the teacher stays eager).
+
+    ``backend`` is a registered TorchDynamo backend (``inductor``, ``aot_eager``, ...; see
+    ``torch._dynamo.list_backends()``); ``mode`` applies to ``inductor`` only. Where compiling
+    fails, the run warns once and trains eagerly, unless ``strict`` (or ``fullgraph``) is set:
+    then it stops with a ConfigError.
+    """
+
+    # a TorchDynamo backend: inductor (needs a C++ compiler on the CPU), aot_eager, ...
+    backend: str = "inductor"
+    # inductor's mode (reduce-overhead: CUDA graphs on a GPU)
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
+    dynamic: bool | None = None  # None: torch decides (dynamic after a shape changes once)
+    fullgraph: bool = False  # one graph, no graph breaks; implies strict
+    strict: bool = False  # a compile failure stops the run instead of falling back to eager
+
+    @pydantic.model_validator(mode="after")
+    def _mode_needs_inductor(self) -> CompileSpec:
+        if self.mode != "default" and self.backend != "inductor":
+            raise ValueError(
+                f"mode {self.mode!r} is an inductor setting, and the backend is "
+                f"{self.backend!r}: set backend: inductor, or leave mode out"
+            )
+        return self
+
+    @property
+    def no_fallback(self) -> bool:
+        """Whether a failure to compile stops the run (``strict`` or ``fullgraph``)."""
+        return self.strict or self.fullgraph
+
+
+def _compile_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "[bool]"
+    return "[mapping]" if isinstance(value, (dict, CompileSpec)) else None
+
+
+# true/false or a mapping; anything else (`compile: 3`) is one clear error, not one per branch
+_CompileSetting = Annotated[
+    Annotated[StrictBool, pydantic.Tag("[bool]")]
+    | Annotated[CompileSpec, pydantic.Tag("[mapping]")],
+    pydantic.Discriminator(
+        _compile_kind,
+        custom_error_type="compile",
+        custom_error_message="train.compile is true, false or a mapping {backend, mode, dynamic, "
+        "fullgraph, strict}",
+    ),
+]
+
+
 class TrainSpec(_Strict):
     epochs: PositiveInt = 10
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -232,11 +299,22 @@ class TrainSpec(_Strict):
     # also checkpoint every N optimizer steps (mid-epoch), so a crash loses at most N steps
     checkpoint_every_steps: PositiveInt | None = None
     progress: bool = True
-    # written while training (crossdistill.train.callbacks): jsonl, tensorboard, mlflow or an
-    # import path; a name alone or {name, params}. metrics.jsonl is always written.
+    # written while training (crossdistill.train.callbacks): jsonl, tensorboard, mlflow, wandb
+    # or an import path; a name alone or {name, params}. metrics.jsonl is always written.
     loggers: list[PluginSpec] = Field(default_factory=list)
     # user code called at each step, epoch, evaluation, checkpoint: {name: pkg.mod:Class, params}
     callbacks: list[PluginSpec] = Field(default_factory=list)
+    # torch.compile the student and the loss terms (crossdistill.train.compile): false, true
+    # (inductor, default settings) or {backend, mode, dynamic, fullgraph, strict}. Checkpoints and
+    # the exported student are the same either way; evaluation and export run eagerly.
+    compile: _CompileSetting = False
+
+    @property
+    def compile_spec(self) -> CompileSpec | None:
+        """``compile`` as a :class:`CompileSpec` (``None``: train eagerly)."""
+        if self.compile is True:
+            return CompileSpec()
+        return self.compile or None
 
     @pydantic.field_validator("loggers", "callbacks", mode="before")
     @classmethod
@@ -344,6 +422,7 @@ _NOT_FINGERPRINTED: dict[str, Any] = {
         "checkpoint_every_steps",
         "loggers",
         "callbacks",
+        "compile",  # the same weights up to rounding: a run resumes compiled or eager
     },
     "data": {"num_workers", "eval_split", "eval_batch_size", "limit_eval"},
 }
@@ -447,6 +526,8 @@ _HINTS = {
     f"letters, digits, '_', '.' and '-', at most {NAME_MAX} characters",
     "loss_weights": "give at least one loss a weight above 0",
     "device": f"set train.device to one of {DEVICES}",
+    "compile": "e.g. train.compile: true, or {backend: inductor, mode: default}; "
+    "--set train.compile=false trains eagerly",
 }
 
 

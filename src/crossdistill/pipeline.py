@@ -26,9 +26,11 @@ from crossdistill.build import (
 from crossdistill.config import Recipe
 from crossdistill.errors import ConfigError
 from crossdistill.evaluate import evaluate_student
+from crossdistill.models.runtime._convert import runtime_teacher
 from crossdistill.registry import import_modules
 from crossdistill.runs import Run
 from crossdistill.store import write_store
+from crossdistill.store.manifest import RuntimeRecord
 from crossdistill.train.callbacks import check_callbacks
 from crossdistill.train.runtime import barrier, distributed_rank, seed_everything
 from crossdistill.train.trainer import History, Trainer
@@ -48,12 +50,22 @@ class RunResult:
         return self.run.path
 
 
-def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
+RUNTIMES = ("torch", "onnx")
+
+
+def cache_recipe(recipe: Recipe, progress: bool = True, runtime: str = "torch") -> Path:
     """Write (or finish) the knowledge store a recipe names; returns its path.
 
-    Under torchrun (``WORLD_SIZE`` > 1) each rank writes its share of the shards and rank 0
-    writes the manifest once all are done.
+    ``runtime="onnx"``: the teacher is exported once to ONNX (cached by its weights), checked
+    against itself on real examples of each store's data, and run by onnxruntime for the store
+    pass; the manifest records the runtime and the measured parity, which lets the recipe's
+    PyTorch teacher read the store. Under torchrun (``WORLD_SIZE`` > 1) each rank writes its
+    share of the shards and rank 0 writes the manifest once all are done.
     """
+    if runtime not in RUNTIMES:
+        raise ConfigError(
+            f"unknown teacher runtime {runtime!r}", hint=f"one of {', '.join(RUNTIMES)}"
+        )
     if recipe.store is None:
         raise ConfigError(
             "the recipe has no `store:` section",
@@ -83,9 +95,13 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
         stores.append((path, dataset, store_fingerprint(recipe, teacher, dataset, train)))
     check_store_plans([(path, fingerprint) for path, _, fingerprint in stores])
     for path, dataset, fingerprint in stores:
+        writer, record = teacher, None
+        if runtime != "torch":
+            writer, found = runtime_teacher(teacher, dataset, sorted(codecs))
+            record = RuntimeRecord(**found)
         write_store(
             path,
-            teacher,
+            writer,
             dataset,
             codecs,
             fingerprint,
@@ -94,6 +110,7 @@ def cache_recipe(recipe: Recipe, progress: bool = True) -> Path:
             rank=rank,
             world_size=world,
             progress=progress and recipe.train.progress and rank == 0,
+            runtime=record,
         )
     return recipe.store.path
 

@@ -46,7 +46,7 @@ from crossdistill._util.files import write_atomic, write_errors, write_json
 from crossdistill._util.hashing import sha256_file
 from crossdistill._util.validation import format_validation_error
 from crossdistill.build import build_eval_loader, build_teacher, build_wrapper
-from crossdistill.config import ModelSpec, PluginSpec, Recipe, dump_recipe, load_recipe
+from crossdistill.config import ModelSpec, PluginSpec, Recipe, dump_recipe, load_recipe, read_yaml
 from crossdistill.core.distiller import Distiller
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import Split, load_source
@@ -207,6 +207,10 @@ class Run:
 
     def recipe(self, overrides: list[str] | None = None) -> Recipe:
         """The recipe the run was made by (its config.yaml), with ``overrides``."""
+        if _predates_limit_mode(self.config_file):
+            # written when data.limit_train always took the first N (the default is now a
+            # random subset): read as what it trained on, so a resume is checked against that
+            overrides = ["data.limit_mode=first", *(overrides or [])]
         return load_recipe(self.config_file, overrides)
 
     @functools.cached_property
@@ -445,6 +449,17 @@ class Run:
         }
         write_json(self.eval_file(), {"epoch": epochs, **metrics}, what="the evaluation")
         write_json(self.student_json, meta, what="the student's description")
+
+
+def _predates_limit_mode(config: Path) -> bool:
+    """Whether ``config`` limits the training examples without saying how (a config.yaml of
+    crossdistill 0.1, before ``data.limit_mode``)."""
+    try:
+        raw = read_yaml(config.read_text(), str(config))
+    except (OSError, ConfigError):
+        return False  # load_recipe names what is wrong
+    data = raw.get("data") if isinstance(raw, dict) else None
+    return isinstance(data, dict) and bool(data.get("limit_train")) and "limit_mode" not in data
 
 
 def _class_path(obj: object) -> str:

@@ -16,6 +16,14 @@ def cache(
     ctx: typer.Context,
     recipe: Annotated[Path, typer.Argument(help="recipe YAML with a `store:` section")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override KEY=VALUE")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="run the teacher in `torch` (default) or `onnx`: exported once to ONNX, "
+            "parity-checked on the data, then run by onnxruntime (the `onnx` extra)",
+        ),
+    ] = "torch",
 ) -> None:
     """Write the knowledge store a recipe names: the teacher's outputs on every training
     example and recorded augmentation. Rerun after a crash: it continues where it stopped."""
@@ -26,9 +34,10 @@ def cache(
     set_ = overrides(set_, ctx.args)
     spec = load_recipe(recipe, set_)
     store = f"the knowledge store {spec.store.path}" if spec.store else "the knowledge store"
-    again = command_line("cache", recipe, set_ or [])
+    options = ("--runtime", runtime) if runtime != "torch" else ()
+    again = command_line("cache", recipe, set_ or [], *options)
     on_interrupt(lambda: f"{store} is not complete; finish it with: {again}")
-    path = cache_recipe(spec)
+    path = cache_recipe(spec, runtime=runtime)
     if KnowledgeStore.complete(path):
         store = KnowledgeStore(path, verify=False)
         per_example = store.nbytes() / store.num_examples

@@ -16,11 +16,14 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
     format_: Annotated[
         str,
-        typer.Option("--format", help="safetensors | torchscript | onnx | sentence-transformers"),
+        typer.Option(
+            "--format",
+            help="safetensors | torchscript | onnx | sentence-transformers | model2vec",
+        ),
     ] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="quantize to int8")] = False,
     half: Annotated[
-        bool, typer.Option("--half", help="float16 weights (sentence-transformers format)")
+        bool, typer.Option("--half", help="float16 weights (sentence-transformers, model2vec)")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="default: RUN_DIR/export/<format>")] = None,
 ) -> None:

@@ -9,16 +9,21 @@ With ``slots=K`` an example has only K recorded augmentations (slot ``k`` draws 
 as epoch ``k`` would) and each epoch picks one slot per example with :func:`slot_table`. This is
 what a knowledge store holds teacher outputs for, so training online with ``slots=K`` and
 training from a store of K slots see exactly the same views.
+
+A DataLoader asks for a whole batch at once (``__getitems__``): the examples are built and
+collated together (one gather and one conversion per tensor field, the augmentation's
+parameters for the whole batch), and the loader's collate (:func:`collate_examples`) keeps that
+batch as it is. It equals the default collate of the examples one by one, bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from crossdistill.data.augment import Augmentation, NoAugment
 from crossdistill.data.checks import check_index, check_slots, check_views, to_float
@@ -26,6 +31,7 @@ from crossdistill.data.split import DatasetSplit, Split, _fields
 from crossdistill.errors import ConfigError, DataError
 
 DEFAULT_VIEWS: tuple[str, ...] = ("teacher", "student")
+_ALIGN = 64  # bytes: each tensor of a batch packed in one block starts on a cache line
 
 
 def slot_table(seed: int, epoch: int, n: int, slots: int) -> np.ndarray:
@@ -108,6 +114,14 @@ class DistillDataset(Dataset):
             self._slots_of_epoch = slot_table(self.seed, self.epoch, len(self), self.slots)
         return int(self._slots_of_epoch[i])
 
+    def slots_of(self, indices: np.ndarray) -> np.ndarray:
+        """:meth:`slot` of each of ``indices`` (valid, non-negative) in the current epoch."""
+        if self.slots is None:
+            raise ConfigError("this dataset has no augment_slots; every epoch draws afresh")
+        if self._slots_of_epoch is None:
+            self._slots_of_epoch = slot_table(self.seed, self.epoch, len(self), self.slots)
+        return self._slots_of_epoch[np.asarray(indices, dtype=np.int64)]
+
     def slot_params(self, i: int, k: int) -> np.ndarray:
         """The parameters of recorded augmentation ``k`` of example ``i`` (drawn as epoch ``k``)."""
         if int(k) < 0 or (self.slots is not None and int(k) >= self.slots):
@@ -126,6 +140,98 @@ class DistillDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.example(i, self.aug_params(i))
+
+    # the batch-level path; False: a batch is built example by example (benchmarks compare)
+    _batched = True
+
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[dict[str, Any]]:
+        """The examples ``indices`` (a DataLoader's batch), built together (see :meth:`batch`)."""
+        if not self._batched or type(self).example is not DistillDataset.example:
+            return [self[i] for i in indices]  # a subclass's own examples: one by one
+        idx = self.check_indices(indices)
+        if self.augmentation.num_params == 0 or not len(idx):
+            params = np.empty((len(idx), self.augmentation.num_params))
+        else:  # what aug_params(i) draws: slot k as epoch k, or the current epoch
+            keys = self.slots_of(idx) if self.slots is not None else [self.epoch] * len(idx)
+            params = np.stack([self._draw(int(i), int(k)) for i, k in zip(idx, keys, strict=True)])
+        return Collated(self.batch(idx, params), lambda: [self[i] for i in indices])
+
+    def check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as an int64 array of valid indices (negative count from the end)."""
+        n = len(self)
+        idx = np.array(indices, dtype=np.int64).reshape(-1)
+        idx[idx < 0] += n
+        outside = (idx < 0) | (idx >= n)
+        if outside.any():
+            check_index(int(np.asarray(indices).reshape(-1)[np.argmax(outside)]), n)
+        return idx
+
+    def batch(
+        self,
+        indices: np.ndarray,
+        params: np.ndarray | None,
+        views: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Examples ``indices`` (valid, see :meth:`check_indices`), row ``b`` seen through
+        the augmentation ``params[b]``, collated: exactly ``default_collate`` of
+        ``[self.example(i, params[b]) ...]``, built with one gather and one conversion per
+        tensor field. ``params`` is ``(B, num_params)``; None for no parameters. ``views``:
+        build only these views (default: all)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        p = self.augmentation.num_params
+        if params is None:
+            params = np.empty((len(idx), 0), dtype=np.float64)
+        params = np.asarray(params)
+        if params.shape != (len(idx), p):
+            raise DataError(
+                f"{len(idx)} examples of {self.split.name!r}: got augmentation parameters of "
+                f"shape {params.shape}, {self.augmentation!r} takes {p} per example",
+                hint="recorded parameters must come from the same data configuration",
+            )
+        sources: dict[str, Any] = {}
+        used: set[str] = set()
+
+        def value(field: str) -> Any:
+            if field not in sources:
+                data = self.split.fields[field]
+                if field in self._tensors:
+                    x = to_float(data[torch.from_numpy(idx)])
+                    sources[field] = self._augment(x, params) if p else x
+                else:  # text, nested or lazily read fields: collated as the default collate does
+                    sources[field] = [_as_value(data[int(i)]) for i in idx]
+            source = sources[field]
+            again = field in used  # every view gets its own tensor, as collating each view does
+            used.add(field)
+            if isinstance(source, torch.Tensor):
+                return source.clone() if again else source
+            return default_collate(source)
+
+        built = {
+            view: value(side) if isinstance(side, str) else {f: value(f) for f in side}
+            for view, side in self._sides.items()
+            if views is None or view in views
+        }
+        out: dict[str, Any] = {"id": torch.from_numpy(idx.copy()), "views": built}
+        targets = self.split.targets
+        if targets is not None:
+            if isinstance(targets, torch.Tensor):
+                target = targets[torch.from_numpy(idx)]
+            elif isinstance(targets, np.ndarray):
+                target = torch.as_tensor(targets[idx])
+            else:
+                target = torch.stack([torch.as_tensor(targets[int(i)]) for i in idx])
+            out["target"] = target if target.is_floating_point() else target.to(torch.int64)
+        out["aug"] = torch.as_tensor(params, dtype=torch.float32)
+        return out
+
+    def _augment(self, x: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        """``x`` ``(B, ...)``, row ``b`` transformed by ``params[b]``: in one call when the
+        augmentation has ``apply_batch(x, params)``, otherwise row by row."""
+        apply_batch = getattr(self.augmentation, "apply_batch", None)
+        if apply_batch is not None:
+            return apply_batch(x, params)
+        apply = self.augmentation.apply
+        return torch.stack([apply(x[b], params[b]) for b in range(len(x))]) if len(x) else x
 
     def example(self, i: int, params: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """Example ``i`` seen through the augmentation ``params`` (e.g. recorded in a store)."""
@@ -169,6 +275,87 @@ class DistillDataset(Dataset):
             f" augmentation={self.augmentation!r}, seed={self.seed}, views={list(self.views)},"
             f" slots={self.slots})"
         )
+
+
+class Collated(Sequence):
+    """A batch of examples built already collated (``batch``). As a sequence it is the
+    examples one by one (``examples`` builds them, the first time one is asked for), so a
+    DataLoader with any other collate still gets what ``dataset[i]`` gives;
+    :func:`collate_examples` takes ``batch`` as it is."""
+
+    def __init__(self, batch: dict[str, Any], examples: Callable[[], list[Any]]) -> None:
+        self.batch = batch
+        self._examples = examples
+        self._built: list[Any] | None = None
+
+    def _items(self) -> list[Any]:
+        if self._built is None:
+            self._built = self._examples()
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __getitem__(self, b: Any) -> Any:
+        return self._items()[b]
+
+
+def collate_examples(examples: Sequence[Any]) -> Any:
+    """The collate of :func:`example_loader`: a :class:`Collated` batch as it is, anything
+    else by ``default_collate``. In a DataLoader worker the batch's tensors are then copied
+    into one shared-memory block (:func:`in_one_block`)."""
+    collated = isinstance(examples, Collated)
+    batch = examples.batch if collated else default_collate(examples)  # type: ignore[union-attr]
+    return in_one_block(batch) if get_worker_info() is not None else batch
+
+
+def in_one_block(batch: Any) -> Any:
+    """``batch`` with every tensor copied into one block of shared memory (contiguous views,
+    values unchanged). A worker hands each shared block to the main process as a file
+    descriptor, one socket round trip each: one block per batch instead of one per tensor
+    (ids, each view, targets, augmentation, each Knowledge key) saves most of that."""
+    tensors: list[torch.Tensor] = []
+
+    def find(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            tensors.append(x)
+        elif isinstance(x, Mapping):
+            for v in x.values():
+                find(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                find(v)
+
+    find(batch)
+    if len(tensors) < 2:
+        return batch
+    offsets, size = [], 0
+    for t in tensors:
+        offsets.append(size)
+        size += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+    block = torch.UntypedStorage(size).share_memory_()
+    copies = {}
+    for t, offset in zip(tensors, offsets, strict=True):
+        view = torch.empty(0, dtype=t.dtype).set_(block, offset // t.element_size(), t.shape)
+        copies[id(t)] = view.copy_(t)
+
+    def put(x: Any) -> Any:
+        # containers rebuilt as the default collate builds them (their own type where it can)
+        if isinstance(x, torch.Tensor):
+            return copies[id(x)]
+        if isinstance(x, Mapping):
+            items = {k: put(v) for k, v in x.items()}
+            try:
+                return type(x)(items)
+            except TypeError:
+                return items
+        if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple
+            return type(x)(*(put(v) for v in x))
+        if isinstance(x, (list, tuple)):
+            return type(x)(put(v) for v in x)
+        return x
+
+    return put(batch)
 
 
 def _as_value(x: Any) -> Any:
@@ -249,13 +436,26 @@ class EpochSampler(Sampler[int]):
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader with :meth:`set_epoch`, which moves both its sampler and its dataset on."""
+    """A DataLoader with :meth:`set_epoch`, which moves both its sampler and its dataset on.
+
+    Its workers are not persistent: each epoch's workers copy the dataset when the epoch's
+    iterator starts, so they see the epoch ``set_epoch`` selected (a persistent worker would
+    keep its first epoch's copy); starting them costs a few milliseconds per epoch. Before
+    they start, a dataset with ``prepare_workers()`` (a store-backed one: it maps and verifies
+    its shards) does once the work every worker would otherwise repeat.
+    """
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order and augmentation parameters of ``epoch``."""
         self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Any:
+        prepare = getattr(self.dataset, "prepare_workers", None)
+        if self.num_workers > 0 and callable(prepare):
+            prepare()
+        return super().__iter__()
 
 
 def example_loader(
@@ -271,10 +471,13 @@ def example_loader(
 ) -> EpochLoader:
     """A loader over ``dataset`` whose order depends only on ``(seed, epoch)``.
 
-    Call ``loader.set_epoch(e)`` before each epoch. Batches are dicts collated by the default
-    collate: ``{"id": (B,), "views": {name: (B, C, H, W)}, "target": (B,), "aug": (B, P)}``.
+    Call ``loader.set_epoch(e)`` before each epoch. Batches are dicts as the default collate
+    makes them: ``{"id": (B,), "views": {name: (B, C, H, W)}, "target": (B,), "aug": (B, P)}``
+    (a dataset that builds whole batches, ``__getitems__``, gives them already collated).
     With ``world > 1`` this rank sees its share of each epoch (see :class:`EpochSampler`);
-    ``batch_size`` is then the per-rank batch.
+    ``batch_size`` is then the per-rank batch. With ``num_workers`` > 0, worker processes
+    build the next batches while the step runs (``prefetch_factor`` batches each ahead);
+    ``pin_memory`` (on CUDA) copies them to page-locked memory for a non-blocking transfer.
     """
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world)  # type: ignore[arg-type]
     return EpochLoader(
@@ -284,6 +487,7 @@ def example_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
+        collate_fn=collate_examples,
         # DataLoader draws a worker base seed from this generator on every iteration; without
         # one it would consume the global torch RNG and shift dropout etc. between runs.
         generator=torch.Generator().manual_seed(int(seed)),

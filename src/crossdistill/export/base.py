@@ -37,6 +37,8 @@ class ExportInputs:
     of real inputs (for tracing), ``calibration`` real training inputs (for static int8); for a
     text student both are lists of strings. ``half``: store float weights as float16.
     ``card``: facts for a format that writes its own model card (see ``export/card.py``).
+    ``check``: real inputs (the parity examples) a format may run to choose between ways of
+    writing the file (the ONNX exporters); the parity check runs on all of them afterwards.
     """
 
     graph: nn.Module
@@ -50,6 +52,7 @@ class ExportInputs:
     info: dict[str, Any] = field(default_factory=dict)  # filled by the exporter
     # for a format's own model card: model_name, train/eval data (name, size, losses), tags
     card: dict[str, Any] = field(default_factory=dict)
+    check: torch.Tensor | list[str] | None = None
 
 
 class Exporter:

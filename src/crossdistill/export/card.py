@@ -180,7 +180,14 @@ def _data_section(run: Run, eval_examples: int | None) -> str:
         (
             "training split",
             f"{_code(data.train_split)}; size {NOT_RECORDED}"
-            + (f" (at most {data.limit_train:,} examples used)" if data.limit_train else ""),
+            + (
+                ""
+                if not data.limit_train
+                else f" (at most its first {data.limit_train:,} examples used)"
+                if data.limit_mode == "first"
+                else f" (at most {data.limit_train:,} examples used, drawn at random with seed "
+                f"{run.config.seed}, stratified by class where the targets are class labels)"
+            ),
         ),
         (
             "evaluation split",

@@ -1,13 +1,14 @@
 """Export a finished run's student alone — no teacher, adapters or loss modules — as safetensors,
-TorchScript or ONNX (optionally int8), or a text student as a sentence-transformers model, with
-``preprocessing.json`` and a parity check. A dual encoder exports its tower: the text encoder
-that embeds queries and documents alike.
+TorchScript or ONNX (optionally int8), a text student as a sentence-transformers model, a static
+one as a model2vec model, with ``preprocessing.json`` and a parity check. A dual encoder exports
+its tower: the text encoder that embeds queries and documents alike.
 
 ``RUN_DIR/export/<format>[-int8]/`` holds the model file, ``README.md`` (the model card: see
 :mod:`crossdistill.export.card`), ``preprocessing.json`` (input shape,
 dtype, value range, pipeline steps, output names, classes) and ``parity.json`` (the exported
 model, run by its own runtime, against the trained student in crossdistill on real validation
-examples; for a text student: embeddings' max abs diff and cosine on up to 1,000 sentences).
+examples; for a text student: embeddings' max abs diff and cosine on up to 1,000 sentences;
+with the exporter that wrote the file and the seconds the format's export took).
 The folder is written under a temporary name and renamed at the end: a failure leaves no export
 behind.
 """
@@ -215,6 +216,7 @@ def export_run(
         int8=int8,
         half=half,
         card=card_data(run, len(split)),
+        check=x,
     )
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     with write_errors(target, "the export"):
@@ -246,6 +248,7 @@ def export_run(
             "reference": "the trained student in crossdistill (float32, CPU)",
             "student_weights": "SHA-256 verified against student.json",
             **parity(reference, exported, names, text=kind == TEXT),
+            "exporter": info.get("exporter"),
             "export_seconds": round(seconds, 3),
         }
         if calibrated_on is not None:

@@ -81,8 +81,43 @@ def shard_file(j: int) -> str:
     return f"{SHARDS}/shard-{j:05d}.safetensors"
 
 
+class RuntimeRecord(BaseModel):
+    """The inference runtime that wrote a store in place of the recipe's PyTorch teacher
+    (``crossdistill cache --runtime onnx``), and how closely it agreed with that teacher.
+
+    ``parity``: the largest absolute difference from the PyTorch teacher per Knowledge key, on
+    ``examples`` real examples of the data, each within ``tolerance``. A recipe whose teacher
+    is the PyTorch model reads the store only when every stored key's parity is recorded and
+    within its tolerance.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    graph_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    detail: str = ""
+    examples: NonNegativeInt = 0
+    parity: dict[str, float] | None = None
+    tolerance: dict[str, float] | None = None
+
+    def refusal(self, keys: list[str]) -> str | None:
+        """Why a recipe's PyTorch teacher cannot stand behind this store, or None."""
+        parity, tolerance = self.parity or {}, self.tolerance or {}
+        missing = [k for k in keys if k not in parity or k not in tolerance]
+        if missing:
+            return f"no parity with the PyTorch teacher is recorded for {missing}"
+        over = [k for k in keys if not parity[k] <= tolerance[k]]  # NaN is over too
+        if over:
+            return "its parity with the PyTorch teacher is beyond tolerance for " + ", ".join(
+                f"{k} ({parity[k]:.3g} > {tolerance[k]:.3g})" for k in over
+            )
+        return None
+
+
 class Manifest(BaseModel):
-    """What a store holds and how to check it; ``shards`` is empty in a plan."""
+    """What a store holds and how to check it; ``shards`` is empty in a plan. ``runtime``:
+    the inference runtime that wrote it in place of the PyTorch teacher (None: the teacher
+    itself)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -95,6 +130,7 @@ class Manifest(BaseModel):
     shard_size: PositiveInt
     keys: dict[str, KeyCodec]
     shards: list[ShardInfo] = Field(default_factory=list)
+    runtime: RuntimeRecord | None = None
 
     @property
     def num_shards(self) -> int:
@@ -108,8 +144,10 @@ class Manifest(BaseModel):
 
     def plan_digest(self) -> str:
         """A SHA-256 of the plan: fingerprint, keys and their codecs, slots and sizes."""
-        blob = json.dumps(self.plan().model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        # a store written by the teacher itself has the digest it had before runtimes existed
+        skip = {"runtime"} if self.runtime is None else set()
+        blob = json.dumps(self.plan().model_dump(mode="json", exclude=skip), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def shard_shapes(self, j: int) -> dict[str, tuple[int, ...]]:
         """The arrays shard ``j`` holds and their shapes (rows, slots, ...)."""
@@ -150,6 +188,16 @@ class Manifest(BaseModel):
                 f"{'; '.join(differ)} differ from this recipe's",
                 hint="write a store for this recipe with `crossdistill cache RECIPE` (to "
                 "another `store.path`, or delete the old store first)",
+            )
+        why = self.runtime.refusal(list(self.keys)) if self.runtime is not None else None
+        if why is not None:
+            assert self.runtime is not None
+            raise StoreError(
+                f"knowledge store {where} was written by {self.runtime.name} in place of the "
+                f"recipe's teacher, and {why}",
+                hint="write it again with `crossdistill cache RECIPE --runtime "
+                f"{self.runtime.name}` (which measures parity) or with the PyTorch teacher "
+                "(`--runtime torch`), after deleting it",
             )
 
 

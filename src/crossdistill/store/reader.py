@@ -1,5 +1,5 @@
 """Reading a knowledge store: memory-mapped shards, records checked on open, checksums verified
-lazily, per shard."""
+lazily, per shard; rows read one at a time (random access) or gathered for a whole batch."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ class KnowledgeStore:
     store, this index and the manifest's SHA-256 (a shard copied from another store or index
     fails here). A shard's bytes are checked against the manifest's SHA-256 the first time one
     of its rows is read (``verify=False`` skips it), so a corrupted byte is found before its
-    rows are used, and the error names the shard.
+    rows are used, and the error names the shard. A shard is verified once per store object:
+    copies made for DataLoader workers know which shards their parent has verified already.
     """
 
     @staticmethod
@@ -90,6 +91,7 @@ class KnowledgeStore:
                 )
             self._check_record(j, digest)
         self._maps: dict[int, dict[str, np.ndarray]] = {}
+        self._verified: set[int] = set()
 
     def _check_record(self, j: int, digest: str) -> None:
         """Refuse shard ``j`` unless its record names this store, index and SHA-256."""
@@ -133,14 +135,21 @@ class KnowledgeStore:
         if arrays is None:
             info = self.manifest.shards[j]
             file = self.path / info.file
-            if self.verify and sha256(file) != info.sha256:
+            if self.verify and j not in self._verified and sha256(file) != info.sha256:
                 raise StoreError(
                     f"knowledge store shard {file} is corrupted: its SHA-256 differs from "
                     f"the one in {self.path / MANIFEST}",
                     hint=REWRITE,
                 )
+            self._verified.add(j)
             arrays = self._maps[j] = map_shard(file)
         return arrays
+
+    def open_all(self) -> None:
+        """Map (and verify) every shard now: DataLoader workers forked afterwards inherit the
+        maps and hash nothing again."""
+        for j in range(self.manifest.num_shards):
+            self._shard(j)
 
     def _locate(self, i: int, k: int) -> tuple[dict[str, np.ndarray], int]:
         if not (0 <= i < self.num_examples and 0 <= k < self.slots):
@@ -164,6 +173,40 @@ class KnowledgeStore:
             for key, codec in self.manifest.keys.items()
         }
 
+    def rows(self, indices: Any, slots: Any) -> dict[str, np.ndarray]:
+        """Every stored array (``aug`` and each key's) of examples ``indices`` seen through
+        ``slots`` (one slot per index), gathered into arrays of ``len(indices)`` rows in the
+        order asked: one read per array per shard touched, whatever the order or repeats."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ks = np.asarray(slots, dtype=np.int64).reshape(-1)
+        if idx.shape != ks.shape:
+            raise ValueError(f"{len(idx)} examples but {len(ks)} slots")
+        outside = (idx < 0) | (idx >= self.num_examples) | (ks < 0) | (ks >= self.slots)
+        if outside.any():
+            b = int(np.argmax(outside))
+            self._locate(int(idx[b]), int(ks[b]))  # raises the IndexError that names it
+        size = self.manifest.shard_size
+        shard = idx // size
+        out: dict[str, np.ndarray] = {}
+        for j in np.unique(shard) if len(idx) else [0]:
+            arrays = self._shard(int(j))
+            at = np.flatnonzero(shard == j)
+            row, k = idx[at] - int(j) * size, ks[at]
+            for name, array in arrays.items():
+                if name not in out:
+                    out[name] = np.empty((len(idx), *array.shape[2:]), dtype=array.dtype)
+                out[name][at] = array[row, k]
+        return out
+
+    def decode(self, rows: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Each key's Knowledge (float32) of a batch from the arrays :meth:`rows` gathered,
+        decoded in one pass: row ``b`` is bit for bit :meth:`knowledge` of example ``b``."""
+        return {
+            key: codec.decode(key, {name: rows[name] for name in codec.arrays(key)})
+            for key, codec in self.manifest.keys.items()
+        }
+
     def __getstate__(self) -> dict[str, Any]:
-        # DataLoader workers get a copy: they map the shards themselves, not pickled arrays
-        return {**self.__dict__, "_maps": {}}
+        # a copy (a DataLoader worker's under spawn) maps the shards itself after it starts:
+        # never pickled arrays; it keeps the set of shards already verified
+        return {**self.__dict__, "_maps": {}, "_verified": set(self._verified)}

@@ -34,6 +34,7 @@ from crossdistill.store.manifest import (
     PLAN,
     SHARDS,
     Manifest,
+    RuntimeRecord,
     ShardInfo,
     ShardRecord,
     read_manifest,
@@ -57,12 +58,15 @@ def write_store(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    runtime: RuntimeRecord | None = None,
 ) -> Manifest | None:
     """Write (or finish, or verify) the store at ``path``; returns its manifest once complete.
 
     ``dataset`` provides ``len``, ``slots`` (K, or None for one), ``slot_params(i, k)`` and
     ``example(i, params)`` (see :class:`~crossdistill.data.DistillDataset`); the teacher reads
     each example's ``"teacher"`` view. Returns ``None`` on a rank that does not finalise.
+    ``runtime``: the inference runtime ``teacher`` runs in, in place of the recipe's PyTorch
+    teacher, and its measured parity (recorded in the manifest).
     """
     path = Path(path)
     slots = _slots(dataset)
@@ -76,7 +80,9 @@ def write_store(
         aug_params=len(dataset.slot_params(0, 0)),
         shard_size=shard_size,
         keys={k: codec.check(k, tuple(_require(probe, k).shape[1:])) for k, codec in keys.items()},
+        runtime=runtime,
     )
+    plan = _resumed(path, plan)
     synced = (
         world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     )
@@ -142,6 +148,18 @@ def _require(knowledge: Knowledge, key: str) -> torch.Tensor:
     return knowledge[key]
 
 
+def _resumed(path: Path, plan: Manifest) -> Manifest:
+    """``plan`` with the runtime record of the store being finished at ``path`` when that was
+    started by the same graph (its parity was measured then; measured again, the last digit may
+    differ with the machine's threads), so that a rerun keeps the plan."""
+    if plan.runtime is None or not (path / PLAN).is_file():
+        return plan
+    old = read_manifest(path / PLAN, "store plan").runtime
+    if old is None or old.graph_sha256 != plan.runtime.graph_sha256:
+        return plan
+    return plan.model_copy(update={"runtime": old})
+
+
 def _claim(path: Path, plan: Manifest) -> None:
     """Record the plan, or check that a store already at ``path`` follows the same plan."""
     existing = path / PLAN
@@ -149,6 +167,13 @@ def _claim(path: Path, plan: Manifest) -> None:
         old = read_manifest(existing, "store plan")
         if old.model_dump() != plan.model_dump():
             old.check_fingerprint(plan.fingerprint, path)
+            if old.runtime != plan.runtime:
+                runtimes = [m.runtime.name if m.runtime else "torch" for m in (old, plan)]
+                raise StoreError(
+                    f"{path} holds a store started with the teacher in {runtimes[0]}, not "
+                    f"{runtimes[1]}",
+                    hint=f"finish it with `--runtime {runtimes[0]}`, or delete it first",
+                )
             raise StoreError(
                 f"{path} holds a store with other keys, slots or shard size than this recipe's",
                 hint="delete it, or set another `store.path`",

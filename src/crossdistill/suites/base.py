@@ -3,7 +3,8 @@
 A suite evaluates a *target* (a run directory, or for some suites a model folder or a registered
 model name) and returns a JSON-able dict. It declares its options as a pydantic model, so that
 ``crossdistill eval`` takes them as ``--name value`` flags (``--quick`` for a bool) and refuses
-the ones it does not declare; and it renders its result for the terminal.
+the ones it does not declare. The CLI prints every suite's result the same way
+(``crossdistill.cli.eval.render_result``), so a suite only returns its numbers.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pydantic
-from rich.console import Console
-from rich.table import Table
 
 from crossdistill._util.files import write_json
 from crossdistill._util.validation import format_validation_error
@@ -30,8 +29,8 @@ class Suite:
     """One evaluation suite, registered with ``@SUITES.register("name")``.
 
     Subclasses set ``Options`` (a pydantic model with ``extra="forbid"``; each field is a
-    ``--field`` flag), implement :meth:`run`, and may override :meth:`render` and
-    :meth:`result_name` (the ``eval-<name>.json`` a run directory keeps the result in).
+    ``--field`` flag), implement :meth:`run`, and may override :meth:`result_name` (the
+    ``eval-<name>.json`` a run directory keeps the result in).
     """
 
     Options: ClassVar[type[pydantic.BaseModel]] = NoOptions
@@ -53,16 +52,6 @@ class Suite:
     def result_name(self, target: str, options: Any) -> str:
         """The ``<name>`` of ``eval-<name>.json`` (a suite named by import path: its class)."""
         return vars(type(self)).get("plugin_name") or type(self).__name__.lower()
-
-    def render(self, result: dict[str, Any], console: Console) -> None:
-        """The result's numbers as a two-column table."""
-        table = Table(title=f"{plugin_name(self)} {result.get('model', '')}".strip())
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in result.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-        console.print(table)
 
 
 SUITES: Registry[type[Suite]] = Registry("evaluation suite", base=Suite, returns=Suite)

@@ -10,6 +10,10 @@ DistributedDataParallel with the teacher's parameters and buffers left out: the 
 adapters and loss modules are synchronised, the frozen teacher is replicated as it is. Rank 0
 alone logs, evaluates and writes checkpoints; checkpoints hold every rank's RNG state.
 
+With ``train.compile`` the Distiller's forward (student, adapters, loss terms) and its backward
+run through ``torch.compile``, the frozen teacher eagerly before it; a step the compiler fails
+is redone eagerly and the run continues eagerly (:mod:`crossdistill.train.compile`).
+
 Callbacks (:mod:`crossdistill.train.callbacks`: the loggers of ``train.loggers``, the user code
 of ``train.callbacks`` and the ``callbacks=`` given to the Trainer) are called at each logged
 step, epoch, evaluation and checkpoint, on rank 0 only unless a callback sets ``all_ranks``.
@@ -39,6 +43,7 @@ from crossdistill.errors import CallbackError, CheckpointError, ConfigError, Non
 from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
 from crossdistill.train.callbacks import Callback, CallbackList, build_callbacks
+from crossdistill.train.compile import CompiledStep
 
 
 def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -131,6 +136,9 @@ class Trainer:
         self.world = dist.get_world_size() if self.distributed else 1
         self.main = self.rank == 0
         self.callbacks = CallbackList([*build_callbacks(self.spec), *callbacks], self.main)
+        # compiled in place before DDP wraps it (torch's recommended order); parameter names,
+        # checkpoints, evaluation and export stay those of the eager modules
+        self.compiled = CompiledStep(distiller, self.spec.compile_spec, distiller.trainable())
         self._model: nn.Module = self._data_parallel(distiller) if self.distributed else distiller
         self._params = [p for p in distiller.trainable().parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self._params, self.spec.optimizer)
@@ -145,6 +153,7 @@ class Trainer:
         self._epoch_record: dict[str, Any] = {}  # the last epoch's log record, for callbacks
         self._finite: torch.Tensor | None = None  # CUDA: all losses finite since the last check
         self._checked_step = 0
+        self._compile_logged = False  # whether metrics.jsonl has the compile fallback
 
     def _data_parallel(self, distiller: Distiller) -> nn.Module:
         """DDP over the student, adapters and loss modules; the frozen teacher left out."""
@@ -167,8 +176,32 @@ class Trainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Forward, backward, clip, optimizer step; returns the detached loss terms."""
         batch = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        # train.compile: forward and backward compiled; on a compiler failure redone eagerly
+        total, terms = self.compiled.run(
+            lambda: self._forward_backward(batch, teacher_apart=True),
+            lambda: self._forward_backward(batch),
+        )
+        if self.spec.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self._params, self.spec.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        if self.compiled.fallback_cause is not None and not self._compile_logged:
+            self._log_compile()  # the step that fell back to eager, in metrics.jsonl
+        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _forward_backward(
+        self, batch: Mapping[str, Any], teacher_apart: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss terms and their gradients. ``teacher_apart``: the teacher runs first, on its
+        own, and the model reads its Knowledge from the batch (as from a store), so that a
+        compiled Distiller holds only the student, adapters and losses."""
         with autocast(self.device, self.amp):
-            _, terms = self._model(batch)
+            inputs = self._with_teacher_knowledge(batch) if teacher_apart else batch
+            _, terms = self._model(inputs)
             total = sum(terms.values())
         finite = torch.isfinite(total.detach())
         if self.device.type == "cuda":
@@ -179,15 +212,15 @@ class Trainer:
             self._non_finite(terms, batch=batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        if self.spec.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self._params, self.spec.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.step += 1
-        return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
+        return total, terms
+
+    def _with_teacher_knowledge(self, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+        distiller = self.distiller
+        if "knowledge" in batch or not distiller.uses_teacher or distiller.teacher is None:
+            return batch
+        with torch.no_grad():
+            knowledge = distiller.teacher(batch["views"]["teacher"])
+        return {**batch, "knowledge": knowledge}
 
     def check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
         """Raise if a loss became NaN/Inf since the last check (CUDA checks lazily)."""
@@ -295,6 +328,8 @@ class Trainer:
             if self.distiller.adapter_choices and self.step == 0:
                 # the adapters `auto` chose, for the log and the report
                 self._log({"kind": "adapters", **self.distiller.adapter_choices})
+            if self.compiled.spec is not None:
+                self._log_compile()
             self._callback("on_start")
             while self.epoch < self.spec.epochs:
                 history.train_loss.append(self._train_epoch(train_loader, steps_per_epoch))
@@ -516,6 +551,22 @@ class Trainer:
             {"kind": "resume", "epoch": self.epoch, "step": self.step, "checkpoint": str(found[-1])}
         )
         return True
+
+    def _log_compile(self) -> None:
+        """A ``compile`` record: the backend, whether steps run compiled, and why not."""
+        assert self.compiled.spec is not None
+        cause = self.compiled.fallback_cause
+        self._compile_logged = cause is not None
+        self._log(
+            {
+                "kind": "compile",
+                "epoch": self.epoch,
+                "step": self.step,
+                "backend": self.compiled.spec.backend,
+                "compiled": self.compiled.active,
+                **({"fallback": cause} if cause is not None else {}),
+            }
+        )
 
     def _log(self, record: dict[str, Any]) -> dict[str, Any]:
         record = {"time": time.time(), **record}

@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 import pydantic
 import torch
-from rich.console import Console
-from rich.table import Table
 
 from crossdistill._util.progress import ProgressBar
 from crossdistill.domains.ranking.data import RetrievalSet
@@ -276,15 +274,3 @@ class RetrievalSuite(Suite):
 
     def run(self, target: str, options: RetrievalOptions) -> dict[str, Any]:
         return run_retrieval_suite(target, reranker=options.reranker, quick=options.quick)
-
-    def render(self, result: dict[str, Any], console: Console) -> None:
-        table = Table(title=f"retrieval {result['set']}")
-        columns = ["r_at_1", "r_at_10", "mrr_at_10", "ndcg_at_10", "ms_per_query", "index_build_s"]
-        table.add_column("system")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for system in (k for k in ("dense", "rerank") if k in result):
-            row = result[system]
-            cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else "-" for c in columns]
-            table.add_row(f"{system} {row['model']}", *cells)
-        console.print(table)

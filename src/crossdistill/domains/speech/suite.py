@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 import pydantic
-from rich.console import Console
-from rich.table import Table
 
 from crossdistill.domains.text.suite.encoders import load_encoder
 from crossdistill.errors import ConfigError
@@ -119,18 +117,3 @@ class SpeechTextSuite(Suite):
 
     def result_name(self, target: str, options: SpeechTextOptions) -> str:
         return f"speech-text-{options.split}"
-
-    def render(self, result: dict[str, Any], console: Console) -> None:
-        title = f"{result['set']}: {result['examples']} examples, {result['texts']} texts"
-        table = Table(title=title)
-        columns = ["r_at_1", "r_at_5", "r_at_10", "mrr"]
-        for column in ["direction", *columns]:
-            table.add_column(column, justify="left" if column == "direction" else "right")
-        for key, label in (
-            ("to_text", f"{result['modality']} -> text"),
-            ("from_text", f"text -> {result['modality']}"),
-            ("chance", "chance (to text)"),
-        ):
-            table.add_row(label, *(f"{result[key][c]:.4f}" for c in columns))
-        console.print(table)
-        super().render({k: v for k, v in result.items() if isinstance(v, float)}, console)

@@ -52,7 +52,7 @@ def _sentence_transformers() -> Any:
     )
 
 
-def _copy_tokenizer(tokenizer: Any) -> Any:
+def copy_tokenizer(tokenizer: Any) -> Any:
     """A copy of a ``tokenizers.Tokenizer``, so that changing its settings leaves the student's
     alone."""
     from tokenizers import Tokenizer
@@ -90,7 +90,7 @@ def static_modules(model: nn.Module, stage: Path) -> list[nn.Module]:
 
     weights = model.embedding.weight.detach().cpu().clone()
     # the tokenizer keeps its truncation at max_length: StaticEmbedding truncates only that way
-    embedding = StaticEmbedding(_copy_tokenizer(model.tokenizer), embedding_weights=weights)
+    embedding = StaticEmbedding(copy_tokenizer(model.tokenizer), embedding_weights=weights)
     return [embedding, *_tail(model)]
 
 
@@ -100,7 +100,7 @@ def fast_tokenizer(model: nn.Module) -> Any:
     special tokens named, ``model_max_length`` the student's ``max_length``."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = _copy_tokenizer(model.tokenizer)
+    tok = copy_tokenizer(model.tokenizer)
     tok.no_padding()
     tok.no_truncation()
     pad = tok.id_to_token(model.pad_id)

@@ -10,7 +10,6 @@ import numpy as np
 import pydantic
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from crossdistill.domains.text.suite.base import TEXT_TASKS, TextTask
 from crossdistill.domains.text.suite.encoders import TextEncoder, check_texts, load_encoder
@@ -154,19 +153,3 @@ class TextSuite(Suite):
             names = [t.strip() for t in options.tasks.split(",") if t.strip()]
         teacher = None if options.teacher == "none" else options.teacher
         return run_text_suite(target, tasks=names, quick=options.quick, teacher=teacher)
-
-    def render(self, result: dict[str, Any], console: Console) -> None:
-        table = Table(title=f"text suite {result['model']}{' (quick)' * result['quick']}")
-        for column in ("task", "score", "metrics", "s"):
-            table.add_column(column, justify="left" if column in ("task", "metrics") else "right")
-        for name, score in result["scores"].items():
-            detail = result["details"][name]
-            extra = ", ".join(
-                f"{k} {v:.4f}" for k, v in detail.items() if isinstance(v, float) and k != "seconds"
-            )
-            table.add_row(name, f"{score:.4f}", extra, f"{detail['seconds']:.1f}")
-        if result["avg"] is not None:
-            table.add_row(
-                "avg", f"{result['avg']:.4f}", "mean of the task scores but agreement", ""
-            )
-        console.print(table)
