@@ -19,7 +19,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -255,3 +255,24 @@ def neighbours() -> list[str]:
         if ("benchmarks/" in line or "pytest" in line) and me not in line:
             found.add(line[:120])
     return sorted(found)
+
+
+class EpochBatches:
+    """Batches of a crossdistill ``EpochLoader``, epoch after epoch (``set_epoch`` at each
+    start): ``next()`` never runs out."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.epoch = loader, 0
+        self._it = self._start()
+
+    def _start(self) -> Iterator[Any]:
+        self.loader.set_epoch(self.epoch)
+        return iter(self.loader)
+
+    def next(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self._it = self._start()
+            return next(self._it)

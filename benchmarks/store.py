@@ -77,7 +77,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    EpochBatches,
     command_line,
     format_mean_std,
     machine,
@@ -271,26 +272,6 @@ def text_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 Step = Callable[[], tuple[float, float]]
 
 
-class _Batches:
-    """Batches of an EpochLoader, epoch after epoch (``set_epoch`` at each start)."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader, self.epoch = loader, 0
-        self._it = self._start()
-
-    def _start(self) -> Iterator[Any]:
-        self.loader.set_epoch(self.epoch)
-        return iter(self.loader)
-
-    def next(self) -> Any:
-        try:
-            return next(self._it)
-        except StopIteration:
-            self.epoch += 1
-            self._it = self._start()
-            return next(self._it)
-
-
 def _kd_trainer(recipe: Recipe) -> tuple[Trainer, Any]:
     """The recipe's Distiller and store-backed training loader, and a Trainer with the
     LambdaLR scheduler ``fit`` would install."""
@@ -339,9 +320,9 @@ def build_step_variants(dense: Recipe, topk: Recipe) -> dict[str, Step]:
     mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
     batches = {
-        "plain_student_step": _Batches(loader_a),
-        "cached_kd_step": _Batches(loader_b),
-        "cached_kd_topk_step": _Batches(loader_c),
+        "plain_student_step": EpochBatches(loader_a),
+        "cached_kd_step": EpochBatches(loader_b),
+        "cached_kd_topk_step": EpochBatches(loader_c),
     }
 
     def plain_student_step() -> tuple[float, float]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, markdown_table, provenance, write_results
+from _common import RESULTS, command_line, markdown_table, provenance, write_results
 
 PARTS = ("runtime", "store", "compile", "export")
 
@@ -54,12 +54,16 @@ def main() -> None:
             **measured,
             "seconds": round(time.perf_counter() - started, 1),
             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": command_line(),
         }
 
     ordered = {p: parts[p] for p in PARTS if p in parts}
     rows = [row for p in ordered.values() for row in p["rows"]]
     table = markdown_table(["measure", "measured", "target", "met"], rows)
     notes = [note for p in ordered.values() for note in p.get("notes", [])]
+    notes += [
+        f"{name}: measured {p['measured_at']} by `{p['command']}`" for name, p in ordered.items()
+    ]
     if not result_has_gpu():
         notes.append("no GPU on this machine: no GPU timings (AMP, compile, teacher pass) taken")
     result = {"quick": args.quick, "parts": ordered, **provenance(began)}

@@ -25,6 +25,7 @@ from crossdistill.export import EXPORTERS, ExportError, export_run
 from crossdistill.export.base import ExportInputs
 from crossdistill.pipeline import run_recipe
 from crossdistill.runs import load_student
+from test_export_text import eval_sentences, student_embeddings
 
 pytestmark = [
     pytest.mark.skipif(
@@ -82,19 +83,6 @@ def export(run: Path) -> Path:
     return export_run(run, "model2vec")
 
 
-def sentences(run: Path) -> list[str]:
-    from crossdistill.data import load_source
-
-    recipe = load_recipe(run / "config.yaml")
-    return load_source("sentences", recipe.data.eval_split, **recipe.data.params).texts
-
-
-def student_embeddings(run: Path, texts: list[str]) -> np.ndarray:
-    student = load_student(run).eval()
-    with torch.no_grad():
-        return student(texts)["embedding"].numpy()
-
-
 ISOLATED = """
 import json, sys
 sys.modules["crossdistill"] = None  # `import crossdistill` now raises ImportError
@@ -111,7 +99,7 @@ print("ok", model.normalize, model.max_length)
 def test_model2vec_loads_the_export_without_crossdistill(
     run: Path, export: Path, tmp_path: Path
 ) -> None:
-    texts = [*sentences(run), "", "the quick brown fox " * 40]
+    texts = [*eval_sentences(run), "", "the quick brown fox " * 40]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     copy = tmp_path / "m2v"  # away from the run: nothing but the folder is needed
     subprocess.run(["cp", "-r", str(export), str(copy)], check=True)

@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Subset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from conftest import DIGITS
+from crossdistill.build import Limited
 from crossdistill.config import Recipe, validate_recipe
 from crossdistill.core.wrappers import Teacher
 from crossdistill.data.augment import RandomCropFlip
@@ -69,25 +70,6 @@ class TwoHeads(nn.Module):
         return out[:, :CLASSES], out[:, CLASSES:].reshape(-1, 3, 2)
 
 
-class Picked(Subset):
-    """Some examples of a dataset in another order, forwarding what a store reads by position
-    (like ``build.Limited``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def example(self, i: int, params: Any) -> dict[str, Any]:
-        return self.dataset.example(self.indices[i], params)
-
-    def slot(self, i: int, epoch: int | None = None) -> int:
-        return self.dataset.slot(self.indices[i], epoch)
-
-    def slot_params(self, i: int, k: int) -> Any:
-        return self.dataset.slot_params(self.indices[i], k)
-
-
 def images(n: int = 70) -> ArraySplit:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 1, 6, 6), dtype=torch.uint8, generator=g)
@@ -100,7 +82,7 @@ def dataset(slots: int | None, subset: bool) -> Any:
     data = DistillDataset(
         images(70 if subset else N), augmentation=augmentation, seed=3, slots=slots
     )
-    return Picked(data, list(range(69, 19, -1))) if subset else data
+    return Limited(data, list(range(69, 19, -1))) if subset else data
 
 
 @pytest.fixture(scope="module")

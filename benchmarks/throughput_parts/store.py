@@ -30,13 +30,13 @@ import gc
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from _common import machine, summarize
+from _common import EpochBatches, machine, summarize
 from crossdistill import load_recipe
 from crossdistill.build import build_distiller, build_loaders
 from crossdistill.config import Recipe
@@ -107,25 +107,12 @@ def trainer_and_loader(r: Recipe) -> tuple[Trainer, Any]:
     return trainer, loader
 
 
-class Batches:
+class Batches(EpochBatches):
     """Batches of an EpochLoader, epoch after epoch; ``batched`` selects the store's path."""
 
     def __init__(self, loader: Any, batched: bool) -> None:
-        self.loader, self.epoch = loader, 0
         loader.dataset._batched = batched
-        self._it = self._start()
-
-    def _start(self) -> Iterator[Any]:
-        self.loader.set_epoch(self.epoch)
-        return iter(self.loader)
-
-    def next(self) -> Any:
-        try:
-            return next(self._it)
-        except StopIteration:
-            self.epoch += 1
-            self._it = self._start()
-            return next(self._it)
+        super().__init__(loader)
 
 
 def timed(f: Callable[[], Any]) -> float:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,80 @@ def run_folder(trainer: Trainer, attribute: str, given: str | None, who: str) ->
             "logger params: {log_dir: PATH}",
         )
     return Path(folder)
+
+
+def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """The numbers of a log record that loggers plot: every int or float value but the
+    record's ``time``, ``kind``, ``step`` and ``epoch`` (and booleans)."""
+    for key, value in record.items():
+        if key in ("time", "kind", "step", "epoch") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            yield key, float(value)
+
+
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class CheckpointedLogger(Callback):
+    """A logger whose values reach its backend at each checkpoint and at the end, never
+    before: a resumed run redoes what came after its last checkpoint, so it logs no step twice.
+    A failure drops what is pending and ends the backend's run as failed.
+
+    Values are ``(name, value, step, time)``: ``train/<term>`` per logged step,
+    ``epoch/<value>``, ``eval/<metric>``, against the optimizer step. A subclass sends them
+    (:meth:`_send`) and ends its backend's run (:meth:`_end`).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, float, int, float]] = []
+
+    def _send(self, values: list[tuple[str, float, int, float]]) -> None:
+        raise NotImplementedError
+
+    def _end(self, failed: bool) -> None:
+        """End the backend's run (once: later calls do nothing)."""
+        raise NotImplementedError
+
+    def _add(self, prefix: str, record: dict[str, Any], step: int) -> None:
+        at = float(record.get("time", 0.0))
+        self.pending += [(f"{prefix}/{key}", value, step, at) for key, value in scalars(record)]
+
+    def _flush(self) -> None:
+        if self.pending:
+            self._send(self.pending)
+        self.pending = []
+
+    def on_step(self, trainer: Trainer, step: int, record: dict[str, Any]) -> None:
+        self._add("train", record, step)
+
+    def on_epoch(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        self._add("epoch", record, trainer.step)
+
+    def on_eval(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        self._add("eval", metrics, trainer.step)
+        if trainer.run is None:  # no checkpoints to wait for
+            self._flush()
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        # what a checkpoint covers is never redone by a resume: safe to send now
+        self._flush()
+
+    def on_end(self, trainer: Trainer, history: History) -> None:
+        self._flush()
+        self._end(failed=False)
+
+    def close(self, trainer: Trainer) -> None:
+        # a failure: what came after the last checkpoint is dropped (a resume redoes it)
+        self.pending = []
+        with contextlib.suppress(Exception):
+            self._end(failed=True)
 
 
 class CallbackList:

@@ -6,12 +6,17 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from crossdistill._util.files import write_atomic
 from crossdistill.errors import require
-from crossdistill.train.callbacks._base import CALLBACKS, Callback, History, Trainer, run_folder
+from crossdistill.train.callbacks._base import (
+    CALLBACKS,
+    CheckpointedLogger,
+    Trainer,
+    read_json_dict,
+    run_folder,
+)
 
 INSTALL = "pip install mlflow-skinny (or: pip install 'crossdistill[logging]')"
 RUN_ID_FILE = "crossdistill_run.json"  # in the logger's folder: the MLflow run a resume continues
@@ -19,7 +24,7 @@ _FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 
 
 @CALLBACKS.register("mlflow")
-class MlflowLogger(Callback):
+class MlflowLogger(CheckpointedLogger):
     """MLflow metrics and the ``train:`` settings as params, written while training.
 
     By default the store is a local MLflow file store in the run's ``mlflow/`` folder (read it
@@ -41,11 +46,11 @@ class MlflowLogger(Callback):
         log_dir: str | None = None,
     ) -> None:
         require("mlflow", "the mlflow logger", INSTALL)  # before training, not at its start
+        super().__init__()
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.log_dir = log_dir
         self.client: Any = None
         self.run_id: str | None = None
-        self.pending: list[Any] = []
 
     def on_start(self, trainer: Trainer) -> None:
         from mlflow.tracking import MlflowClient  # optional package
@@ -53,7 +58,7 @@ class MlflowLogger(Callback):
         folder = run_folder(trainer, "mlflow_dir", self.log_dir, "mlflow")
         folder.mkdir(parents=True, exist_ok=True)
         uri = self.tracking_uri or folder.absolute().as_uri()
-        saved = _read_json(folder / RUN_ID_FILE)
+        saved = read_json_dict(folder / RUN_ID_FILE)
         with _file_store(uri):
             self.client = MlflowClient(tracking_uri=uri)
             if trainer.step and saved.get("tracking_uri") == uri and saved.get("run_id"):
@@ -73,51 +78,23 @@ class MlflowLogger(Callback):
             what="the MLflow run id",
         )
 
-    def _add(self, prefix: str, record: dict[str, Any], step: int) -> None:
+    def _send(self, values: list[tuple[str, float, int, float]]) -> None:
         from mlflow.entities import Metric  # optional package
 
-        stamp = int(float(record.get("time", 0.0)) * 1000)
-        for key, value in record.items():
-            if key in ("time", "kind", "step", "epoch") or isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)):
-                self.pending.append(Metric(f"{prefix}/{key}", float(value), stamp, step))
-
-    def _flush(self) -> None:
-        if self.pending and self.client is not None and self.run_id is not None:
-            with _file_store(self.client.tracking_uri):
-                for i in range(0, len(self.pending), 1000):  # MLflow's batch limit
-                    self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
-        self.pending = []
-
-    def on_step(self, trainer: Trainer, step: int, record: dict[str, Any]) -> None:
-        self._add("train", record, step)
-
-    def on_epoch(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
-        self._add("epoch", record, trainer.step)
-
-    def on_eval(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
-        self._add("eval", metrics, trainer.step)
-        if trainer.run is None:  # no checkpoints to wait for
-            self._flush()
-
-    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
-        # what a checkpoint covers is never redone by a resume: safe to send now
-        self._flush()
-
-    def on_end(self, trainer: Trainer, history: History) -> None:
-        self._flush()
+        if self.client is None or self.run_id is None:
+            return
+        metrics = [Metric(name, value, int(at * 1000), step) for name, value, step, at in values]
         with _file_store(self.client.tracking_uri):
-            self.client.set_terminated(self.run_id, status="FINISHED")
-        self.run_id = None
+            for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
-    def close(self, trainer: Trainer) -> None:
-        # a failure: what came after the last checkpoint is dropped (a resume redoes it)
-        self.pending = []
+    def _end(self, failed: bool) -> None:
         if self.client is not None and self.run_id is not None:
-            with _file_store(self.client.tracking_uri), contextlib.suppress(Exception):
-                self.client.set_terminated(self.run_id, status="FAILED")
-        self.client, self.run_id = None, None
+            with _file_store(self.client.tracking_uri):
+                self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+        self.run_id = None
+        if failed:
+            self.client = None
 
 
 @contextlib.contextmanager
@@ -145,11 +122,3 @@ def _params(settings: dict[str, Any], prefix: str = "train.") -> list[Any]:
         else:
             out.append(Param(f"{prefix}{key}", json.dumps(value)[:6000]))
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from crossdistill.errors import require
-from crossdistill.train.callbacks._base import CALLBACKS, Callback, History, Trainer, run_folder
+from crossdistill.train.callbacks._base import (
+    CALLBACKS,
+    Callback,
+    History,
+    Trainer,
+    run_folder,
+    scalars,
+)
 
 # A name ending the event files training writes: `crossdistill report` leaves such a folder as it
 # is instead of writing its own copy from metrics.jsonl.
@@ -43,11 +50,8 @@ class TensorBoardLogger(Callback):
         )
 
     def _scalars(self, prefix: str, record: dict[str, Any], step: int) -> None:
-        for key, value in record.items():
-            if key in ("time", "kind", "step", "epoch") or isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{prefix}/{key}", value, step, walltime=record.get("time"))
+        for key, value in scalars(record):
+            self.writer.add_scalar(f"{prefix}/{key}", value, step, walltime=record.get("time"))
 
     def on_step(self, trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         self._scalars("train", record, step)

@@ -12,15 +12,20 @@ import yaml
 
 from crossdistill._util.files import write_atomic
 from crossdistill.errors import require
-from crossdistill.train.callbacks._base import CALLBACKS, Callback, History, Trainer, run_folder
+from crossdistill.train.callbacks._base import (
+    CALLBACKS,
+    CheckpointedLogger,
+    Trainer,
+    read_json_dict,
+    run_folder,
+)
 
 INSTALL = "pip install wandb (or: pip install 'crossdistill[logging]')"
 RUN_ID_FILE = "crossdistill_run.json"  # in the wandb/ folder: the W&B run a resume continues
-_SKIPPED = ("time", "kind", "step", "epoch")
 
 
 @CALLBACKS.register("wandb")
-class WandbLogger(Callback):
+class WandbLogger(CheckpointedLogger):
     """Weights & Biases metrics and the recipe as the run's config, written while training.
 
     It never reaches the network by itself: the mode is ``offline`` unless ``mode`` or the
@@ -42,9 +47,9 @@ class WandbLogger(Callback):
         log_dir: str | None = None,
     ) -> None:
         require("wandb", "the wandb logger", INSTALL)  # before training, not at its start
+        super().__init__()
         self.project, self.run_name, self.mode, self.log_dir = project, run_name, mode, log_dir
         self.wandb_run: Any = None
-        self.pending: dict[int, dict[str, float]] = {}
 
     def on_start(self, trainer: Trainer) -> None:
         import wandb  # optional package
@@ -54,7 +59,7 @@ class WandbLogger(Callback):
         folder = parent / "wandb"
         name = self.run_name or getattr(getattr(trainer.run, "path", None), "name", None)
         folder.mkdir(parents=True, exist_ok=True)
-        saved = _read_json(folder / RUN_ID_FILE)
+        saved = read_json_dict(folder / RUN_ID_FILE)
         resumed = bool(trainer.step and saved.get("run_id"))
         self.wandb_run = wandb.init(
             project=self.project,
@@ -76,48 +81,19 @@ class WandbLogger(Callback):
             what="the W&B run id",
         )
 
-    def _add(self, prefix: str, record: dict[str, Any], step: int) -> None:
-        row = self.pending.setdefault(step, {})
-        for key, value in record.items():
-            if key in _SKIPPED or isinstance(value, bool):
-                continue
-            if isinstance(value, (int, float)):
-                row[f"{prefix}/{key}"] = float(value)
+    def _send(self, values: list[tuple[str, float, int, float]]) -> None:
+        if self.wandb_run is None:
+            return
+        rows: dict[int, dict[str, float]] = {}
+        for name, value, step, _ in values:
+            rows.setdefault(step, {})[name] = value
+        # one row per step, in order: W&B drops a step lower than one already logged
+        for step in sorted(rows):
+            self.wandb_run.log(rows[step], step=step)
 
-    def _flush(self) -> None:
+    def _end(self, failed: bool) -> None:
         if self.wandb_run is not None:
-            # one row per step, in order: W&B drops a step lower than one already logged
-            for step in sorted(self.pending):
-                if self.pending[step]:
-                    self.wandb_run.log(self.pending[step], step=step)
-        self.pending = {}
-
-    def on_step(self, trainer: Trainer, step: int, record: dict[str, Any]) -> None:
-        self._add("train", record, step)
-
-    def on_epoch(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
-        self._add("epoch", record, trainer.step)
-
-    def on_eval(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
-        self._add("eval", metrics, trainer.step)
-        if trainer.run is None:  # no checkpoints to wait for
-            self._flush()
-
-    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
-        # what a checkpoint covers is never redone by a resume: safe to send now
-        self._flush()
-
-    def on_end(self, trainer: Trainer, history: History) -> None:
-        self._flush()
-        self.wandb_run.finish()
-        self.wandb_run = None
-
-    def close(self, trainer: Trainer) -> None:
-        # a failure: what came after the last checkpoint is dropped (a resume redoes it)
-        self.pending = {}
-        if self.wandb_run is not None:
-            with contextlib.suppress(Exception):
-                self.wandb_run.finish(exit_code=1)
+            self.wandb_run.finish(exit_code=1 if failed else 0)
         self.wandb_run = None
 
 
@@ -130,11 +106,3 @@ def _config(trainer: Trainer) -> dict[str, Any]:
             if isinstance(found, dict):
                 return found
     return {"train": trainer.spec.model_dump(mode="json")}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
