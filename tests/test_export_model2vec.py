@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from crossdistill.config import Recipe, load_recipe
+from crossdistill.config import Recipe
 from crossdistill.domains.text.format_model2vec import static_table
 from crossdistill.domains.text.static_embedding import StaticEmbedding
 from crossdistill.domains.text.tiny_transformer import TinyTransformer
@@ -25,7 +24,7 @@ from crossdistill.export import EXPORTERS, ExportError, export_run
 from crossdistill.export.base import ExportInputs
 from crossdistill.pipeline import run_recipe
 from crossdistill.runs import load_student
-from test_export_text import eval_sentences, student_embeddings
+from test_export_text import eval_sentences, student_embeddings, text_recipe
 
 pytestmark = [
     pytest.mark.skipif(
@@ -46,36 +45,10 @@ pytestmark = [
 STUDENT = {"model": "static_embedding", "params": {"dim": 16, "out_dim": 8, "max_length": 24}}
 
 
-def static_recipe(out: Path) -> Recipe:
-    """64 WordNet sentences per split, the MiniLM teacher online, one epoch."""
-    raw = {
-        "name": "text_static_m2v",
-        "seed": 0,
-        "data": {
-            "source": "sentences",
-            "params": {"max_sentences": 64},
-            "batch_size": 16,
-            "eval_batch_size": 32,
-        },
-        "teacher": {"model": "minilm", "params": {"max_length": 24}, "outputs": ["embedding"]},
-        "student": {**STUDENT, "outputs": ["embedding"]},
-        "losses": [{"name": "cosine", "adapter": "linear"}],
-        "train": {
-            "epochs": 1,
-            "device": "cpu",
-            "progress": False,
-            "optimizer": {"name": "adamw", "lr": 1e-2},
-        },
-        "output": {"dir": str(out)},
-    }
-    path = out / "static.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return load_recipe(path)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_recipe(static_recipe(tmp_path_factory.mktemp("m2v_runs"))).run_dir
+    out = tmp_path_factory.mktemp("m2v_runs")
+    return run_recipe(text_recipe(out, STUDENT, "static_m2v")).run_dir
 
 
 @pytest.fixture(scope="module")
