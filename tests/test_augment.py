@@ -110,6 +110,29 @@ def test_crop_matches_pad_then_crop() -> None:
             assert torch.equal(aug.apply(x, [dy, dx, 1]), expected.flip(-1))
 
 
+@pytest.mark.parametrize(
+    ("shape", "padding"),
+    [((3, 7, 6), 2), ((1, 5, 5), 1), ((4, 4), 2), ((2, 3, 3), 4)],  # last: padding > size
+)
+def test_a_batch_equals_its_rows_one_by_one(shape: tuple[int, ...], padding: int) -> None:
+    """apply_batch (one gather for the batch) is bit-identical to apply on each row, for every
+    offset and flip, with and without a channel axis, and when the shift leaves the frame."""
+    aug = RandomCropFlip(padding=padding)
+    offsets = range(2 * padding + 1)
+    params = np.array([[dy, dx, f] for dy in offsets for dx in offsets for f in (0, 1)], float)
+    x = torch.rand(len(params), *shape, generator=torch.Generator().manual_seed(0))
+    rows = torch.stack([aug.apply(x[b], params[b]) for b in range(len(x))])
+    assert torch.equal(aug.apply_batch(x, params), rows)
+
+
+def test_a_batch_with_a_bad_row_raises_that_rows_error() -> None:
+    aug = RandomCropFlip(padding=2)
+    with pytest.raises(DataError, match=r"\[5, 0, 0\] out of range"):
+        aug.apply_batch(torch.zeros(3, 1, 4, 4), np.array([[0, 0, 0], [5, 0, 0], [9, 9, 9]]))
+    with pytest.raises(DataError, match="3 x 3 parameters"):
+        aug.apply_batch(torch.zeros(3, 1, 4, 4), np.zeros((3, 2)))
+
+
 def test_bad_params() -> None:
     aug = RandomCropFlip(padding=2)
     with pytest.raises(DataError, match="3 parameters"):

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from crossdistill.config import PluginSpec
 from crossdistill.errors import ConfigError, DataError
@@ -104,6 +105,31 @@ class RandomCropFlip:
         src_x, dst_x = slice(max(sx, 0), w + min(sx, 0)), slice(max(-sx, 0), w - max(sx, 0))
         out[..., dst_y, dst_x] = x[..., src_y, src_x]
         return out.flip(-1) if flip else out
+
+    def apply_batch(self, x: torch.Tensor, params: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """:meth:`apply` on every row of ``x`` ``(B, ..., H, W)`` with its ``params[b]``, in one
+        gather from the zero-padded batch (bit-identical to the row-by-row loop)."""
+        p = self.padding
+        values = torch.as_tensor(np.asarray(params, dtype=np.float64)).round().long()
+        if values.shape != (len(x), 3):
+            raise DataError(
+                f"crop_flip takes {len(x)} x 3 parameters for a batch of {len(x)}, got "
+                f"{tuple(values.shape)}"
+            )
+        dy, dx, flip = values.unbind(1)
+        bad = (dy < 0) | (dy > 2 * p) | (dx < 0) | (dx > 2 * p) | (flip < 0) | (flip > 1)
+        if bool(bad.any()):  # the first bad row raises apply's own message
+            first = int(bad.nonzero()[0, 0])
+            self.apply(x[first], values[first].numpy())
+        h, w = x.shape[-2:]
+        flat = F.pad(x.reshape(len(x), -1, h, w), (p, p, p, p))  # (B, C, H + 2p, W + 2p)
+        rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+        batch = torch.arange(len(x))[:, None, None]
+        out = flat[batch, :, rows, cols].permute(0, 3, 1, 2)  # advanced indices first: (B, H, W, C)
+        flipped = flip.bool()
+        out[flipped] = out[flipped].flip(-1)
+        return out.reshape(x.shape).contiguous()
 
     def __repr__(self) -> str:
         return f"RandomCropFlip(padding={self.padding}, flip={self.flip})"
