@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(STEP) "$(PYTHON) -m venv $(VENV)" $(PYTHON) -m venv $(VENV)
 	@$(STEP) "pip install --upgrade pip" $(BIN)/pip install -q --upgrade pip
 	@$(STEP) "pip install torch==2.13.0" $(BIN)/pip install -q torch==2.13.0
-	@$(STEP) "pip install -e .[dev,onnx,text,report,examples,logging,docs]" \
-		$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples,logging,docs]'
+	@$(STEP) "pip install -e .[dev,onnx,text,report,examples,logging,docs,tune]" \
+		$(BIN)/pip install -q -e '.[dev,onnx,text,report,examples,logging,docs,tune]'
 	@$(STEP) "pip install --no-deps torchdistill==1.1.5 animal-mnist==0.4" \
 		$(BIN)/pip install -q --no-deps torchdistill==1.1.5 animal-mnist==0.4
 	@touch $(STAMP)

@@ -22,7 +22,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("crossdistill.build",),
     ("crossdistill.runs",),
     ("crossdistill.pipeline", "crossdistill.record", "crossdistill.api"),
-    ("crossdistill.suites", "crossdistill.export", "crossdistill.report", "crossdistill.domains"),
+    (
+        "crossdistill.suites",
+        "crossdistill.export",
+        "crossdistill.report",
+        "crossdistill.domains",
+        "crossdistill.tune",
+    ),
     ("crossdistill.cli", "crossdistill.__main__", "crossdistill"),
 ]
 # crossdistill imported inside a function, outside the command line: none today; each one added

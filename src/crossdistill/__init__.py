@@ -45,6 +45,7 @@ _PUBLIC = {
     "load_student": "crossdistill.runs",
     "Trainer": "crossdistill.train.trainer",
     "Callback": "crossdistill.train.callbacks",
+    "tune_recipe": "crossdistill.tune",
 }
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "load_student",
     "load_weights",
     "run_recipe",
+    "tune_recipe",
 ]
 
 
@@ -107,3 +109,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from crossdistill.runs import Run, load_student
     from crossdistill.train.callbacks import Callback
     from crossdistill.train.trainer import Trainer
+    from crossdistill.tune import tune_recipe

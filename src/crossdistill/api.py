@@ -41,7 +41,7 @@ from crossdistill.losses import Loss
 from crossdistill.models.runtime._convert import runtime_teacher
 from crossdistill.record import recipe_of
 from crossdistill.registry import plugin_name
-from crossdistill.runs import Run
+from crossdistill.runs import Run, final_metrics
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
 from crossdistill.store.manifest import RuntimeRecord
 from crossdistill.train.callbacks import Callback
@@ -121,6 +121,7 @@ def distill(
     losses: Sequence[LossArg | Loss] = ("ce", ("kd", {"temperature": 4.0})),
     *,
     eval_data: Dataset | DataLoader | Split | None = None,
+    val_data: Dataset | DataLoader | Split | None = None,
     store: str | Path | None = None,
     batch_size: int = 128,
     seed: int = 0,
@@ -143,6 +144,11 @@ def distill(
     1e-3}``, ``device="cuda"``, ``progress=False``, ``loggers=["tensorboard"]`` ...);
     ``callbacks`` may hold :class:`~crossdistill.train.callbacks.Callback` instances as well as
     ``{name, params}`` specs.
+
+    ``eval_data`` alone is evaluated after the last epoch. With ``val_data`` (validation data,
+    e.g. carved from your training data) it is evaluated after every epoch — what callbacks'
+    ``on_eval`` see, and what you select settings on — and ``eval_data`` once at the end:
+    ``metrics`` are then ``eval_data``'s, with ``val_data``'s last under ``"validation"``.
 
     With ``run_dir`` the run is written there, complete: config.yaml, metrics.jsonl,
     checkpoints, student.safetensors, student.json, eval.json, and a copy of ``eval_data``
@@ -172,18 +178,25 @@ def distill(
     if store is not None:
         train_loader = _from_store(train_loader, Path(store), batch_size, seed)
     eval_loader = _loader(eval_data, 4 * batch_size, False, seed)
+    val_loader = _loader(val_data, 4 * batch_size, False, seed)
+    # with validation data, it is evaluated each epoch and eval_data once, as the test split
+    loaders = (val_loader, eval_loader) if val_loader is not None else (eval_loader, None)
+    splits = ("val_data", "eval_data") if val_loader is not None else ("eval_data", "eval_data")
     # adapters are built, and mistakes found, on real batches before any training
     device = select_device(spec.device)
-    eval_spec = EvalSpec(every_epochs=0)
+    eval_spec = EvalSpec(every_epochs=0 if val_loader is None else 1)
     preflight(
         distiller,
         train_loader,
-        eval_loader,
+        loaders[0],
         device,
         train_name="train_data",
-        eval_name="eval_data",
+        eval_name=splits[0],
         topk=eval_spec.topk,
+        test_loader=loaders[1],
+        test_name=splits[1],
     )
+    fit = {"eval_loader": loaders[0], "test_loader": loaders[1]}
     run = None if run_dir is None else Run(run_dir)
     if run is not None and run.path.is_dir() and any(run.path.iterdir()):
         raise ConfigError(
@@ -193,10 +206,15 @@ def distill(
         )
     if run is None:
         trainer = Trainer(
-            distiller, spec, eval_spec=eval_spec, evaluator=evaluate_student, callbacks=objects
+            distiller,
+            spec,
+            eval_spec=eval_spec,
+            evaluator=evaluate_student,
+            callbacks=objects,
+            splits=splits,
         )
-        history = trainer.fit(train_loader, eval_loader)
-        return DistillResult(wrapped.model, history, _last(history))
+        history = trainer.fit(train_loader, **fit)
+        return DistillResult(wrapped.model, history, final_metrics(history, splits))
     recipe, student_spec, keep = recipe_of(
         run,
         wrapped,
@@ -220,14 +238,12 @@ def distill(
             fingerprint=recipe.fingerprint(),
             evaluator=evaluate_student,
             callbacks=objects,
+            splits=splits,
         )
-        history = trainer.fit(train_loader, eval_loader)
-        run.finish(distiller, student_spec, _last(history), trainer.epoch)
-    return DistillResult(wrapped.model, history, _last(history), run)
-
-
-def _last(history: History) -> dict[str, Any]:
-    return history.eval[-1] if history.eval else {}
+        history = trainer.fit(train_loader, **fit)
+        metrics = final_metrics(history, splits)
+        run.finish(distiller, student_spec, metrics, trainer.epoch)
+    return DistillResult(wrapped.model, history, metrics, run)
 
 
 # ------------------------------------------------------------------ knowledge stores
@@ -279,7 +295,13 @@ def cache(
     codecs = {}
     for key, options in given.items():
         spec = StoreKeySpec(**options)
-        codecs[key] = KeyCodec(format=spec.format, k=spec.k, dtype=spec.dtype or dtype)
+        codecs[key] = KeyCodec(
+            format=spec.format,
+            k=spec.k,
+            dtype=spec.dtype or dtype,
+            tail_bits=spec.tail_bits,
+            tail_range=spec.tail_range,
+        )
     fingerprint = {
         **store_fingerprint(dataset, teacher),
         "teacher": digest(plugin_name(teacher.model)),

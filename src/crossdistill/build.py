@@ -25,12 +25,20 @@ from torch.utils.data import Subset
 
 from crossdistill._util.device import to_device
 from crossdistill._util.hashing import digest, weights_digest
-from crossdistill.config import LossSpec, ModelSpec, PluginSpec, Recipe, TeacherSpec
+from crossdistill.config import (
+    LossSpec,
+    ModelSpec,
+    PluginSpec,
+    Recipe,
+    TeacherSpec,
+    ValidationSpec,
+)
 from crossdistill.core.distiller import Distiller, Term
 from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.data import build_augmentation, example_loader, load_source
 from crossdistill.data.dataset import loader_preview, make_dataset
+from crossdistill.data.grouping import group_key
 from crossdistill.data.steps import build_pipeline
 from crossdistill.errors import ConfigError, CrossDistillError, DataError
 from crossdistill.evaluate import check_evaluable
@@ -75,7 +83,8 @@ def _checked(wrapper: ModelWrapper, where: str) -> ModelWrapper:
 def build_term(spec: LossSpec, where: str) -> Term:
     """A Distiller term from a recipe's loss entry (the adapter is built later, from shapes)."""
     adapter = spec.adapter.model_dump() if isinstance(spec.adapter, PluginSpec) else spec.adapter
-    return Term(spec.term, build_loss(spec.name, spec.params, where=where), spec.weight, adapter)
+    loss = build_loss(spec.name, spec.params, where=where)
+    return Term(spec.term, loss, spec.weight, adapter, spec.schedule)
 
 
 def build_distiller(recipe: Recipe) -> Distiller:
@@ -151,26 +160,96 @@ def limit_indices(dataset: Any, n: int, mode: str = "random", seed: int = 0) -> 
     if mode == "first":
         return list(range(n))
     g = torch.Generator().manual_seed(int(seed))
-    labels = _class_labels(dataset)
+    labels = class_labels(dataset)
     if labels is None:
         return sorted(torch.randperm(total, generator=g)[:n].tolist())
     return _stratified(labels, n, g)
 
 
-def _class_labels(dataset: Any) -> torch.Tensor | None:
-    """The split's targets as an ``(N,)`` int64 tensor when they are class labels held in
-    memory; ``None`` otherwise (nothing is read from a lazy column)."""
-    targets = getattr(getattr(dataset, "split", None), "targets", None)
+def class_labels(dataset: Any) -> torch.Tensor | None:
+    """The dataset's targets as an ``(N,)`` int64 tensor when they are class labels held in
+    memory (of the examples a :class:`Limited` keeps); ``None`` otherwise (nothing is read from
+    a lazy column)."""
+    split = getattr(dataset, "split", None)
+    targets = getattr(split, "targets", None)
     if isinstance(targets, (np.ndarray, list, tuple)):
         try:
             targets = torch.as_tensor(np.asarray(targets))
         except (TypeError, ValueError, RuntimeError):  # strings, ragged lists: not labels
             return None
-    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or len(targets) != len(dataset):
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or len(targets) != len(split):
         return None
     if targets.is_floating_point() or targets.is_complex():
         return None  # regression targets
+    if isinstance(dataset, Limited):
+        targets = targets[torch.as_tensor(dataset.indices, dtype=torch.int64)]
     return targets.to(torch.int64)
+
+
+def class_counts(dataset: Any, num_classes: int) -> torch.Tensor | None:
+    """Examples per class (``(num_classes,)`` int64) of a dataset of class labels; ``None``
+    when its targets are not labels held in memory or name a class beyond ``num_classes``."""
+    labels = class_labels(dataset)
+    if labels is None or not num_classes or len(labels) == 0:
+        return None
+    if labels.min() < 0 or labels.max() >= num_classes:
+        return None
+    return torch.bincount(labels, minlength=num_classes)
+
+
+def carve_validation(dataset: Any, spec: ValidationSpec) -> tuple[list[int], list[int]]:
+    """``(train, val)``: the examples of a training dataset that train and the ``spec.fraction``
+    of them that validate, each in ascending order.
+
+    The draw is seeded by ``spec.seed`` alone. With groups (``split.groups``: a speaker, a
+    subject) whole groups are drawn until they hold the fraction, so no group is in both;
+    otherwise, with class labels and ``stratify``, each class gives its share (as
+    :func:`limit_indices` draws); else a plain draw."""
+    total = len(dataset)
+    where = f"data.validation (fraction {spec.fraction} of {total} training examples)"
+    assert spec.fraction is not None
+    wanted = round(spec.fraction * total)
+    if wanted < 1 or wanted >= total:
+        raise DataError(
+            f"{where} leaves {'no validation' if wanted < 1 else 'no training'} example",
+            hint="choose a fraction that leaves examples on both sides",
+        )
+    g = torch.Generator().manual_seed(int(spec.seed))
+    groups = getattr(getattr(dataset, "split", None), "groups", None)
+    labels = class_labels(dataset) if spec.stratify else None
+    if groups is not None:
+        val = _grouped_draw([group_key(k) for k in groups], wanted, g, where)
+    elif labels is not None:
+        val = _stratified(labels, wanted, g)
+    else:
+        val = sorted(torch.randperm(total, generator=g)[:wanted].tolist())
+    chosen = set(val)
+    return [i for i in range(total) if i not in chosen], val
+
+
+def _grouped_draw(keys: list[Any], wanted: int, g: torch.Generator, where: str) -> list[int]:
+    """Examples of whole groups, drawn in a seeded order until they number ``wanted`` or more."""
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    if len(members) < 2:
+        raise DataError(
+            f"{where}: the data has {len(members)} group, and a group is never split",
+            hint="validation needs at least two groups (or data without groups)",
+        )
+    order = list(members)
+    val: list[int] = []
+    for pick in torch.randperm(len(order), generator=g).tolist():
+        if len(val) >= wanted:
+            break
+        val.extend(members[order[pick]])
+    if len(val) == len(keys):  # the last group drawn held the rest
+        raise DataError(
+            f"{where}: whole groups cannot leave both sides examples "
+            f"({len(members)} groups of {len(keys)} examples)",
+            hint="choose a smaller fraction",
+        )
+    return sorted(val)
 
 
 def _stratified(labels: torch.Tensor, n: int, g: torch.Generator) -> list[int]:
@@ -201,22 +280,48 @@ def _stratified(labels: torch.Tensor, n: int, g: torch.Generator) -> list[int]:
 
 def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
     """The examples of ``split``: augmented (with the recipe's slots) when ``train``.
-    ``data.limit_train`` keeps the examples :func:`limit_indices` picks (``data.limit_mode``,
-    the recipe's seed); ``data.limit_eval`` the first N of the evaluation split."""
+
+    A carved ``data.validation`` is drawn from the training split (:func:`carve_validation`):
+    its split name reads those examples, the training split the rest. ``data.limit_train``
+    then keeps the training examples :func:`limit_indices` picks (``data.limit_mode``, the
+    recipe's seed); ``data.limit_eval`` the first N of any split evaluated."""
     spec = recipe.data
-    data = load_source(spec.source, split, **spec.params)
+    carve = spec.validation if spec.validation and spec.validation.carved else None
+    carved = carve is not None and split in (carve.split, spec.train_split)
+    data = load_source(spec.source, spec.train_split if carved else split, **spec.params)
     dataset: Any = make_dataset(
         data.with_views(spec.views) if spec.views else data,
         augmentation=build_augmentation(spec.augment) if train else None,
         seed=recipe.seed,
         slots=spec.augment_slots if train else None,
     )
+    if carved:
+        assert carve is not None
+        rest, val = carve_validation(dataset, carve)
+        dataset = Limited(dataset, val if split == carve.split else rest)
     if not train:
-        return Head(dataset, spec.limit_eval) if spec.limit_eval else dataset
+        if not spec.limit_eval:
+            return dataset
+        return _kept(dataset, range(min(spec.limit_eval, len(dataset))), Head)
     if not spec.limit_train:
         return dataset
     indices = limit_indices(dataset, spec.limit_train, spec.limit_mode, recipe.seed)
-    return dataset if indices is None else Limited(dataset, indices)
+    return dataset if indices is None else _kept(dataset, indices)
+
+
+def _kept(dataset: Any, positions: Sequence[int], kind: type[Limited] = Limited) -> Limited:
+    """The examples at ``positions`` of ``dataset``, as one :class:`Limited` of the underlying
+    data (a carved split limited again stays one level deep: its indices are the data's)."""
+    if isinstance(dataset, Limited):
+        return Limited(dataset.dataset, [dataset.indices[i] for i in positions])
+    return Limited(dataset, positions) if kind is Limited else Head(dataset, len(positions))
+
+
+def selection_split(recipe: Recipe) -> str:
+    """The split each evaluation while training reads: the validation split when the recipe
+    has one, else the evaluation split."""
+    data = recipe.data
+    return data.validation.split if data.validation else data.eval_split
 
 
 def _loader(
@@ -250,16 +355,24 @@ def _loader(
     )
 
 
-def build_eval_loader(recipe: Recipe, device: torch.device, teacher: Teacher | None = None) -> Any:
-    """The evaluation split, unaugmented, in order; with a ``store.eval_path`` its examples
-    carry the teacher's cached Knowledge (checked against ``teacher`` when it is given, else
-    against the data alone: a finished run is evaluated with the outputs it was cached with)."""
-    dataset = build_dataset(recipe, recipe.data.eval_split, False)
-    if recipe.store is not None and recipe.store.eval_path is not None:
+def build_eval_loader(
+    recipe: Recipe,
+    device: torch.device,
+    teacher: Teacher | None = None,
+    split: str | None = None,
+) -> Any:
+    """The evaluation split (or ``split``, e.g. the validation split), unaugmented, in order;
+    with a ``store.eval_path`` the evaluation split's examples carry the teacher's cached
+    Knowledge (checked against ``teacher`` when it is given, else against the data alone: a
+    finished run is evaluated with the outputs it was cached with)."""
+    split = split or recipe.data.eval_split
+    dataset = build_dataset(recipe, split, False)
+    cached = recipe.store is not None and recipe.store.eval_path is not None
+    if cached and split == recipe.data.eval_split:
         store = KnowledgeStore(recipe.store.eval_path, verify=recipe.store.verify)
         store.check(store_fingerprint(recipe, teacher, dataset, False), only=teacher is None)
         dataset = StoreDataset(dataset, store)
-    return _loader(recipe, recipe.data.eval_split, False, device, dataset)
+    return _loader(recipe, split, False, device, dataset)
 
 
 def build_loaders(
@@ -269,7 +382,8 @@ def build_loaders(
     rank: int = 0,
     world: int = 1,
 ) -> tuple[Any, Any]:
-    """Training (augmented, shuffled per epoch) and evaluation loaders of a recipe.
+    """Training (augmented, shuffled per epoch) and evaluation loaders of a recipe: the
+    evaluation loader reads the split training evaluates (:func:`selection_split`).
 
     With a ``store:`` the training examples carry the teacher's Knowledge from the store,
     which must have been written for this teacher (``teacher``) and data. Under DDP the
@@ -282,7 +396,16 @@ def build_loaders(
         store.check(store_fingerprint(recipe, teacher, dataset), only=teacher is None)
         dataset = StoreDataset(dataset, store)
     train = _loader(recipe, recipe.data.train_split, True, device, dataset, rank, world)
-    return train, build_eval_loader(recipe, device, teacher)
+    return train, build_eval_loader(recipe, device, teacher, selection_split(recipe))
+
+
+def build_test_loader(recipe: Recipe, device: torch.device, teacher: Teacher | None = None) -> Any:
+    """The evaluation split read once after training, when training evaluates a validation
+    split (another one) and ``eval.test`` is on; ``None`` otherwise."""
+    data = recipe.data
+    if data.validation is None or not recipe.eval.test or data.validation.split == data.eval_split:
+        return None
+    return build_eval_loader(recipe, device, teacher)
 
 
 def store_fingerprint(
@@ -306,6 +429,10 @@ def store_fingerprint(
         # which examples were drawn (the seed picks them); left out for `first`, so that a
         # store written before limit_mode existed (the first N) still matches `first`
         parts.append({"limit_mode": data.limit_mode, "examples": _examples_digest(dataset)})
+    if train and data.validation is not None and data.validation.carved:
+        # the examples the carve left to train (added only then: older stores keep matching)
+        carve = data.validation.model_dump(mode="json")
+        parts.append({"validation": carve, "examples": _examples_digest(dataset)})
     found = {"data": digest(*parts), **_recipe_fingerprint(recipe, train)}
     if teacher is not None and recipe.teacher is not None:
         found["teacher_weights"] = weights_digest(teacher)
@@ -390,6 +517,8 @@ def store_codecs(recipe: Recipe, distiller: Distiller) -> dict[str, KeyCodec]:
             format=key_spec.format if key_spec else "dense",
             k=key_spec.k if key_spec else None,
             dtype=(key_spec.dtype if key_spec and key_spec.dtype else spec.dtype),
+            tail_bits=key_spec.tail_bits if key_spec else None,
+            tail_range=key_spec.tail_range if key_spec else None,
         )
     return codecs
 
@@ -407,21 +536,27 @@ def preflight(
     eval_name: str = "the evaluation data",
     topk: int = 5,
     world: int = 1,
+    test_loader: Any = None,
+    test_name: str = "the test data",
 ) -> None:
     """What can be found wrong on real data, before a run folder exists or a step is trained:
     an empty data set (or one that gives no batch), loss weights that are not finite or all
     zero, NaN/Inf parameters, a model that cannot run on its inputs (images smaller than its
     convolutions and pooling accept, say), a loss that needs what a model does not emit
     (:meth:`Distiller.check`, which also builds the adapters), and a student the evaluation
-    cannot score. ``train_name``/``eval_name`` say in messages where the data came from."""
+    (of ``eval_loader``, and of ``test_loader`` read after training) cannot score.
+    ``train_name``/``eval_name``/``test_name`` say in messages where the data came from."""
     _check_loss_weights(distiller)
     _check_size(train_loader, train_name, world)
-    if eval_loader is not None:
-        _check_size(eval_loader, eval_name)
+    named = ((eval_loader, eval_name), (test_loader, test_name))
+    evaluated = [(loader, name) for loader, name in named if loader is not None]
+    for loader, name in evaluated:
+        _check_size(loader, name)
     sides = {"student": distiller.student, "teacher": distiller.teacher}
     models = {side: wrapper for side, wrapper in sides.items() if wrapper is not None}
     for side, wrapper in models.items():
         _check_parameters(wrapper, side)
+    give_class_counts(distiller, train_loader.dataset, train_name)
     batch = to_device(loader_preview(train_loader), device)
     what = f"first batch of {train_name}"
     try:
@@ -432,19 +567,34 @@ def preflight(
         raise _failure(
             models, batch, exc, what, f"the losses cannot be computed on the {what}"
         ) from None
-    if eval_loader is None:
-        return
     # a student the evaluation cannot score fails now, not after the last epoch
-    preview = to_device(loader_preview(eval_loader), device)
-    what = f"first batch of {eval_name}"
-    try:
-        check_evaluable(
-            distiller.student, preview, eval_loader.dataset, distiller.teacher, device, topk
+    for loader, name in evaluated:
+        preview = to_device(loader_preview(loader), device)
+        what = f"first batch of {name}"
+        try:
+            check_evaluable(
+                distiller.student, preview, loader.dataset, distiller.teacher, device, topk
+            )
+        except CrossDistillError:
+            raise
+        except Exception as exc:
+            raise _failure(models, preview, exc, what, f"the {what} cannot be evaluated") from None
+
+
+def give_class_counts(distiller: Distiller, dataset: Any, where: str) -> None:
+    """Hand the examples per class of the training data to the losses that weight classes by
+    frequency (``class_weights: balanced`` / ``effective``); nothing when none does."""
+    if not distiller.needs_class_counts:
+        return
+    examples = getattr(dataset, "base", dataset)  # a store-fed dataset: its examples
+    counts = class_counts(examples, getattr(examples, "num_classes", None) or 0)
+    if counts is None:
+        raise DataError(
+            f"class_weights balanced/effective count the classes of {where}, whose targets "
+            "are not class labels held in memory (with class names)",
+            hint="give the weights yourself: class_weights: [w_0, w_1, ...], one per class",
         )
-    except CrossDistillError:
-        raise
-    except Exception as exc:
-        raise _failure(models, preview, exc, what, f"the {what} cannot be evaluated") from None
+    distiller.set_class_counts(counts)
 
 
 def _check_loss_weights(distiller: Distiller) -> None:
@@ -456,11 +606,18 @@ def _check_loss_weights(distiller: Distiller) -> None:
             hint="give every loss a finite weight (a loss's `weight:`); an infinite weight "
             "makes the total loss NaN or Inf at the first step",
         )
-    if not any(weights.values()):
+    if not any(_largest_weight(distiller, name) for name in weights):
         raise ConfigError(
             f"every loss has weight 0 ({sorted(weights)}): training would not change the student",
             hint="give at least one loss a non-zero weight",
         )
+
+
+def _largest_weight(distiller: Distiller, name: str) -> float:
+    """A term's weight, or the largest a weight schedule gives it (it may warm up from 0)."""
+    schedule = distiller.schedules.get(name, {}).get("weight")
+    weight = distiller.weights[name]
+    return weight if schedule is None else max(weight, schedule.start, schedule.end)
 
 
 def _check_size(loader: Any, name: str, world: int = 1) -> None:

@@ -127,21 +127,52 @@ class TeacherSpec(_Strict):
         return ModelSpec(**self.model_dump(exclude={"members", "member_weights"}))
 
 
+class AnnealSpec(_Strict):
+    """A value that moves from ``start`` to ``end`` while training runs: over the fraction
+    ``over`` of all optimizer steps (before it: ``start``; after it: ``end``), along ``shape``
+    (``linear``, ``cosine``: slow at both ends, or ``step``: ``start`` then ``end``)."""
+
+    start: float  # the value before the window (and at its start)
+    end: float  # the value after the window
+    shape: Literal["linear", "cosine", "step"] = "linear"  # how it moves inside the window
+    # the window, as fractions of all optimizer steps: [0, 1] is the whole run
+    over: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (
+        0.0,
+        1.0,
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _window(self) -> AnnealSpec:
+        if self.over[0] >= self.over[1]:
+            raise ValueError(f"over [{self.over[0]}, {self.over[1]}] must run forwards")
+        return self
+
+
 class LossSpec(PluginSpec):
     """A loss (registered name or ``package.module:Class``), its weight in the total, and its
     hyper-parameters.
 
     ``adapter`` maps the student tensor the loss reads to the teacher's shape first: ``auto``
     (chosen from the two shapes), an adapter's name or import path, or ``{name, params}``.
+    ``schedule`` anneals the weight (``weight:``) or a number the loss keeps (``temperature:``)
+    over training: ``{temperature: {start: 8, end: 2}}``.
     """
 
     weight: float = Field(1.0, ge=0)
     label: str | None = None  # the name logged for this term; needed when a loss appears twice
     adapter: str | PluginSpec | None = None
+    # `weight` or a number the loss keeps (temperature, ...) -> how it moves over training
+    schedule: dict[str, AnnealSpec] = Field(default_factory=dict)
 
     @property
     def term(self) -> str:
         return self.label or self.name
+
+    @property
+    def largest_weight(self) -> float:
+        """The weight, or the largest its schedule gives (a term may warm up from 0)."""
+        ramp = self.schedule.get("weight")
+        return self.weight if ramp is None else max(self.weight, ramp.start, ramp.end)
 
 
 class ViewSpec(_Strict):
@@ -150,6 +181,35 @@ class ViewSpec(_Strict):
 
     field: str
     channels: list[NonNegativeInt] = Field(min_length=1)
+
+
+class ValidationSpec(_Strict):
+    """The validation split: what training evaluates each epoch and ``crossdistill tune``
+    selects on, so that the evaluation split (the test) is read once, at the end.
+
+    With ``fraction`` it is carved from the training split (the rest trains): a seeded draw,
+    stratified by class when the targets are class labels, whole groups at a time when the
+    split has groups (a speaker, a subject: never in both parts). Without ``fraction`` it is
+    the data source's own split named ``split``. A number alone (``validation: 0.1``) is the
+    fraction; a name alone (``validation: dev``) the source's split.
+    """
+
+    fraction: float | None = Field(None, gt=0, lt=1)  # carve this share of the training split
+    split: str = "val"  # its name (the carve's, or the source's own split to read)
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # the draw; the recipe's seed does not move it
+    stratify: bool = True  # by class label, when there are labels and no groups
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return {"fraction": raw}
+        return {"split": raw} if isinstance(raw, str) else raw
+
+    @property
+    def carved(self) -> bool:
+        """Whether the split is drawn from the training split (else the source's own)."""
+        return self.fraction is not None
 
 
 class DataSpec(_Strict):
@@ -176,19 +236,45 @@ class DataSpec(_Strict):
     # share) or first (the first N: what limit_train did before limit_mode existed)
     limit_mode: Literal["random", "first"] = "random"
     limit_eval: PositiveInt | None = None  # use only the first N evaluation examples, always
+    # a validation split (a fraction of train, or the source's own split): evaluated each epoch
+    # instead of eval_split, which is then read once, after the last epoch
+    validation: ValidationSpec | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _validation_apart(self) -> DataSpec:
+        v = self.validation
+        if v is not None and v.split == self.train_split:
+            raise ValueError(
+                f"validation.split {v.split!r} is also data.train_split: validation is a split "
+                "of its own (name it `val`, or carve it from train with validation.fraction)"
+            )
+        return self
 
 
 class StoreKeySpec(_Strict):
-    """How one teacher Knowledge key is stored: dense, or top-k logits (``k`` required)."""
+    """How one teacher Knowledge key is stored: dense, or top-k logits (``k`` required).
+
+    ``tail_bits`` adds to top-k the other logits' shape: each as a code of that many bits of its
+    distance below the k-th largest, over ``tail_range`` logits (see docs/store.md). Unset, they
+    are left out of the recipe's fingerprint, so ``format: topk, k: N`` is what it always was.
+    """
 
     format: Literal["dense", "topk"] = "dense"
     k: Size | None = None
     dtype: Literal["float16", "float32"] | None = None  # default: the store's dtype
+    # top-k: bits (1-8) per code of each other logit, so the tail keeps its order and shape
+    tail_bits: int | None = Field(None, ge=1, le=8, exclude_if=lambda v: v is None)
+    # logits below the k-th largest that the codes span (default 16); farther share the last
+    tail_range: PositiveFloat | None = Field(None, exclude_if=lambda v: v is None)
 
     @pydantic.model_validator(mode="after")
     def _k_for_topk(self) -> StoreKeySpec:
         if self.format == "topk" and self.k is None:
             raise ValueError("format: topk needs `k:` (how many logits to keep per example)")
+        if self.format != "topk" and (self.tail_bits is not None or self.tail_range is not None):
+            raise ValueError("tail_bits and tail_range need format: topk")
+        if self.tail_range is not None and self.tail_bits is None:
+            raise ValueError("tail_range needs tail_bits (how many bits per tail code)")
         return self
 
 
@@ -337,6 +423,56 @@ class TrainSpec(_Strict):
 class EvalSpec(_Strict):
     every_epochs: NonNegativeInt = 1  # 0: only after the last epoch
     topk: PositiveInt = 5
+    # with a data.validation split: also evaluate data.eval_split once, after the last epoch
+    # (false: the test split is never read, as in `crossdistill tune`'s trials)
+    test: bool = True
+
+
+class SearchDim(_Strict):
+    """One dimension of a search space: a float range (``low``, ``high``, ``log``, ``step``),
+    an integer range (``integer: true``) or ``choices``."""
+
+    low: float | None = None  # the range's lower end (included)
+    high: float | None = None  # the range's upper end (included)
+    log: bool = False  # sample the range on a log scale (low > 0): for lr, weights
+    step: PositiveFloat | None = None  # sample only low, low + step, ... (not with log)
+    integer: bool = False  # an integer range (low, high and step are whole numbers)
+    # the values to choose from, instead of a range
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> SearchDim:
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is not None) == ranged:
+            raise ValueError("give either `choices: [...]` or a range `low:`/`high:`")
+        if ranged:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a range needs low < high, got low={self.low} high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0, got {self.low}")
+            if self.log and self.step is not None:
+                raise ValueError("a range is either `log: true` or has a `step`, not both")
+        return self
+
+
+class TuneSpec(_Strict):
+    """What ``crossdistill tune`` searches and how it scores a trial (on the validation split).
+
+    ``space`` maps recipe keys, written as for ``--set`` (``losses.1.weight``,
+    ``losses.1.params.temperature``, ``train.optimizer.lr``), to their ranges or choices;
+    ``auto`` takes the built-in space of each loss in the recipe."""
+
+    metric: str = "accuracy"  # a number of the evaluation (eval.json) on the validation split
+    direction: Literal["maximize", "minimize"] = "maximize"  # minimize for a loss or an error
+    # recipe keys as for --set -> range or choices; auto: the lr, the weights of the losses
+    # that read the teacher, and each loss class's own search_space
+    space: dict[str, SearchDim] | Literal["auto"] = "auto"
+    trials: PositiveInt = 30  # trials the study should hold (--n-trials); finished ones count
+    # median: stop a trial whose validation metric after an epoch is below the median of
+    # earlier trials at that epoch; none: train every trial to the end
+    pruner: Literal["median", "none"] = "median"
+    baseline: bool = True  # also train the student without the teacher's losses, as a reference
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # the sampler's
 
 
 class OutputSpec(_Strict):
@@ -358,6 +494,7 @@ class Recipe(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     store: StoreSpec | None = None
+    tune: TuneSpec | None = None  # what `crossdistill tune` searches (never read by `run`)
 
     @pydantic.field_validator("name")
     @classmethod
@@ -370,7 +507,7 @@ class Recipe(_Strict):
     @pydantic.field_validator("losses")
     @classmethod
     def _some_weight(cls, losses: list[LossSpec]) -> list[LossSpec]:
-        if not any(loss.weight > 0 for loss in losses):
+        if not any(loss.largest_weight > 0 for loss in losses):
             raise PydanticCustomError(
                 "loss_weights", "every loss weight is 0: the student would learn nothing"
             )
@@ -414,6 +551,7 @@ _NOT_FINGERPRINTED: dict[str, Any] = {
     "store": {"path", "eval_path", "shard_size", "batch_size", "verify"},
     "output": True,
     "eval": True,
+    "tune": True,
     "train": {
         "device",
         "progress",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -16,9 +17,11 @@ from crossdistill.build import (
     build_dataset,
     build_distiller,
     build_loaders,
+    build_test_loader,
     check_store_plans,
     check_stores_early,
     preflight,
+    selection_split,
     store_codecs,
     store_fingerprint,
     store_paths,
@@ -28,7 +31,7 @@ from crossdistill.errors import ConfigError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.models.runtime._convert import runtime_teacher
 from crossdistill.registry import import_modules
-from crossdistill.runs import Run
+from crossdistill.runs import Run, final_metrics
 from crossdistill.store import write_store
 from crossdistill.store.manifest import RuntimeRecord
 from crossdistill.train.callbacks import check_callbacks
@@ -38,12 +41,13 @@ from crossdistill.train.trainer import History, Trainer
 
 @dataclass
 class RunResult:
-    """What a finished run returns: the run, its history, the trained student model."""
+    """What a finished run returns: the run, its history, the trained student model, and its
+    final metrics (eval.json: see :func:`final_metrics`)."""
 
     run: Run
     history: History
     student: nn.Module
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
 
     @property
     def run_dir(self) -> Path:
@@ -134,16 +138,20 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
         distiller = build_distiller(recipe)
     device = select_device(recipe.train.device)
     train_loader, eval_loader = build_loaders(recipe, device, distiller.teacher, rank, world)
+    test_loader = build_test_loader(recipe, device, distiller.teacher)
     data = recipe.data
+    splits = (selection_split(recipe), data.eval_split)
     preflight(
         distiller,
         train_loader,
         eval_loader,
         device,
         train_name=f"the training data (split {data.train_split!r} of {data.source!r})",
-        eval_name=f"the evaluation data (split {data.eval_split!r} of {data.source!r})",
+        eval_name=f"the evaluation data (split {splits[0]!r} of {data.source!r})",
         topk=recipe.eval.topk,
         world=world,
+        test_loader=test_loader,
+        test_name=f"the test data (split {splits[1]!r} of {data.source!r})",
     )
     for step in expensive:
         step()
@@ -155,22 +163,20 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
         eval_spec=recipe.eval,
         fingerprint=recipe.fingerprint(),
         evaluator=evaluate_student,
+        splits=splits,
     )
     if rank != 0:  # rank 0 alone owns the run directory
         barrier()  # the other ranks read checkpoints from it when resuming
-        history = trainer.fit(train_loader, eval_loader, resume=resume)
+        history = trainer.fit(train_loader, eval_loader, resume=resume, test_loader=test_loader)
         barrier()  # every rank returns a finished run
-        return RunResult(run, history, distiller.student.model, _last(history))
+        return RunResult(run, history, distiller.student.model, final_metrics(history, splits))
     with run.writing(recipe, resume, overwrite):
         barrier()
-        history = trainer.fit(train_loader, eval_loader, resume=resume)
-        run.finish(distiller, recipe.student, _last(history), epochs=trainer.epoch)
+        history = trainer.fit(train_loader, eval_loader, resume=resume, test_loader=test_loader)
+        metrics = final_metrics(history, splits)
+        run.finish(distiller, recipe.student, metrics, epochs=trainer.epoch)
     barrier()
-    return RunResult(run, history, distiller.student.model, _last(history))
-
-
-def _last(history: History) -> dict[str, float]:
-    return history.eval[-1] if history.eval else {}
+    return RunResult(run, history, distiller.student.model, metrics)
 
 
 def run_or_reuse(recipe: Recipe) -> Path:

@@ -8,7 +8,8 @@ A run directory holds::
     checkpoints/           epoch-NNNN/ (see crossdistill.train.checkpoint)
     student.safetensors    the student alone, at the end
     student.json           how to rebuild it: model, params, outputs, pipeline, size, SHA-256
-    eval.json              the last evaluation of training ({"epoch": N, metric: value})
+    eval.json              the final evaluation ({"epoch": N, "split": NAME, metric: value}; the
+                           test split's, with the last validation under "validation")
     eval-<name>.json       later evaluations (``crossdistill eval``)
     bench.json, report.html, tensorboard/, mlflow/, export/<format>/, data/
 
@@ -36,7 +37,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import torch
@@ -54,6 +55,9 @@ from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError, 
 from crossdistill.models.registry import MODELS
 from crossdistill.registry import untrusted
 from crossdistill.train import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from crossdistill.train.trainer import History
 
 
 class RunLockedError(CheckpointError):
@@ -422,7 +426,7 @@ class Run:
         self,
         distiller: Distiller,
         spec: ModelSpec | None,
-        metrics: dict[str, float],
+        metrics: dict[str, Any],
         epochs: int,
     ) -> None:
         """Write the student alone (safetensors + how to rebuild it) and the final metrics,
@@ -449,6 +453,17 @@ class Run:
         }
         write_json(self.eval_file(), {"epoch": epochs, **metrics}, what="the evaluation")
         write_json(self.student_json, meta, what="the student's description")
+
+
+def final_metrics(history: History, splits: tuple[str, str]) -> dict[str, Any]:
+    """What eval.json holds: the test split's evaluation after the last epoch, with the last
+    validation evaluation under ``validation``; without a test evaluation, the last evaluation
+    of training. ``split`` names the split the top-level numbers are on."""
+    last = history.eval[-1] if history.eval else {}
+    if not history.test:
+        return {"split": splits[0], **last} if last else {}
+    validation = {"validation": {"split": splits[0], **last}} if last else {}
+    return {"split": splits[1], **history.test, **validation}
 
 
 def _predates_limit_mode(config: Path) -> bool:

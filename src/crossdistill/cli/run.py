@@ -111,5 +111,8 @@ def run(
     except WriteError as exc:  # the disk filled up: the checkpoints so far are kept
         raise exc.with_next_step(f"continue with `{again}`") from exc
     if int(os.environ.get("RANK", "0")) == 0:
-        print_metrics(result.metrics, f"run {result.run_dir}")
+        metrics = result.metrics
+        if isinstance(metrics.get("validation"), dict):
+            print_metrics(metrics["validation"], f"run {result.run_dir}: last validation")
+        print_metrics(metrics, f"run {result.run_dir}")
         typer.echo(str(result.run_dir))

@@ -7,19 +7,23 @@ It is the one place where the two sides meet. It knows nothing of optimizers or 
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from crossdistill.config import AnnealSpec
 from crossdistill.core.adapters import build_adapter
+from crossdistill.core.anneal import anneal
 from crossdistill.core.knowledge import Knowledge
 from crossdistill.core.wrappers import Student, Teacher
-from crossdistill.errors import ConfigError, ShapeError
-from crossdistill.losses.registry import Loss
+from crossdistill.errors import ConfigError, CrossDistillError, ShapeError
+from crossdistill.losses.registry import LOSSES, Loss
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,17 @@ class Term:
     ``adapter`` maps the student tensor the loss reads to the teacher's shape before the loss
     sees it: a module, or a recipe's ``"auto"`` / adapter name / ``{name, params}``, built from
     the tensors' shapes by :meth:`Distiller.check`.
+
+    ``schedule`` anneals the weight (key ``weight``, replacing ``weight``) or a float
+    hyper-parameter the loss keeps (``temperature``) over training: see
+    :meth:`Distiller.set_progress`.
     """
 
     name: str
     loss: Loss
     weight: float = 1.0
     adapter: AdapterArg = None
+    schedule: Mapping[str, AnnealSpec] = field(default_factory=dict)
 
 
 class _ByTerm(nn.ModuleDict):
@@ -100,6 +109,16 @@ class Distiller(nn.Module):
             if t.adapter is not None and not isinstance(t.adapter, nn.Module)
         }
         self.adapter_choices: dict[str, str] = {}  # loss term -> the adapter check() built
+        # annealed values live in 0-dim buffers, changed in place: a compiled step reads them as
+        # tensors, where a Python float that changes would be a guard that recompiles
+        self.schedules = {t.name: dict(t.schedule) for t in terms if t.schedule}
+        self._scheduled = nn.Module()  # the scheduled weights (buffers, not in checkpoints)
+        self._weight_buffers: dict[str, str] = {}  # loss term -> its buffer in _scheduled
+        for i, t in enumerate(terms):
+            if t.schedule:
+                self._add_schedule(i, t)
+        self.scheduled_values: dict[str, float] = {}  # "schedule/<term>/<key>" -> value now
+        self.set_progress(0.0)
         self.uses_teacher = any(n.teacher for n in self.needs.values())
         # with a knowledge store, every batch carries the teacher's Knowledge: no teacher
         if self.uses_teacher and teacher is None and not knowledge_given:
@@ -108,6 +127,73 @@ class Distiller(nn.Module):
                 f"losses {users} read the teacher, but no teacher is configured",
                 hint="add a `teacher:` section to the recipe, or remove those losses",
             )
+
+    def _add_schedule(self, index: int, term: Term) -> None:
+        """Check ``term.schedule`` before training (keys the loss keeps, values it accepts)
+        and turn the scheduled loss attributes into 0-dim buffers."""
+        loss = term.loss
+        params = inspect.signature(type(loss).__init__).parameters
+        # what a schedule may move: the loss's float hyper-parameters, kept under their names
+        numbers = [p for p in params if p != "self" and isinstance(getattr(loss, p, None), float)]
+        for key, spec in term.schedule.items():
+            if key != "weight" and key not in numbers:
+                raise ConfigError(
+                    f"loss {term.name!r}: its schedule names {key!r}, which is not a number "
+                    f"the loss keeps; it can schedule: {', '.join(['weight', *numbers])}",
+                    hint=f"use one of those keys in the schedule of {term.name!r}",
+                )
+            for end, value in (("start", spec.start), ("end", spec.end)):
+                _check_scheduled(term, key, end, value)
+            if key == "weight":
+                buffer = f"w{index}"
+                self._scheduled.register_buffer(buffer, torch.zeros(()), persistent=False)
+                self._weight_buffers[term.name] = buffer
+            else:
+                delattr(loss, key)
+                loss.register_buffer(key, torch.zeros(()), persistent=False)
+
+    def set_progress(self, progress: float) -> None:
+        """Set each scheduled weight and loss hyper-parameter to its value at training progress
+        ``progress`` (optimizer steps taken / total steps, in [0, 1]); the values set are in
+        ``scheduled_values`` (``"schedule/<term>/<key>"``), for the log. The Trainer calls it
+        before every step; from the step alone, so a resumed run sets the same values."""
+        if not self.schedules:
+            return
+        values: dict[str, float] = {}
+        with torch.no_grad():
+            for name, schedule in self.schedules.items():
+                for key, spec in schedule.items():
+                    value = anneal(spec, progress)
+                    if key == "weight":
+                        getattr(self._scheduled, self._weight_buffers[name]).fill_(value)
+                        self.weights[name] = value
+                    else:
+                        getattr(self.losses[name], key).fill_(value)
+                    values[f"schedule/{name}/{key}"] = value
+        self.scheduled_values = values
+
+    @property
+    def needs_class_counts(self) -> bool:
+        """Whether a loss weights classes by their frequency in the training data
+        (``class_weights: balanced`` or ``effective``): :meth:`set_class_counts` must run."""
+        return any(getattr(loss, "needs_class_counts", False) for loss in self.losses.values())
+
+    def set_class_counts(self, counts: torch.Tensor) -> None:
+        """Hand the number of training examples of each class (``(K,)`` integers) to every loss
+        that weights classes by frequency (it has a ``set_class_counts`` method). Call it before
+        training, from the training split, in a resumed run too: the losses keep the weights
+        out of checkpoints, so the counts come from the data each time."""
+        counts = torch.as_tensor(counts)
+        if counts.dim() != 1 or counts.is_floating_point() or bool((counts < 0).any()):
+            raise ConfigError(
+                f"class counts must be non-negative integers of shape (classes,), got "
+                f"{counts.dtype} {tuple(counts.shape)}",
+                hint="count the training examples of each class, e.g. torch.bincount(labels)",
+            )
+        for loss in self.losses.values():
+            setter = getattr(loss, "set_class_counts", None)
+            if callable(setter):
+                setter(counts)
 
     def trainable(self) -> nn.ModuleDict:
         """What the optimizer updates and a checkpoint saves: never the teacher."""
@@ -148,10 +234,22 @@ class Distiller(nn.Module):
                 key = needs.student[0]
                 seen = Knowledge(student, source=student.source)
                 seen[key] = self.adapters[name](student[key])
+            buffer = self._weight_buffers.get(name)
+            weight = self.weights[name] if buffer is None else getattr(self._scheduled, buffer)
             try:
-                terms[name] = self.weights[name] * loss(seen, teacher, target)
+                terms[name] = weight * loss(seen, teacher, target)
             except ShapeError as exc:  # name the recipe's term: a loss may appear twice
                 raise ShapeError(f"loss {name!r}: {exc.message}", hint=exc.hint) from None
+            except TypeError as exc:
+                moved = [k for k in self.schedules.get(name, {}) if k != "weight"]
+                if not moved:
+                    raise
+                raise ConfigError(
+                    f"loss {name!r} failed with its scheduled {moved} ({exc}): a scheduled "
+                    "value is a 0-dim tensor, and this loss uses it where only a Python number "
+                    "will do",
+                    hint=f"remove {moved} from the schedule of {name!r}",
+                ) from exc
         return terms
 
     @property
@@ -289,3 +387,33 @@ class Distiller(nn.Module):
     def extra_parameters(self) -> int:
         """Trainable parameters beyond the student (adapters, loss modules)."""
         return sum(p.numel() for m in (self.adapters, self.losses) for p in m.parameters())
+
+
+def _check_scheduled(term: Term, key: str, end: str, value: float) -> None:
+    """A schedule's ``start``/``end`` must be a value the loss accepts: finite, a weight
+    ``>= 0``, and a hyper-parameter its own constructor takes (rebuilt with it to ask)."""
+    where = f"loss {term.name!r}: schedule {key}.{end} = {value!r}"
+    if not math.isfinite(value) or (key == "weight" and value < 0):
+        bound = " >= 0" if key == "weight" else ""
+        raise ConfigError(
+            f"{where} must be a finite number{bound}", hint=f"change {key}.{end} in the schedule"
+        )
+    if key == "weight":
+        return
+    if "temperature" in key and value <= 0:  # dividing logits by it
+        raise ConfigError(f"{where}: a temperature must be > 0", hint=f"change {key}.{end}")
+    loss = term.loss
+    spec = getattr(loss, "plugin_spec", None)  # how a recipe built it: rebuilt the same way
+    try:
+        if isinstance(spec, Mapping):
+            LOSSES.build(
+                spec["name"], {**spec.get("params", {}), key: value}, f"loss {term.name!r}"
+            )
+        else:
+            try:
+                type(loss)(**{key: value})
+            except TypeError:  # other required arguments: cannot ask the constructor
+                return
+    except (CrossDistillError, ValueError) as exc:
+        message = exc.message if isinstance(exc, CrossDistillError) else str(exc)
+        raise ConfigError(f"{where}: {message}", hint=f"change {key}.{end}") from None

@@ -233,10 +233,16 @@ def _training_section(run: Run, metrics: dict[str, Any]) -> str:
 
 
 def _evaluation_section(run: Run, metrics: dict[str, Any]) -> str:
-    split = run.config.data.eval_split
+    data = run.config.data
+    split = metrics.get("split", data.eval_split)
+    named = (
+        f"the evaluation split named in the recipe, `data.eval_split: {md(split)}`"
+        if split == data.eval_split
+        else f"the validation split `{md(split)}` (the recipe's test split was not read)"
+    )
     head = (
-        f"## Evaluation\n\nOn the evaluation split named in the recipe, `data.eval_split: "
-        f"{md(split)}` (the student in crossdistill at the end of training; `eval.json`):\n\n"
+        f"## Evaluation\n\nOn {named} (the student in crossdistill at the end of training; "
+        "`eval.json`):\n\n"
     )
     scalars = {
         k: v

@@ -46,6 +46,9 @@ class Loss(nn.Module):
     needs_student: ClassVar[tuple[str, ...]] = ()
     needs_teacher: ClassVar[tuple[str, ...]] = ()
     needs_target: ClassVar[bool] = False
+    # hyper-parameter -> its range or choices for `crossdistill tune` (a config.SearchDim's
+    # fields: low/high/log/step/integer/choices), around the settings its paper reports
+    search_space: ClassVar[dict[str, dict]] = {}
 
     def needs(self) -> Needs:
         return Needs(self.needs_student, self.needs_teacher, self.needs_target)

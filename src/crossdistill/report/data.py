@@ -56,6 +56,7 @@ class RunData:
     records: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    final_split: str | None = None  # the split eval.json's numbers are on (older runs: unknown)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # eval.json's
     student: dict[str, Any] | None = None  # student.json
     size_bytes: int | None = None
@@ -70,6 +71,11 @@ class RunData:
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") == kind]
+
+    @property
+    def eval_split(self) -> str | None:
+        """The split the per-epoch evaluations read (logged with each; older runs: unknown)."""
+        return next((r["split"] for r in self.of_kind("eval") if "split" in r), None)
 
     @property
     def finished(self) -> bool:
@@ -178,6 +184,8 @@ def load_run(run_dir: str | Path) -> RunData:
     if not isinstance(final, dict):
         final = {k: v for k, v in evals[-1].items() if k not in STEP_META} if evals else {}
     run.final = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    if isinstance(final.get("split"), str):
+        run.final_split = final["split"]
     if isinstance(final.get("per_class"), dict):
         run.per_class = final["per_class"]
     weights, meta = files.student_file, files.student_json

@@ -254,6 +254,8 @@ def _cards(run: RunData) -> str:
             _fmt(100 * f["accuracy"] if "accuracy" in f else None, ".2f", "%"),
             f"teacher {100 * f['teacher_accuracy']:.2f}%"
             if "teacher_accuracy" in f
+            else f"split {run.final_split}"
+            if run.final_split
             else "eval split",
         ),
     ]
@@ -437,6 +439,14 @@ def _training_section(runs: Sequence[RunData]) -> str:
     return _section("Training", "", _grid(figs), "training") if figs else ""
 
 
+def _splits_of(runs: Sequence[RunData]) -> str:
+    """The split(s) the runs evaluated each epoch, for a caption."""
+    names = sorted({r.eval_split for r in runs if r.eval_split})
+    if not names:
+        return "the eval split"
+    return f"the {' / '.join(names)} split" + ("s" if len(names) > 1 else "")
+
+
 def _validation_section(runs: Sequence[RunData]) -> str:
     """Per-epoch accuracy and calibration, and agreement with the teacher where there is one."""
     evaluated = [r for r in runs if r.of_kind("eval")]
@@ -445,7 +455,7 @@ def _validation_section(runs: Sequence[RunData]) -> str:
         figs.append(
             _figure_html(
                 "Validation accuracy per epoch",
-                "Top-1 accuracy on the eval split; dashed: the teacher's accuracy.",
+                f"Top-1 accuracy on {_splits_of(evaluated)}; dashed: the teacher's accuracy.",
                 fig_per_epoch(evaluated, "accuracy", "accuracy (%)", True, "teacher_accuracy"),
                 "validation accuracy per epoch",
             )

@@ -14,6 +14,11 @@ With ``train.compile`` the Distiller's forward (student, adapters, loss terms) a
 run through ``torch.compile``, the frozen teacher eagerly before it; a step the compiler fails
 is redone eagerly and the run continues eagerly (:mod:`crossdistill.train.compile`).
 
+Annealed loss weights and hyper-parameters (a loss's ``schedule:``) are set before every step
+from the step count alone (:meth:`Distiller.set_progress`, progress = steps taken / all steps),
+so a resumed run trains with the same values; each step record logs them
+(``schedule/<term>/<key>``).
+
 Callbacks (:mod:`crossdistill.train.callbacks`: the loggers of ``train.loggers``, the user code
 of ``train.callbacks`` and the ``callbacks=`` given to the Trainer) are called at each logged
 step, epoch, evaluation and checkpoint, on rank 0 only unless a callback sets ``all_ranks``.
@@ -76,10 +81,13 @@ def lr_factor(step: int, spec: ScheduleSpec, steps_per_epoch: int, epochs: int) 
 
 @dataclass
 class History:
-    """What :meth:`Trainer.fit` returns: mean training loss and evaluation metrics per epoch."""
+    """What :meth:`Trainer.fit` returns: mean training loss and evaluation metrics per epoch
+    (on the validation split, when there is one), and the one evaluation of the test split
+    after the last epoch (``test``: empty without a ``test_loader``)."""
 
     train_loss: list[float] = field(default_factory=list)
     eval: list[dict[str, float]] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)
 
 
 class Outputs(Protocol):
@@ -116,8 +124,11 @@ class Trainer:
         fingerprint: str = "",
         evaluator: Evaluator = evaluate_student,
         callbacks: Sequence[Callback] = (),
+        splits: tuple[str, str] | None = None,
     ) -> None:
         self.spec = spec or TrainSpec()
+        # the names of the evaluation and test splits, logged with each evaluation
+        self.splits = splits
         self.eval_spec = eval_spec or EvalSpec()
         self.run = run
         self.evaluator = evaluator
@@ -304,11 +315,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, train_loader: Any, eval_loader: Any = None, resume: bool = False) -> History:
+    def fit(
+        self,
+        train_loader: Any,
+        eval_loader: Any = None,
+        resume: bool = False,
+        test_loader: Any = None,
+    ) -> History:
         """Train for ``spec.epochs`` epochs (continuing from the last checkpoint if ``resume``).
 
-        Under DDP every rank calls it with its own shard of the training data; only rank 0
-        evaluates (``eval_loader`` is ignored on the others).
+        ``eval_loader`` is evaluated as ``eval.every_epochs`` says (callbacks' ``on_eval`` see
+        it); ``test_loader`` once, after the last epoch's checkpoint (``History.test``): the
+        validation split selects, the test split is only reported. Under DDP every rank calls
+        it with its own shard of the training data; only rank 0 evaluates.
         """
         steps_per_epoch = len(train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -317,7 +336,7 @@ class Trainer:
         )
         history = History()
         if not self.main:
-            eval_loader = None
+            eval_loader = test_loader = None
         if self.run is not None and self.main:
             self.run.metrics_file.parent.mkdir(parents=True, exist_ok=True)
             self._metrics_file = AppendLog(self.run.metrics_file, "the metrics log")
@@ -356,6 +375,8 @@ class Trainer:
             if eval_loader is not None and not history.eval:  # resumed a finished run
                 history.eval.append(self._evaluate_and_log(eval_loader))
                 self._callback("on_eval", self.epoch, _scalars(history.eval[-1]))
+            if test_loader is not None:
+                history.test = self._evaluate_and_log(test_loader, test=True)
             self._callback("on_end", history)
             failed = False
         finally:
@@ -396,6 +417,7 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step sync
         every = self.spec.checkpoint_every_steps
+        total = max(1, steps_per_epoch * self.spec.epochs)
         with ProgressBar(
             self.spec.progress and self.main,
             f"epoch {self.epoch + 1}/{self.spec.epochs}",
@@ -403,6 +425,8 @@ class Trainer:
             show_loss=True,
         ) as bar:
             for i, batch in enumerate(loader, start=first):
+                # annealed losses: from the step alone, so a resumed run sets the same values
+                self.distiller.set_progress(self.step / total)
                 terms = self.train_step(batch)
                 loss_sum += terms["loss"]
                 seen += 1
@@ -417,6 +441,7 @@ class Trainer:
                             "step": self.step,
                             "lr": self.optimizer.param_groups[0]["lr"],
                             **values,
+                            **self.distiller.scheduled_values,
                         }
                     )
                     self._callback("on_step", self.step, record)
@@ -456,11 +481,15 @@ class Trainer:
             total, count = float(both[0]), int(both[1])
         return total / max(count, 1)
 
-    def _evaluate_and_log(self, loader: Any) -> dict[str, Any]:
+    def _evaluate_and_log(self, loader: Any, test: bool = False) -> dict[str, Any]:
         metrics = self.evaluate(loader)
         # the log keeps the numbers; tables (per-class scores) go to eval.json
         scalars = _scalars(metrics)
-        self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **scalars})
+        # the test split's one evaluation is a record of its own kind: per-epoch curves and
+        # selection read the "eval" records only
+        kind = "test" if test else "eval"
+        split = {"split": self.splits[test]} if self.splits else {}
+        self._log({"kind": kind, "epoch": self.epoch, "step": self.step, **split, **scalars})
         return metrics
 
     def evaluate(self, loader: Any) -> dict[str, float]:

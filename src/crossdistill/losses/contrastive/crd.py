@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +55,11 @@ class CRDLoss(PairLoss):
 
     Computed in the dtype of the heads (``.double()`` the loss for float64).
     """
+
+    # a log range around the paper's temperature, 0.07
+    search_space: ClassVar[dict[str, dict]] = {
+        "temperature": {"low": 0.02, "high": 0.3, "log": True}
+    }
 
     ranks = (2, 3, 4)
 

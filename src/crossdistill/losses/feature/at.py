@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,9 @@ class ATLoss(PairLoss):
 
     ``p >= 1`` so that the gradient of ``|F|^p`` is finite where ``F = 0`` (ReLU outputs).
     """
+
+    # a log range around the paper's beta, 10^3
+    search_space: ClassVar[dict[str, dict]] = {"beta": {"low": 100.0, "high": 10000.0, "log": True}}
 
     ranks = (3, 4)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from crossdistill.core.knowledge import LOGITS, Knowledge
@@ -35,6 +37,13 @@ class DISTLoss(LogitLoss):
     ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``), e.g.
     a second student head for a teacher of another label space.
     """
+
+    # log ranges around the paper's settings (beta = gamma = 1 or 2, tau 1 to 4)
+    search_space: ClassVar[dict[str, dict]] = {
+        "beta": {"low": 0.5, "high": 4.0, "log": True},
+        "gamma": {"low": 0.5, "high": 4.0, "log": True},
+        "temperature": {"low": 1.0, "high": 8.0, "log": True},
+    }
 
     who = "dist"
 

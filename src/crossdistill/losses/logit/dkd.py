@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from crossdistill.core.knowledge import LOGITS, Knowledge
 from crossdistill.errors import ShapeError
 from crossdistill.losses.checks import check_range
-from crossdistill.losses.logit._common import LogitLoss, class_indices
+from crossdistill.losses.logit._common import (
+    ClassWeighted,
+    ClassWeights,
+    class_indices,
+    weighted_mean,
+)
 from crossdistill.losses.registry import LOSSES
 
 
@@ -27,7 +34,7 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 @LOSSES.register("dkd")
-class DKDLoss(LogitLoss):
+class DKDLoss(ClassWeighted):
     r"""Decoupled KD (Zhao et al., CVPR 2022, arXiv:2203.08679).
 
     With ``p = softmax(z / T)`` for the true class ``y``, ``b = [p_y, 1 - p_y]`` and
@@ -44,16 +51,27 @@ class DKDLoss(LogitLoss):
 
     ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``); the
     hard labels index their classes, so both must be over the data's classes.
+
+    ``class_weights`` (a list, ``balanced`` or ``effective``, as for ``kd``) makes the batch mean
+    a weighted mean ``Σ_i w_{y_i}·L_i / Σ_i w_{y_i}`` by each example's class.
     """
 
     who = "dkd"
     needs_target = True
+    # the paper sets beta 8 on CIFAR-100 and 0.5 on ImageNet, alpha 1, temperature 4 or 1
+    search_space: ClassVar[dict[str, dict]] = {
+        "alpha": {"low": 0.5, "high": 2.0, "log": True},
+        "beta": {"low": 0.5, "high": 10.0, "log": True},
+        "temperature": {"low": 1.0, "high": 8.0, "log": True},
+    }
 
     def __init__(
         self,
         alpha: float = 1.0,
         beta: float = 8.0,
         temperature: float = 4.0,
+        class_weights: ClassWeights = None,
+        effective_beta: float = 0.999,
         *,
         student: str = LOGITS,
         teacher: str = LOGITS,
@@ -62,6 +80,7 @@ class DKDLoss(LogitLoss):
         self.alpha = check_range("dkd", "alpha", alpha)
         self.beta = check_range("dkd", "beta", beta)
         self.temperature = check_range("dkd", "temperature", temperature, positive=True)
+        self.init_class_weights(class_weights, effective_beta)
 
     def forward(
         self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
@@ -74,4 +93,7 @@ class DKDLoss(LogitLoss):
         log_b_t, t_nt = _split(t / self.temperature, y)
         tckd = _kl(log_b_t, log_b_s)
         nckd = _kl(F.log_softmax(t_nt, dim=1), F.log_softmax(s_nt, dim=1))
-        return self.temperature**2 * (self.alpha * tckd + self.beta * nckd).mean()
+        rows = self.alpha * tckd + self.beta * nckd
+        weights = self.example_weights(s, y)
+        mean = rows.mean() if weights is None else weighted_mean(rows, weights)
+        return self.temperature**2 * mean

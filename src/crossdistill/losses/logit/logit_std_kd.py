@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from crossdistill.core.knowledge import LOGITS, Knowledge
@@ -32,6 +34,10 @@ class LogitStdKDLoss(LogitLoss):
     ``student``/``teacher`` name the Knowledge keys of the two logits (default ``logits``), e.g.
     a second student head for a teacher of another label space.
     """
+
+    search_space: ClassVar[dict[str, dict]] = {
+        "temperature": {"low": 1.0, "high": 8.0, "log": True}
+    }
 
     who = "logit_std_kd"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -77,6 +79,12 @@ class RKDLoss(PairLoss):
     Widths may differ. The loss is invariant to rotating, translating or uniformly rescaling
     either side's features. It needs at least 2 samples.
     """
+
+    # log ranges around the paper's weights, 25 (distance) and 50 (angle)
+    search_space: ClassVar[dict[str, dict]] = {
+        "distance_weight": {"low": 5.0, "high": 100.0, "log": True},
+        "angle_weight": {"low": 10.0, "high": 200.0, "log": True},
+    }
 
     def __init__(
         self,
