@@ -122,7 +122,10 @@ class Teacher(ModelWrapper):
 class EnsembleTeacher(Teacher):
     """Several teachers as one: the weighted mean of the members' logits, embeddings and scores.
 
-    Other Knowledge (tapped features) is kept per member as ``member<i>/<key>``.
+    Every member's own Knowledge is kept too, as ``member<i>/<key>`` (``member0/logits``,
+    ``member1/features/b3``): a loss may read one member (a ``kd`` term on ``member0/logits``)
+    or weigh the members per example itself (``multi_kd``). A knowledge store holds only the
+    keys the losses read, so the extra keys cost nothing there.
     """
 
     averaged = ("logits", "embedding", "scores")
@@ -166,5 +169,5 @@ class EnsembleTeacher(Teacher):
             if all(key in o for o in outs):
                 knowledge[key] = sum(w * o[key] for w, o in zip(self.weights, outs, strict=True))
         for i, o in enumerate(outs):
-            knowledge.update({f"member{i}/{k}": v for k, v in o.items() if k not in self.averaged})
+            knowledge.update({f"member{i}/{k}": v for k, v in o.items()})
         return knowledge

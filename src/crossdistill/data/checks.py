@@ -36,7 +36,10 @@ def check_slots(slots: int | None) -> int | None:
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to float32 in [0, 1]; anything else to a float32 copy (never a view, so a
-    batch never aliases the data it came from)."""
+    batch never aliases the data it came from). Always in the standard (row-major) strides:
+    a gather from data laid out otherwise (a channel axis of size 1 with stride 1, say) would
+    keep that layout, and a convolution may round differently on it than on the same values
+    collated example by example (a knowledge store's teacher pass)."""
     if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255.0)
-    return x.to(torch.float32, copy=True)
+        return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    return x.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
