@@ -14,6 +14,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import hashlib
+import json
+import select
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -48,6 +51,34 @@ def _one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _wordnet_sentences_parsed_once():
+    """``read_sentences`` parses all of WordNet (~1.5 s) on every call, even for 64 sentences,
+    and the text recipes, stores and exports call it a few times each (~40 s of the recipe
+    tests). Within the session each WordNet folder is parsed once: a call returns fresh lists
+    equal to what the parser returns, and a changed file (another size or mtime) is parsed anew.
+    Tests that import ``read_sentences`` by name call the parser itself."""
+    from crossdistill.domains.text import sentences
+
+    parse = sentences.read_sentences
+    parsed: dict[tuple, dict[str, tuple[list[str], list[int]]]] = {}
+
+    def read_sentences(root=sentences.DEFAULT_ROOT, include=sentences.KINDS):
+        files = sorted(Path(root).glob("data.*"))
+        key = (
+            str(Path(root).resolve()),
+            (include,) if isinstance(include, str) else tuple(include),
+            tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files),
+        )
+        if key not in parsed:
+            parsed[key] = parse(root, include)
+        return {split: (list(t), list(n)) for split, (t, n) in parsed[key].items()}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sentences, "read_sentences", read_sentences)
+        yield
 
 
 # ------------------------------------------------------------------------------- digits runs
@@ -105,6 +136,152 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
 @pytest.fixture(scope="session")
 def cli() -> Callable[..., subprocess.CompletedProcess]:
     return run_cli
+
+
+# A command line forked from a process that has already imported what every command imports:
+# each ``python -m crossdistill`` otherwise spends ~4 s of CPU importing torch (and the
+# torch._inductor that ``torch.use_deterministic_algorithms`` pulls in) before it does anything.
+# The fork is still a process of its own (exit code, stdout/stderr, cwd, sys.path[0] = cwd as
+# under ``-m``, state that dies with it). Children share the server's imports and its hash seed:
+# tests of what a fresh interpreter imports, of results that must not depend on the hash seed
+# (reproducible across processes), of environment variables read at start-up (PYTHONPATH), of
+# signals sent to a pid, or of the installed entry point keep using ``run_cli``. The server
+# also keeps the source it imported: code edited during a session is not seen by its children.
+_FORK_SERVER = r"""
+import atexit, json, os, runpy, sys, threading
+
+# What a command imports before it reads its arguments' files; plug-ins stay for the child to
+# load, so that a command that forgot to load them fails here as it would for a user.
+import crossdistill.cli, crossdistill.pipeline, torch._inductor.config  # noqa: F401
+
+
+def exit_like_python(code):
+    # What the interpreter does at exit, less the teardown of every module: that teardown
+    # touches the whole inherited heap (copy-on-write) and took ~5 s per forked child.
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def child(job):
+    try:
+        run(job)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or isinstance(code, int):
+            exit_like_python(code or 0)
+        print(code, file=sys.stderr)
+        exit_like_python(1)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        exit_like_python(1)
+    exit_like_python(0)
+
+
+def run(job):
+    os.chdir(job["cwd"])
+    for fd, path, flags in (
+        (0, os.devnull, os.O_RDONLY),
+        (1, job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+        (2, job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+    ):
+        target = os.open(path, flags, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdin = open(0, closefd=False)  # not the server's request pipe
+    sys.path[0] = os.getcwd()  # as `python -m` sets it
+    sys.argv = ["crossdistill", *job["args"]]
+    runpy.run_module("crossdistill", run_name="__main__", alter_sys=True)
+
+
+for line in sys.stdin:
+    batch = json.loads(line)
+    jobs, running, codes = list(batch["jobs"]), {}, {}
+    while jobs or running:
+        while jobs and len(running) < batch["workers"]:
+            job = jobs.pop(0)
+            assert threading.active_count() == 1, "fork with threads running"
+            pid = os.fork()
+            if pid == 0:
+                child(job)
+            running[pid] = job["id"]
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    print(json.dumps(codes), flush=True)
+"""
+
+
+class ForkedCli:
+    """Runs batches of command lines, each in a process forked from one warm server."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER],
+            cwd=scratch,
+            env=CLI_ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a timeout kills the server and its children together
+        )
+        self.count = 0
+
+    def many(
+        self, commands: list[tuple[list[str], Path]], workers: int = 1, timeout: float = 600
+    ) -> list[subprocess.CompletedProcess]:
+        """Each ``(args, cwd)`` as ``python -m crossdistill ARGS`` in ``cwd``, ``workers`` at
+        a time; results in order, like :func:`run_cli`'s."""
+        jobs = []
+        for args, cwd in commands:
+            self.count += 1
+            out = self.scratch / f"{self.count}"
+            jobs.append({"id": str(self.count), "args": [str(a) for a in args], "cwd": str(cwd),
+                         "stdout": f"{out}.out", "stderr": f"{out}.err"})  # fmt: skip
+        assert self.server.stdin is not None and self.server.stdout is not None
+        self.server.stdin.write(json.dumps({"jobs": jobs, "workers": workers}) + "\n")
+        self.server.stdin.flush()
+        ready, _, _ = select.select([self.server.stdout], [], [], timeout)
+        if not ready:
+            self.close()
+            raise subprocess.TimeoutExpired([job["args"] for job in jobs], timeout)
+        line = self.server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the CLI fork server died (exit code {self.server.wait()})")
+        codes = json.loads(line)
+        return [
+            subprocess.CompletedProcess(
+                [sys.executable, "-m", "crossdistill", *args],
+                codes[job["id"]],
+                Path(job["stdout"]).read_text(),
+                Path(job["stderr"]).read_text(),
+            )
+            for (args, _), job in zip(commands, jobs, strict=True)
+        ]
+
+    def __call__(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        """One command line, like :func:`run_cli`."""
+        return self.many([(args, cwd)])[0]
+
+    def close(self) -> None:
+        if self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGKILL)
+        self.server.wait()
+
+
+@pytest.fixture(scope="session")
+def forked_cli(tmp_path_factory: pytest.TempPathFactory):
+    """A :class:`ForkedCli` shared by the session."""
+    server = ForkedCli(tmp_path_factory.mktemp("forked_cli"))
+    yield server
+    server.close()
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -4,7 +4,9 @@ and nothing that existed before is touched.
 Every case gets its own workspace holding a pre-existing run (``runs/previous``); its files are
 hashed before and after the command. Errors that can be found before training must not leave a
 new run directory behind. The commands of all selected cases run concurrently (a few at a time)
-in one module fixture, because each pays for importing torch; the tests then only check outcomes.
+in one module fixture, each in a process forked from a server that has imported torch once
+(conftest's ``forked_cli``); the tests then only check outcomes. A few cases also run as fresh
+``python -m crossdistill`` processes, which must give the same outcome.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from conftest import ForkedCli, run_cli, squash, tree_hashes
 from crossdistill.config import dump_recipe, load_recipe
 from crossdistill.errors import CheckpointError
 from crossdistill.export import export_run
@@ -531,7 +534,7 @@ CASES: dict[str, Case] = {
         ("override path 'losses.9'", "'9' is not an index below 1")),
     "teacher-model-and-members": Case(
         _run({"teacher.members": [{"model": "cnn", "params": {"width": 16}}]}, "kd.yaml"),
-        ("teacher: Value error", "give either `model:` (one teacher) or `members:`")),
+        ("teacher: Value error", "`model:` (one teacher)", "`members:`")),
     # Data: splits, sizes and augmentations that do not exist.
     "unknown-split": Case(
         _run({"data.train_split": "validation"}),
@@ -686,14 +689,38 @@ class Outcome:
     stderr: str  # whitespace collapsed
 
 
+WORKERS = min(4, (os.cpu_count() or 2) + 1)  # commands at once
+
+
+def _prepare(
+    names: list[str], tmp_path_factory: pytest.TempPathFactory, teacher_run: Path, suffix: str
+) -> dict[str, tuple[Workspace, list[str], dict[str, str]]]:
+    """Each case's workspace, command line and snapshot of ``runs/`` before the command."""
+    prepared = {}
+    for name in names:
+        ws = Workspace(tmp_path_factory.mktemp(name + suffix), teacher_run / "student.safetensors")
+        shutil.copytree(teacher_run, ws.runs / "previous")
+        args = CASES[name].setup(ws)
+        prepared[name] = (ws, args, tree_hashes(ws.runs))
+    return prepared
+
+
+def _outcomes(
+    prepared: dict[str, tuple[Workspace, list[str], dict[str, str]]],
+    results: list[subprocess.CompletedProcess],
+) -> dict[str, Outcome]:
+    return {
+        name: Outcome(ws, before, tree_hashes(ws.runs), result, squash(result.stderr))
+        for (name, (ws, _, before)), result in zip(prepared.items(), results, strict=True)
+    }
+
+
 @pytest.fixture(scope="module")
 def outcomes(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     digits_teacher_run: Path,
-    cli: Callable[..., subprocess.CompletedProcess],
-    snapshot: Callable[[Path], dict[str, str]],
-    flat: Callable[[str], str],
+    forked_cli: ForkedCli,
 ) -> dict[str, Outcome]:
     """Prepare every selected case, run their commands concurrently, snapshot before/after."""
     selected = {
@@ -704,31 +731,31 @@ def outcomes(
         and "case" in item.callspec.params
     }
     names = [n for n in CASES if n in selected] or list(CASES)
-    prepared: dict[str, tuple[Workspace, list[str], dict[str, str]]] = {}
-    for name in names:
-        ws = Workspace(tmp_path_factory.mktemp(name), digits_teacher_run / "student.safetensors")
-        shutil.copytree(digits_teacher_run, ws.runs / "previous")
-        args = CASES[name].setup(ws)
-        prepared[name] = (ws, args, snapshot(ws.runs))
+    prepared = _prepare(names, tmp_path_factory, digits_teacher_run, "")
+    commands = [(args, ws.root) for ws, args, _ in prepared.values()]
+    return _outcomes(prepared, forked_cli.many(commands, workers=WORKERS))
 
-    def launch(name: str) -> subprocess.CompletedProcess:
-        ws, args, _ = prepared[name]
-        return cli(args, cwd=ws.root)
 
-    with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 2) + 1)) as pool:
-        results = dict(zip(names, pool.map(launch, names), strict=True))
-    return {
-        name: Outcome(ws, before, snapshot(ws.runs), results[name], flat(results[name].stderr))
-        for name, (ws, _, before) in prepared.items()
-    }
+# Fresh interpreters for a few cases: a clean error from the library, one from click's own
+# option parsing, and a model imported from the working directory.
+FRESH = ["misspelt-loss", "bad-set", "model-module-syntax-error"]
+
+
+@pytest.fixture(scope="module")
+def fresh_outcomes(
+    tmp_path_factory: pytest.TempPathFactory, digits_teacher_run: Path
+) -> dict[str, Outcome]:
+    """The FRESH cases, each run by ``python -m crossdistill`` in a new interpreter."""
+    prepared = _prepare(FRESH, tmp_path_factory, digits_teacher_run, "-fresh")
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        results = list(pool.map(lambda p: run_cli(p[1], cwd=p[0].root), prepared.values()))
+    return _outcomes(prepared, results)
 
 
 # ------------------------------------------------------------------------------- checks
 
 
-@pytest.mark.parametrize("case", _params(list(CASES)))
-def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str) -> None:
-    out = outcomes[case]
+def _check_clear_message(out: Outcome, case: str) -> None:
     stderr = out.result.stderr
     assert "Traceback" not in stderr, stderr
     assert out.result.returncode == 2, stderr
@@ -740,6 +767,29 @@ def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str)
     # Nothing that existed before was changed or removed.
     changed = [p for p, h in out.before.items() if out.after.get(p) != h]
     assert not changed, f"pre-existing files changed: {changed}"
+
+
+@pytest.mark.parametrize("case", _params(list(CASES)))
+def test_bad_input_is_one_clear_message(outcomes: dict[str, Outcome], case: str) -> None:
+    _check_clear_message(outcomes[case], case)
+
+
+@pytest.mark.parametrize("case", FRESH)
+def test_fresh_interpreter_gives_the_same_outcome(
+    outcomes: dict[str, Outcome], fresh_outcomes: dict[str, Outcome], case: str
+) -> None:
+    """The fork server changes nothing a user sees: a new interpreter prints the same message
+    (workspace paths aside) with the same exit code, and leaves the same files."""
+    fresh, forked = fresh_outcomes[case], outcomes[case]
+    _check_clear_message(fresh, case)
+    assert fresh.result.returncode == forked.result.returncode
+    assert fresh.stderr.replace(str(fresh.ws.root), "WS") == forked.stderr.replace(
+        str(forked.ws.root), "WS"
+    )
+    assert fresh.result.stdout == forked.result.stdout
+    assert sorted(set(fresh.after) - set(fresh.before)) == sorted(
+        set(forked.after) - set(forked.before)
+    )
 
 
 @pytest.mark.parametrize("case", _params([n for n, c in CASES.items() if c.before_training]))

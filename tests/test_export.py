@@ -28,6 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 Cli = Callable[..., subprocess.CompletedProcess]
 
 
+@pytest.fixture
+def cli(forked_cli: Cli) -> Cli:
+    """``python -m crossdistill`` forked from conftest's warm server: the process boundary
+    (exit code, output) without importing torch again for each command."""
+    return forked_cli
+
+
 @pytest.fixture(scope="module")
 def kd_run(tmp_path_factory: pytest.TempPathFactory, digits_teacher_run: Path) -> Path:
     """A finished digits KD run (the ``kd_recipe`` fixture's recipe, built once per module)."""

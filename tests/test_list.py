@@ -6,12 +6,21 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from crossdistill.core.adapters import ADAPTERS
 from crossdistill.data.sources import DATA_SOURCES
 from crossdistill.data.steps import PIPELINE_STEPS
 from crossdistill.losses import LOSSES
 
 Cli = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def cli(forked_cli: Cli) -> Cli:
+    """``python -m crossdistill`` forked from conftest's warm server: the process boundary
+    (exit code, output) without importing torch again for each command."""
+    return forked_cli
 
 
 def _blocks(stdout: str) -> dict[str, list[str]]:

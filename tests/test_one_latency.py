@@ -28,6 +28,13 @@ Cli = Callable[..., subprocess.CompletedProcess]
 
 
 @pytest.fixture
+def cli(forked_cli: Cli) -> Cli:
+    """``python -m crossdistill`` forked from conftest's warm server: the process boundary
+    (exit code, output) without importing torch again for each command."""
+    return forked_cli
+
+
+@pytest.fixture
 def kd_run(kd_recipe: Recipe) -> Path:
     run_dir = run_recipe(kd_recipe).run_dir
     assert run_dir is not None

@@ -30,6 +30,13 @@ IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 Cli = Callable[..., subprocess.CompletedProcess]
 
 
+@pytest.fixture
+def cli(forked_cli: Cli) -> Cli:
+    """``python -m crossdistill`` forked from conftest's warm server: the process boundary
+    (exit code, output) without importing torch again for each command."""
+    return forked_cli
+
+
 @pytest.fixture(scope="module")
 def kd_run(tmp_path_factory: pytest.TempPathFactory, digits_teacher_run: Path) -> Path:
     """``recipes/digits/kd.yaml`` (as the ``kd_recipe`` fixture builds it) with the KD term

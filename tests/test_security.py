@@ -84,6 +84,11 @@ def _name_student(run: Path, model: str, params: dict[str, Any]) -> None:
     (run / "student.json").write_text(json.dumps(meta))
 
 
+# The commands below run forked from conftest's warm server (``forked_cli``: a process of its
+# own, without importing torch again); one with PYTHONPATH set runs in a fresh interpreter.
+Cli = Callable[..., subprocess.CompletedProcess]
+
+
 def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "crossdistill", *args],
@@ -122,13 +127,13 @@ def test_a_student_json_naming_code_is_refused_in_python(
 
 @pytest.mark.parametrize("command", ["eval", "export", "bench", "report"])
 def test_the_commands_never_run_what_a_student_json_names(
-    made: dict[str, Path], tmp_path: Path, command: str
+    made: dict[str, Path], tmp_path: Path, command: str, forked_cli: Cli
 ) -> None:
     marker = tmp_path / "MARKER"
     run = _copy(made["plain"], tmp_path)
     _name_student(run, "os:system", _payloads(marker)["os:system"])
     extra = {"export": ["--format", "safetensors"], "bench": ["--repeats", "1", "--batches", "1"]}
-    result = _cli([command, str(run), *extra.get(command, [])], cwd=tmp_path)
+    result = forked_cli([command, str(run), *extra.get(command, [])], cwd=tmp_path)
     assert not marker.exists()
     if command == "report":  # a page of what the run logged; the student is only a note
         assert result.returncode == 0, result.stderr
@@ -138,7 +143,9 @@ def test_the_commands_never_run_what_a_student_json_names(
                  "--allow-import os")  # fmt: skip
 
 
-def test_a_config_yaml_naming_code_is_refused(made: dict[str, Path], tmp_path: Path) -> None:
+def test_a_config_yaml_naming_code_is_refused(
+    made: dict[str, Path], tmp_path: Path, forked_cli: Cli
+) -> None:
     marker = tmp_path / "MARKER"
     run = _copy(made["plain"], tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -147,7 +154,10 @@ def test_a_config_yaml_naming_code_is_refused(made: dict[str, Path], tmp_path: P
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(UntrustedCodeError, match=r"config\.yaml names the model 'subprocess:run'"):
         Run.open(run).teacher()
-    _refused(_cli(["eval", str(run)], cwd=tmp_path), "config.yaml names the model 'subprocess:run'")
+    _refused(
+        forked_cli(["eval", str(run)], cwd=tmp_path),
+        "config.yaml names the model 'subprocess:run'",
+    )
     config["data"]["source"] = "subprocess:run"
     config["data"]["params"] = dict(payload)  # a copy: safe_dump would write an alias
     (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -158,7 +168,9 @@ def test_a_config_yaml_naming_code_is_refused(made: dict[str, Path], tmp_path: P
     assert not marker.exists()
 
 
-def test_a_model_json_naming_code_is_refused(made: dict[str, Path], tmp_path: Path) -> None:
+def test_a_model_json_naming_code_is_refused(
+    made: dict[str, Path], tmp_path: Path, forked_cli: Cli
+) -> None:
     marker = tmp_path / "MARKER"
     folder = _copy(made["export"], tmp_path)
     meta = json.loads((folder / "model.json").read_text())
@@ -167,7 +179,8 @@ def test_a_model_json_naming_code_is_refused(made: dict[str, Path], tmp_path: Pa
     with pytest.raises(UntrustedCodeError, match=r"model\.json names the model 'os:system'"):
         rebuild(folder)
     args = ["bench", str(folder), "--repeats", "1", "--batches", "1"]
-    _refused(_cli(args, cwd=tmp_path), "model.json names the model 'os:system' by import path")
+    result = forked_cli(args, cwd=tmp_path)
+    _refused(result, "model.json names the model 'os:system' by import path")
     assert not marker.exists()
 
 

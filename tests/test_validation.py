@@ -116,7 +116,9 @@ def test_a_run_evaluates_validation_each_epoch_and_the_test_once(tmp_path: Path)
     assert saved["split"] == "test" and saved["accuracy"] == tests[0]["accuracy"]
     assert saved["validation"]["split"] == "val"
     assert saved["validation"]["accuracy"] == evals[-1]["accuracy"]
-    assert result.metrics["split"] == "test" and result.history.test["accuracy"] == saved["accuracy"]
+    assert (
+        result.metrics["split"] == "test" and result.history.test["accuracy"] == saved["accuracy"]
+    )
     assert set(LOADED) == {"train", "test"}  # the validation split came from train
 
 
@@ -133,7 +135,9 @@ def test_with_eval_test_off_the_test_split_is_never_read(tmp_path: Path) -> None
     assert set(LOADED) == {"train"}
     saved = json.loads(result.run.eval_file().read_text())
     assert saved["split"] == "val" and "validation" not in saved
-    assert not [line for line in result.run.metrics_file.read_text().splitlines() if '"test"' in line]
+    assert not [
+        line for line in result.run.metrics_file.read_text().splitlines() if '"test"' in line
+    ]
 
 
 def test_without_validation_the_evaluation_split_is_named(tmp_path: Path) -> None:
@@ -214,4 +218,6 @@ def test_distill_evaluates_val_data_each_epoch_and_eval_data_once() -> None:
     assert [e for e, _ in seen] == [1, 2, 3]
     assert result.metrics["split"] == "eval_data"
     assert result.metrics["validation"]["accuracy"] == seen[-1][1]
-    assert result.history.test == {k: v for k, v in result.metrics.items() if k in result.history.test}
+    assert result.history.test == {
+        k: v for k, v in result.metrics.items() if k in result.history.test
+    }

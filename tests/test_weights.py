@@ -23,6 +23,13 @@ from crossdistill.models.registry import build_model, load_weights, read_state_d
 PARAMS = {"width": 4}
 
 
+@pytest.fixture
+def cli(forked_cli: Callable) -> Callable:
+    """``python -m crossdistill`` forked from conftest's warm server: the process boundary
+    (exit code, output) without importing torch again for each command."""
+    return forked_cli
+
+
 def _model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model("cnn", PARAMS)

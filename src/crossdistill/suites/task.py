@@ -36,7 +36,7 @@ class TaskSuite(Suite):
         teacher = None if cached else run.teacher()
         loader = run.eval_data(options.split, device=device)
         amp = amp_dtype(recipe.train.amp, device)  # the same precision as in training
-        return evaluate_student(
+        metrics = evaluate_student(
             student,
             loader,
             None if teacher is None else teacher.to(device),
@@ -44,6 +44,7 @@ class TaskSuite(Suite):
             amp,
             recipe.eval.topk,
         )
+        return {"split": recipe.data.eval_split, **metrics}  # as eval.json names its split
 
     def result_name(self, target: str, options: TaskOptions) -> str:
         return options.split or Run.open(target).config.data.eval_split
