@@ -104,6 +104,12 @@ class CompiledStep:
         }
         if spec.backend == "inductor":  # other backends take no mode (config refuses one)
             options["mode"] = spec.mode
+            if torch.are_deterministic_algorithms_enabled():
+                # what torch.use_deterministic_algorithms sets, left to a run that compiles
+                # (seed_everything does not import the inductor)
+                import torch._inductor.config as inductor_config
+
+                inductor_config.deterministic = True
         module.compile(**options)
         self.active = True
 

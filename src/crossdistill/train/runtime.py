@@ -18,8 +18,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         if torch.cuda.is_available():
             # cuBLAS needs a fixed workspace to be deterministic; it is read when CUDA starts.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _deterministic_kernels()
         torch.backends.cudnn.benchmark = False
+
+
+def _deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without what it also does,
+    importing ``torch._inductor`` to set its flag: 2 s at the start of every command, for runs
+    that never compile (``train.compile`` sets the inductor's flag itself)."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call, import and all
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def distributed_rank() -> tuple[int, int]:
