@@ -139,8 +139,8 @@ def cli() -> Callable[..., subprocess.CompletedProcess]:
 
 
 # A command line forked from a process that has already imported what every command imports:
-# each ``python -m crossdistill`` otherwise spends ~4 s of CPU importing torch (and the
-# torch._inductor that ``torch.use_deterministic_algorithms`` pulls in) before it does anything.
+# each ``python -m crossdistill`` otherwise spends seconds of CPU importing torch before it does
+# anything.
 # The fork is still a process of its own (exit code, stdout/stderr, cwd, sys.path[0] = cwd as
 # under ``-m``, state that dies with it). Children share the server's imports and its hash seed:
 # tests of what a fresh interpreter imports, of results that must not depend on the hash seed
@@ -152,7 +152,7 @@ import atexit, json, os, runpy, sys, threading
 
 # What a command imports before it reads its arguments' files; plug-ins stay for the child to
 # load, so that a command that forgot to load them fails here as it would for a user.
-import crossdistill.cli, crossdistill.pipeline, torch._inductor.config  # noqa: F401
+import crossdistill.cli, crossdistill.pipeline  # noqa: F401
 
 
 def exit_like_python(code):
