@@ -254,7 +254,7 @@ def test_teacher_needs_model_xor_members() -> None:
     for bad in ({}, {"model": "cnn", "members": [member]}):
         raw = _raw()
         raw["teacher"] = bad
-        with pytest.raises(ConfigError, match="give either `model:`") as info:
+        with pytest.raises(ConfigError, match="give exactly one of `model:`") as info:
             validate_recipe(raw)
         assert "teacher" in str(info.value)
 

@@ -34,6 +34,7 @@ from crossdistill.config import (
     ValidationSpec,
 )
 from crossdistill.core.distiller import Distiller, Term
+from crossdistill.core.ema import EMATeacher
 from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.data import build_augmentation, example_loader, load_source
@@ -60,7 +61,15 @@ def build_wrapper(cls: type[ModelWrapper], spec: ModelSpec, where: str) -> Model
     return cls(model, outputs=spec.outputs, taps=taps, pipeline=pipeline)
 
 
-def build_teacher(spec: TeacherSpec) -> Teacher:
+def build_teacher(spec: TeacherSpec, student: ModelWrapper | None = None) -> Teacher | None:
+    """The teacher a recipe names. A momentum teacher (``ema_of: student``) is made from
+    ``student``, the wrapper it averages; without one there is none to make (None): its weights
+    exist only in a run's checkpoints."""
+    if spec.ema_of is not None:
+        if student is None:
+            return None
+        taps = [Tap(**t.model_dump()) for t in spec.taps]
+        return EMATeacher(student, spec.decay, spec.warmup, taps=taps)
     if spec.members:
         members = [
             _checked(build_wrapper(Teacher, m, f"teacher.members[{i}]"), f"teacher.members[{i}]")
@@ -90,7 +99,7 @@ def build_term(spec: LossSpec, where: str) -> Term:
 def build_distiller(recipe: Recipe) -> Distiller:
     terms = [build_term(spec, f"losses[{i}]") for i, spec in enumerate(recipe.losses)]
     student = build_wrapper(Student, recipe.student, "student")
-    teacher = build_teacher(recipe.teacher) if recipe.teacher else None
+    teacher = build_teacher(recipe.teacher, student) if recipe.teacher else None
     # a store without a teacher: the teacher's outputs come from the store alone
     given = recipe.store is not None and teacher is None
     return Distiller(student, terms, teacher=teacher, knowledge_given=given)  # type: ignore[arg-type]
@@ -302,19 +311,19 @@ def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
     if not train:
         if not spec.limit_eval:
             return dataset
-        return _kept(dataset, range(min(spec.limit_eval, len(dataset))), Head)
+        return _kept(dataset, range(min(spec.limit_eval, len(dataset))))
     if not spec.limit_train:
         return dataset
     indices = limit_indices(dataset, spec.limit_train, spec.limit_mode, recipe.seed)
     return dataset if indices is None else _kept(dataset, indices)
 
 
-def _kept(dataset: Any, positions: Sequence[int], kind: type[Limited] = Limited) -> Limited:
+def _kept(dataset: Any, positions: Sequence[int]) -> Limited:
     """The examples at ``positions`` of ``dataset``, as one :class:`Limited` of the underlying
     data (a carved split limited again stays one level deep: its indices are the data's)."""
     if isinstance(dataset, Limited):
         return Limited(dataset.dataset, [dataset.indices[i] for i in positions])
-    return Limited(dataset, positions) if kind is Limited else Head(dataset, len(positions))
+    return Limited(dataset, positions)
 
 
 def selection_split(recipe: Recipe) -> str:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import pydantic
 import yaml
@@ -106,7 +106,17 @@ class ModelSpec(_Strict):
 
 
 class TeacherSpec(_Strict):
-    """One teacher (``model: ...``) or an ensemble (``members: [...]``, optional weights)."""
+    """One teacher (``model: ...``), an ensemble (``members: [...]``, optional weights), or a
+    momentum teacher (``ema_of: student``): an exponential moving average of the student's
+    weights, updated after every optimizer step and never trained by the optimizer (mean
+    teacher, Tarvainen & Valpola 2017, arXiv:1703.01780; ALBEF's momentum distillation).
+
+    A momentum teacher is the student's model, params, pipeline and outputs; only ``taps:`` may
+    be given for it (feature losses against the average's features). ``decay`` is the weight
+    of the old average in each update; with ``warmup`` (default) update ``t`` (from 0) uses
+    ``min(decay, (1 + t) / (10 + t))``, so the early average follows the quickly changing
+    student instead of its random initialisation (as TensorFlow's ExponentialMovingAverage
+    with ``num_updates``)."""
 
     model: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -116,15 +126,54 @@ class TeacherSpec(_Strict):
     pipeline: list[PluginSpec] = Field(default_factory=list)
     members: list[ModelSpec] = Field(default_factory=list)
     member_weights: list[Annotated[float, Field(ge=0)]] | None = None
+    ema_of: Literal["student"] | None = None  # a momentum teacher: the average of the student
+    # the momentum teacher's decay: the weight of the old average in each update, in (0, 1)
+    decay: float = 0.999
+    warmup: bool = True  # the momentum teacher's decay ramps up as min(decay, (1+t)/(10+t))
+    # the keys of a momentum teacher; left out of the dump of any other teacher
+    momentum_keys: ClassVar[tuple[str, ...]] = ("ema_of", "decay", "warmup")
 
     @pydantic.model_validator(mode="after")
     def _one_kind(self) -> TeacherSpec:
-        if (self.model is None) == (not self.members):
-            raise ValueError("give either `model:` (one teacher) or `members:` (an ensemble)")
+        kinds = [self.model is not None, bool(self.members), self.ema_of is not None]
+        if sum(kinds) != 1:
+            raise ValueError(
+                "give exactly one of `model:` (one teacher), `members:` (an ensemble) or "
+                "`ema_of: student` (a momentum teacher)"
+            )
+        if not 0 < self.decay < 1:  # 0 copies the student, 1 never moves: neither teaches
+            raise ValueError(f"decay {self.decay} must lie strictly between 0 and 1 (e.g. 0.999)")
+        if self.ema_of is not None:
+            # compared with the defaults, not "was it given": a run's config.yaml has them all
+            given = [
+                key
+                for key in ("params", "weights", "outputs", "pipeline")
+                if getattr(self, key)
+                != type(self).model_fields[key].get_default(call_default_factory=True)
+            ]
+            if given:
+                raise ValueError(
+                    f"a momentum teacher (`ema_of: student`) is the student's own model: remove "
+                    f"{given} from `teacher:` (only `taps:`, `decay:` and `warmup:` apply)"
+                )
+        elif self.model_fields_set & {"decay", "warmup"}:
+            raise ValueError("`decay:` and `warmup:` apply to a momentum teacher (`ema_of:`) only")
         return self
 
+    @pydantic.model_serializer(mode="wrap")
+    def _without_momentum(self, handler: pydantic.SerializerFunctionWrapHandler) -> Any:
+        # a teacher that is not a momentum teacher dumps as before these keys existed: the
+        # fingerprints of existing runs and knowledge stores stay what they were
+        data = handler(self)
+        if self.ema_of is None and isinstance(data, dict):
+            for key in self.momentum_keys:
+                data.pop(key, None)
+        return data
+
     def as_model_spec(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump(exclude={"members", "member_weights"}))
+        return ModelSpec(
+            **self.model_dump(exclude={"members", "member_weights", *self.momentum_keys})
+        )
 
 
 class AnnealSpec(_Strict):
@@ -512,6 +561,15 @@ class Recipe(_Strict):
                 "loss_weights", "every loss weight is 0: the student would learn nothing"
             )
         return losses
+
+    @pydantic.model_validator(mode="after")
+    def _momentum_without_store(self) -> Recipe:
+        if self.store is not None and self.teacher is not None and self.teacher.ema_of:
+            raise ValueError(
+                "a momentum teacher (teacher.ema_of) changes with every optimizer step: there "
+                "is nothing to cache in a knowledge store; remove `store:`"
+            )
+        return self
 
     @pydantic.model_validator(mode="after")
     def _unique_terms(self) -> Recipe:

@@ -123,6 +123,10 @@ def _teacher_section(run: Run) -> str:
     lines: list[tuple[str, Any]] = []
     if teacher is None:
         lines.append(("teacher", "no teacher in the recipe"))
+    elif teacher.ema_of:
+        rule = "with warm-up" if teacher.warmup else "no warm-up"
+        lines.append(("teacher", f"a momentum teacher: the moving average of the {teacher.ema_of}"))
+        lines.append(("decay", f"{teacher.decay} ({rule})"))
     elif teacher.members:
         lines.append(("teacher", f"an ensemble of {len(teacher.members)} models"))
         weights = teacher.member_weights or [1.0] * len(teacher.members)
@@ -338,6 +342,8 @@ def model_card(
     taught_by = (
         "no teacher model (from a knowledge store or the targets alone)"
         if teacher is None
+        else "a moving average of itself (a momentum teacher)"
+        if teacher.ema_of
         else f"the teacher {_code(teacher.model or 'ensemble')}"
     )
     intro = (

@@ -1,10 +1,12 @@
-"""Checkpoints: safetensors + JSON, written atomically, checksummed, never holding the teacher.
+"""Checkpoints: safetensors + JSON, written atomically, checksummed, never holding a frozen teacher.
 
 Layout of ``<run>/checkpoints/epoch-0003/``:
 
 - ``trainable.safetensors`` — student, adapters and loss-module weights
 - ``optimizer.safetensors`` — the optimizer's tensors; its structure is in ``state.json``
 - ``rng.safetensors`` — torch RNG states (CPU and every CUDA device)
+- ``ema_teacher.safetensors`` — only with a momentum teacher: its averaged weights, buffers and
+  update count (training makes them, so a resumed run needs them; they are never exported)
 - ``state.json`` — epoch, step, scheduler/scaler state, recipe fingerprint, SHA-256 of each file
 
 A checkpoint is written to a temporary folder, fsynced, then renamed: a crash never leaves a
@@ -28,6 +30,7 @@ from crossdistill.errors import CheckpointError
 
 STATE = "state.json"
 FILES = ("trainable.safetensors", "optimizer.safetensors", "rng.safetensors")
+EMA_TEACHER = "ema_teacher.safetensors"  # a momentum teacher's state, when the run has one
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,9 +80,11 @@ def save_checkpoint(
     optimizer: dict[str, Any],
     state: dict[str, Any],
     rng: dict[str, torch.Tensor] | None = None,
+    teacher: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write one checkpoint atomically into ``directory``; ``rng`` defaults to this process's
-    RNG states (under DDP the Trainer passes every rank's).
+    RNG states (under DDP the Trainer passes every rank's). ``teacher``: the state of a teacher
+    that training changes (a momentum teacher's), kept in ``ema_teacher.safetensors``.
 
     A full disk or a read-only folder is a :class:`~crossdistill.errors.WriteError` naming the
     checkpoint, the free space and the bytes it needs; the partial copy is removed, and an
@@ -91,6 +96,8 @@ def save_checkpoint(
         "optimizer.safetensors": opt_tensors,
         "rng.safetensors": rng if rng is not None else rng_state(),
     }
+    if teacher is not None:
+        contents[EMA_TEACHER] = {k: v.detach().contiguous().cpu() for k, v in teacher.items()}
     needed = sum(t.numel() * t.element_size() for ts in contents.values() for t in ts.values())
     with write_errors(directory, "the checkpoint", needed):
         if tmp.exists():
@@ -115,7 +122,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """Read and verify a checkpoint; corruption names the file that is wrong."""
+    """Read and verify a checkpoint; corruption names the file that is wrong. A momentum
+    teacher's state, when the checkpoint has one, is ``state["teacher"]``."""
     state_path = directory / STATE
     if not state_path.is_file():
         raise CheckpointError(
@@ -130,7 +138,8 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
             hint=f"delete {directory} to resume from an earlier checkpoint",
         ) from None
     loaded: dict[str, dict[str, torch.Tensor]] = {}
-    for name in FILES:
+    # the teacher's file is checked whenever state.json lists it: it cannot be dropped unseen
+    for name in (*FILES, *([EMA_TEACHER] if EMA_TEACHER in state.get("sha256", {}) else [])):
         path = directory / name
         expected = state.get("sha256", {}).get(name)
         if not path.is_file() or expected is None or sha256(path) != expected:
@@ -149,6 +158,8 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     state["trainable"] = loaded["trainable.safetensors"]
     state["optimizer"] = unflatten_optimizer(loaded["optimizer.safetensors"], state["optimizer"])
     state["rng"] = loaded["rng.safetensors"]
+    if EMA_TEACHER in loaded:
+        state["teacher"] = loaded[EMA_TEACHER]
     return state
 
 

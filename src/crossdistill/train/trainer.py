@@ -19,6 +19,11 @@ from the step count alone (:meth:`Distiller.set_progress`, progress = steps take
 so a resumed run trains with the same values; each step record logs them
 (``schedule/<term>/<key>``).
 
+A momentum teacher (:class:`~crossdistill.core.ema.EMATeacher`) starts as an exact copy of the
+student and moves towards it after every optimizer step the optimizer took (not after one the
+fp16 loss scaler skipped); its state is in every checkpoint, so a resumed run continues it
+exactly, and evaluation's agreement with the teacher is agreement with the average.
+
 Callbacks (:mod:`crossdistill.train.callbacks`: the loggers of ``train.loggers``, the user code
 of ``train.callbacks`` and the ``callbacks=`` given to the Trainer) are called at each logged
 step, epoch, evaluation and checkpoint, on rank 0 only unless a callback sets ``all_ranks``.
@@ -44,6 +49,7 @@ from crossdistill._util.files import AppendLog
 from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.core.distiller import Distiller
+from crossdistill.core.ema import EMATeacher
 from crossdistill.errors import CallbackError, CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
@@ -151,6 +157,13 @@ class Trainer:
         # checkpoints, evaluation and export stay those of the eager modules
         self.compiled = CompiledStep(distiller, self.spec.compile_spec, distiller.trainable())
         self._model: nn.Module = self._data_parallel(distiller) if self.distributed else distiller
+        # a momentum teacher: averaged from the underlying student (DDP's copy is the same one)
+        teacher = distiller.teacher
+        self._ema = teacher if isinstance(teacher, EMATeacher) else None
+        if self._ema is not None and int(self._ema.updates) == 0:
+            # after DDP has given every rank rank 0's weights, and after distiller.check()
+            # built any lazy module: the copy starts equal to the student that trains
+            self._ema.restart(distiller.student.model)
         self._params = [p for p in distiller.trainable().parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self._params, self.spec.optimizer)
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and does not.
@@ -195,14 +208,27 @@ class Trainer:
         if self.spec.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self._params, self.spec.grad_clip)
+        scale = self._loss_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
+        if self._ema is not None:
+            # the scaler lowers its scale exactly when it skipped the step (inf/NaN gradients)
+            skipped = None if scale is None else self._loss_scale() < scale
+            self._ema.update(self.distiller.student.model, skipped)
         if self.compiled.fallback_cause is not None and not self._compile_logged:
             self._log_compile()  # the step that fell back to eager, in metrics.jsonl
         return {"loss": total.detach(), **{k: v.detach() for k, v in terms.items()}}
+
+    def _loss_scale(self) -> torch.Tensor | None:
+        """fp16's loss scale now, a tensor on the device (a copy: the scaler updates its own
+        in place), so that comparing it never waits for the GPU; None without loss scaling."""
+        if self._ema is None or not self.scaler.is_enabled():
+            return None
+        # private, but the public get_scale() is a float: a host sync every step
+        return self.scaler._get_scale_async().clone()  # type: ignore[union-attr]
 
     def _forward_backward(
         self, batch: Mapping[str, Any], teacher_apart: bool = False
@@ -524,6 +550,7 @@ class Trainer:
             trainable=self.distiller.trainable().state_dict(),
             optimizer=self.optimizer.state_dict(),
             rng=rng,
+            teacher=self._ema.state_dict() if self._ema is not None else None,
             state={
                 "epoch": self.epoch,
                 "step": self.step,
@@ -558,9 +585,16 @@ class Trainer:
                 hint=f"resume with --nproc {state.get('world_size', 1)}: the data order and "
                 "every rank's random state depend on it",
             )
+        if self._ema is not None and "teacher" not in state:
+            raise CheckpointError(
+                f"{found[-1]} holds no momentum teacher, and this run's teacher is one",
+                hint="resume with the recipe the run started with",
+            )
         try:
             self.distiller.trainable().load_state_dict(state["trainable"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self._ema is not None:
+                self._ema.load_state_dict(state["teacher"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{found[-1]} does not fit this model: {exc}") from None
         if self.scheduler is not None and state.get("scheduler"):
