@@ -3,13 +3,14 @@
     python benchmarks/store.py          # full: 156k sentences, 200 rounds, 3 seeds x 15 epochs
     python benchmarks/store.py --quick  # minutes: 3,000 sentences, 20 rounds, 1 seed x 2 epochs
 
-Writes benchmarks/results/store[.quick].json and .md. Stores and runs go to runs/bench[-quick]/
-(git-ignored); a store or run already there for the same recipe is reused (a store's write time
-comes from the record written next to it when it was written). Everything runs on the CPU with
-``--threads`` torch threads (default 1; also ``OMP_NUM_THREADS`` and ``RAYON_NUM_THREADS``, the
-tokenizers' pool), recorded in the results. One thread because the machine is shared: with
-other processes busy, two OpenMP threads on two cores ran MiniLM at 63 sentences/s against 102
-with one (and the ResNet teacher up to 10x slower), as threads wait for each other.
+Writes benchmarks/results/store[.quick].json and .md (merged, see below). Stores and runs go to
+runs/bench[-quick]/ (git-ignored); a store or run already there for the same recipe is reused (a
+store's write time comes from the record written next to it when it was written). Everything
+runs on the CPU with ``--threads`` torch threads (default 1; also ``OMP_NUM_THREADS`` and
+``RAYON_NUM_THREADS``, the tokenizers' pool), recorded in the results. One thread because the
+machine is shared: with other processes busy, two OpenMP threads on two cores ran MiniLM at 63
+sentences/s against 102 with one (and the ResNet teacher up to 10x slower), as threads wait for
+each other.
 
 1. **Text epoch, online vs from the store** (``online_epoch_s``, ``cached_epoch_s``,
    ``cached_epoch_speedup``; target ≥ 20x). Recipe recipes/text/minilm_static_store.yaml: teacher
@@ -51,19 +52,29 @@ with one (and the ResNet teacher up to 10x slower), as threads wait for each oth
    per-round ratios (``paired_ratios``), which cancels load that drifts on a shared machine. The
    target ratio is the ratio of medians of the whole step (load + step).
 
-3. **Bytes per example** (``bytes_per_example_dense``, ``bytes_per_example_topk``): stores of
-   1,000-class logits from a randomly initialised MLP (``mlp``, ``num_classes: 1000``; the bytes
-   do not depend on the weights) over the first 10,000 Fashion-MNIST training images, no
-   augmentation (one slot), dense float16 vs top-k with k = 10 (float16 values, int16 indices,
-   the float32 mass of the rest): the shard files' size on disk divided by the examples, so the
-   safetensors headers are included.
+3. **Bytes per example** (``bytes_per_example_dense``, ``bytes_per_example_topk``,
+   ``bytes_per_example_topk_tail``): stores of 1,000-class logits from a randomly initialised
+   MLP (``mlp``, ``num_classes: 1000``; the bytes do not depend on the weights) over the first
+   10,000 Fashion-MNIST training images, no augmentation (one slot), dense float16 vs top-k with
+   k = 10 (float16 values, int16 indices, the float32 mass of the rest) vs the same top-k plus
+   ``TAIL_BITS``-bit codes of the other 990 logits (``tail_bits``, packed): the shard files' size
+   on disk divided by the examples, so the safetensors headers are included.
 
-4. **Accuracy, dense vs top-k logits** (``acc_full_logits``, ``acc_topk_logits``, target: within
-   0.2 pt). kd_store.yaml trained from a dense float16 store and from a top-3 store (k = 3 of the
-   10 classes, float16), one store per seed because the recorded augmentations depend on the
-   seed; the teacher is the ResNet that benchmarks/fashion_mnist.py trains (runs/bench, reused;
-   with --quick runs/bench-quick's 3-epoch teacher and 10,000 training images). Test accuracy
+4. **Accuracy, dense vs top-k logits** (``acc_full_logits``, ``acc_topk_logits``,
+   ``acc_topk_tail_logits``, ``acc_<arm>_minus_full_pt``; target: within 0.2 pt). kd_store.yaml
+   trained from one store per arm (``--arms``, default all): ``dense`` float16, ``topk`` (k = 3
+   of the 10 classes, float16) and ``topk_tail`` (the same top-3 plus ``TAIL_BITS``-bit codes of
+   the other 7 logits), one store per seed because the recorded augmentations depend on the
+   seed; the teacher is the ResNet of recipes/fashion_mnist/teacher.yaml (runs/bench, reused,
+   e.g. from benchmarks/fashion_mnist.py; with --quick runs/bench-quick's 3-epoch teacher and
+   10,000 training images; ``--teacher-epochs N`` trains it for N epochs instead). Test accuracy
    after the last epoch; mean ± std over seeds 0 1 2 (one seed, 2 epochs with --quick).
+
+Every invocation writes benchmarks/results/store[.quick].json and .md, merged: the parts it did
+not run keep their recorded values, and ``parts`` says when and by which command each part was
+measured. Only the accuracy part, only some arms::
+
+    python benchmarks/store.py --parts acc --arms dense,topk,topk_tail
 """
 
 from __future__ import annotations
@@ -75,9 +86,11 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +104,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    RESULTS,
     EpochBatches,
     command_line,
     format_mean_std,
@@ -131,10 +145,39 @@ BYTES_EXAMPLES = 10_000
 BYTES_CLASSES = 1000
 BYTES_TOPK = 10
 ACC_TOPK = 3
+# top-k plus the tail's order and shape: each other logit as a TAIL_BITS-bit code of its distance
+# below the k-th largest over KeyCodec's default range (16 logits); chosen by KL to the dense
+# target at T = 4 on the teacher's logits (docs/store.md)
+TAIL_BITS = 4
+# the accuracy part's arms: how each stores the teacher's logits (its recipe's store.keys.logits)
+ARMS: dict[str, dict[str, Any]] = {
+    "dense": {},
+    "topk": {"format": "topk", "k": ACC_TOPK},
+    "topk_tail": {"format": "topk", "k": ACC_TOPK, "tail_bits": TAIL_BITS},
+}
+# what each arm's result keys are called (acc_<name>_logits, ...): "full" is the dense arm
+ARM_KEYS = {"dense": "full", "topk": "topk", "topk_tail": "topk_tail"}
+PARTS = ["text", "step", "bytes", "acc"]
+# the result keys each part writes: a run of some parts keeps the other parts' recorded values
+PART_KEYS = {
+    "text": (
+        "online_epoch_s",
+        "cached_epoch_s",
+        "cached_epoch_speedup",
+        "epoch_examples",
+        "store_write_s",
+        "store_bytes",
+        "text",
+    ),
+    "step": ("cached_kd_vs_plain_step_ratio", "step"),
+    "bytes": ("bytes_", "bytes"),
+    "acc": ("acc_", "accuracy"),
+}
 TARGETS = {
     "cached_epoch_speedup>=": 20.0,
     "cached_kd_vs_plain_step_ratio<=": 1.05,
     "acc_topk_within_pt": 0.2,
+    "acc_topk_tail_within_pt": 0.2,
 }
 NOISY_SPREAD = 1.25  # p75/p25 of a variant's step times above which the notes warn
 CPU = torch.device("cpu")
@@ -159,8 +202,7 @@ def _store_matches(recipe: Recipe) -> bool:
     want = store_codecs(recipe, distiller)
     have = store.manifest.keys
     return set(want) == set(have) and all(
-        (want[k].format, want[k].k, want[k].dtype) == (have[k].format, have[k].k, have[k].dtype)
-        for k in want
+        want[k].model_dump(exclude={"shape"}) == have[k].model_dump(exclude={"shape"}) for k in want
     )
 
 
@@ -410,9 +452,16 @@ def step_part(args: argparse.Namespace, dense: Recipe, topk: Recipe) -> dict[str
 # ----------------------------------------------------------------------------- 3. bytes
 
 
+BYTES_KEYS: dict[str, dict[str, Any]] = {
+    "dense": {},
+    "topk": {"format": "topk", "k": BYTES_TOPK},
+    "topk_tail": {"format": "topk", "k": BYTES_TOPK, "tail_bits": TAIL_BITS},
+}
+
+
 def bytes_part(out: Path) -> dict[str, Any]:
     def recipe(fmt: str) -> Recipe:
-        keys = {"logits": {"format": "topk", "k": BYTES_TOPK}} if fmt == "topk" else {}
+        keys = {"logits": BYTES_KEYS[fmt]} if BYTES_KEYS[fmt] else {}
         model = {"model": "mlp", "params": {"num_classes": BYTES_CLASSES}}
         return validate_recipe(
             {
@@ -435,21 +484,26 @@ def bytes_part(out: Path) -> dict[str, Any]:
             }
         )
 
-    dense, topk = ensure_store(recipe("dense")), ensure_store(recipe("topk"))
-    per_dense = dense["bytes"] / dense["examples"]
-    per_topk = topk["bytes"] / topk["examples"]
+    writes = {fmt: ensure_store(recipe(fmt)) for fmt in BYTES_KEYS}
+    per = {fmt: w["bytes"] / w["examples"] for fmt, w in writes.items()}
+    dense = writes["dense"]
     return {
-        "bytes_per_example_dense": round(per_dense, 2),
-        "bytes_per_example_topk": round(per_topk, 2),
-        "bytes_dense_over_topk": round(per_dense / per_topk, 2),
+        "bytes_per_example_dense": round(per["dense"], 2),
+        "bytes_per_example_topk": round(per["topk"], 2),
+        "bytes_dense_over_topk": round(per["dense"] / per["topk"], 2),
+        "bytes_per_example_topk_tail": round(per["topk_tail"], 2),
+        "bytes_dense_over_topk_tail": round(per["dense"] / per["topk_tail"], 2),
         "bytes": {
             "classes": BYTES_CLASSES,
             "k": BYTES_TOPK,
+            "tail_bits": TAIL_BITS,
             "examples": dense["examples"],
             "slots": dense["slots"],
             "dtype": "float16",
             "dense_store_bytes": dense["bytes"],
-            "topk_store_bytes": topk["bytes"],
+            "topk_store_bytes": writes["topk"]["bytes"],
+            "topk_tail_store_bytes": writes["topk_tail"]["bytes"],
+            "stores": {fmt: {"logits": BYTES_KEYS[fmt] or "dense"} for fmt in BYTES_KEYS},
             "teacher": "mlp (784-128-1000), random initialisation (bytes do not depend on it)",
             "data": f"Fashion-MNIST train, first {BYTES_EXAMPLES} images, no augmentation",
         },
@@ -459,11 +513,15 @@ def bytes_part(out: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- 4. accuracy
 
 
-def kd_recipes(args: argparse.Namespace, out: Path, seed: int) -> dict[str, Recipe]:
-    """kd_store.yaml with the benchmark teacher: a dense and a top-k store for ``seed``."""
+def kd_recipes(
+    args: argparse.Namespace, out: Path, seed: int, arms: list[str] | None = None
+) -> dict[str, Recipe]:
+    """kd_store.yaml with the benchmark teacher: one store per arm (:data:`ARMS`; default
+    dense and top-k) for ``seed``."""
     common = [f"output.dir={out}", "train.progress=false"]
-    if args.quick:
-        common.append("train.epochs=3")
+    teacher_epochs = getattr(args, "teacher_epochs", None) or (3 if args.quick else None)
+    if teacher_epochs:
+        common.append(f"train.epochs={teacher_epochs}")
     teacher_run = Run(run_or_reuse(load_recipe(TEACHER_RECIPE, common)))
     extra = [
         f"output.dir={out}",
@@ -476,9 +534,10 @@ def kd_recipes(args: argparse.Namespace, out: Path, seed: int) -> dict[str, Reci
         # published numbers used the first N (limit_mode's old behaviour)
         extra += ["train.epochs=2", f"data.limit_train={QUICK_IMAGES}", "data.limit_mode=first"]
     recipes = {}
-    for fmt in ("dense", "topk"):
+    for fmt in arms or ["dense", "topk"]:
         store = f"{out}/stores/fashion_mnist_kd_{fmt}_seed{seed}"
-        keys = f", keys: {{logits: {{format: topk, k: {ACC_TOPK}}}}}" if fmt == "topk" else ""
+        spec = ", ".join(f"{k}: {v}" for k, v in ARMS[fmt].items())
+        keys = f", keys: {{logits: {{{spec}}}}}" if spec else ""
         recipes[fmt] = load_recipe(
             KD_RECIPE,
             [
@@ -497,47 +556,89 @@ def _aug_bytes(recipe: Recipe) -> int:
     return manifest.slots * manifest.aug_params * 8
 
 
-def acc_part(args: argparse.Namespace, out: Path, seeds: list[int]) -> dict[str, Any]:
-    acc: dict[str, list[float]] = {"dense": [], "topk": []}
-    writes: dict[str, list[dict[str, Any]]] = {"dense": [], "topk": []}
-    recipe = None
+def acc_part(
+    args: argparse.Namespace, out: Path, seeds: list[int], arms: list[str]
+) -> dict[str, Any]:
+    acc: dict[str, list[float]] = {arm: [] for arm in arms}
+    writes: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    reused: dict[str, list[bool]] = {arm: [] for arm in arms}
+    recipes: dict[str, Recipe] = {}
     for seed in seeds:
-        for fmt, recipe in kd_recipes(args, out, seed).items():
-            writes[fmt].append(ensure_store(recipe))
+        recipes = kd_recipes(args, out, seed, arms)
+        for arm, recipe in recipes.items():
+            writes[arm].append(ensure_store(recipe))
+            run = Run(recipe.run_dir)
+            reused[arm].append(run.exists and run.finished)
             run_dir = run_or_reuse(recipe)
-            acc[fmt].append(float(Run(run_dir).final_metrics()["accuracy"]))
-            print(f"seed {seed} {fmt}: test accuracy {acc[fmt][-1]:.4f}", flush=True)
-    assert recipe is not None
+            acc[arm].append(float(Run(run_dir).final_metrics()["accuracy"]))
+            print(f"seed {seed} {arm}: test accuracy {acc[arm][-1]:.4f}", flush=True)
+    recipe = recipes["dense"]
 
-    (full, full_std), (top, top_std) = mean_std(acc["dense"]), mean_std(acc["topk"])
+    result: dict[str, Any] = {}
+    full = mean_std(acc["dense"])[0]
+    for arm in arms:
+        name = ARM_KEYS[arm]
+        mean, spread = mean_std(acc[arm])
+        result[f"acc_{name}_logits"] = round(mean, 4)
+        result[f"acc_{name}_logits_std"] = round(spread, 4)
+        if arm != "dense":
+            result[f"acc_{name}_minus_full_pt"] = round(100 * (mean - full), 3)
+    n = writes["dense"][0]["examples"]
     return {
-        "acc_full_logits": round(full, 4),
-        "acc_topk_logits": round(top, 4),
-        "acc_full_logits_std": round(full_std, 4),
-        "acc_topk_logits_std": round(top_std, 4),
-        "acc_topk_minus_full_pt": round(100 * (top - full), 3),
+        **result,
         "accuracy": {
             "recipe": str(KD_RECIPE.relative_to(HERE.parent)),
+            "arms": {arm: {"logits": ARMS[arm] or "dense"} for arm in arms},
             "per_seed": acc,
             "seeds": seeds,
             "epochs": recipe.train.epochs,
             "augment_slots": recipe.data.augment_slots,
             "topk_k": ACC_TOPK,
+            "tail_bits": TAIL_BITS,
             "classes": 10,
             "dtype": "float16",
             "limit_train": recipe.data.limit_train,
             "epoch_selection": "last",
             "split": recipe.data.eval_split,
             "teacher": str(recipe.teacher.weights) if recipe.teacher else None,
-            "train_examples": writes["dense"][0]["examples"],
+            "teacher_epochs": args.teacher_epochs or (3 if args.quick else 15),
+            "teacher_accuracy": _teacher_accuracy(recipe),
+            "train_examples": n,
             "aug_bytes_per_example": _aug_bytes(recipe),
+            "logit_bytes_per_example": {arm: _logit_bytes(r) for arm, r in recipes.items()},
             "store_bytes_per_seed": {f: [w["bytes"] for w in ws] for f, ws in writes.items()},
             "store_write_s_per_seed": {f: [w["seconds"] for w in ws] for f, ws in writes.items()},
+            "store_reused_per_seed": {f: [w["reused"] for w in ws] for f, ws in writes.items()},
+            # a run finished before this invocation (same recipe fingerprint) is read, not rerun
+            "run_reused_per_seed": reused,
         },
     }
 
 
+def _teacher_accuracy(recipe: Recipe) -> float | None:
+    """The test accuracy of the run whose weights are the recipe's teacher (None: not a run)."""
+    assert recipe.teacher is not None and recipe.teacher.weights is not None
+    run = Run(Path(recipe.teacher.weights).parent)
+    return float(run.final_metrics()["accuracy"]) if run.exists and run.finished else None
+
+
+def _logit_bytes(recipe: Recipe) -> int:
+    """Bytes per example of a store's logits (every slot), from its manifest's codec."""
+    assert recipe.store is not None
+    manifest = KnowledgeStore(recipe.store.path, verify=False).manifest
+    return manifest.slots * manifest.keys["logits"].row_bytes()
+
+
 # ----------------------------------------------------------------------------- results
+
+
+def _arm_label(arm: str, a: dict[str, Any]) -> str:
+    """How the accuracy table names an arm's logits."""
+    if arm == "topk":
+        return f"top-{a['topk_k']} logits"
+    if arm == "topk_tail":
+        return f"top-{a['topk_k']} logits + {a.get('tail_bits', TAIL_BITS)}-bit tail codes"
+    return f"{arm} logits"
 
 
 def render(result: dict[str, Any]) -> tuple[str, list[str]]:
@@ -597,21 +698,37 @@ def render(result: dict[str, Any]) -> tuple[str, list[str]]:
                 "",
             ),
         ]
+        if "bytes_per_example_topk_tail" in result:
+            rows.append(
+                (
+                    f"bytes/example, top-{b['k']} + {b['tail_bits']}-bit tail codes",
+                    f"{result['bytes_per_example_topk_tail']:,.1f} "
+                    f"({result['bytes_dense_over_topk_tail']:.1f}x smaller)",
+                    "",
+                )
+            )
     if "acc_full_logits" in result:
         a = result["accuracy"]
-        rows += [
+        rows.append(
             (
-                f"Fashion-MNIST KD from dense logits ({len(a['seeds'])} seeds)",
+                f"Fashion-MNIST KD from dense logits ({len(a['seeds'])} "
+                f"seed{'s' if len(a['seeds']) > 1 else ''})",
                 format_mean_std(result["acc_full_logits"], result["acc_full_logits_std"]),
                 "",
-            ),
-            (
-                f"Fashion-MNIST KD from top-{a['topk_k']} logits",
-                format_mean_std(result["acc_topk_logits"], result["acc_topk_logits_std"])
-                + f" ({result['acc_topk_minus_full_pt']:+.2f} pt)",
-                f"within 0.2 pt: {mark('acc_topk_within_pt')}",
-            ),
-        ]
+            )
+        )
+        for arm in a["per_seed"]:
+            name = ARM_KEYS[arm]
+            if arm == "dense":
+                continue
+            rows.append(
+                (
+                    f"Fashion-MNIST KD from {_arm_label(arm, a)}",
+                    format_mean_std(result[f"acc_{name}_logits"], result[f"acc_{name}_logits_std"])
+                    + f" ({result[f'acc_{name}_minus_full_pt']:+.2f} pt)",
+                    f"within 0.2 pt: {mark(f'acc_{name}_within_pt')}",
+                )
+            )
     table = markdown_table(["measure", "value", "target"], rows)
     if "step" in result:
         stats = result["step"]["variants"]
@@ -634,30 +751,53 @@ def render(result: dict[str, Any]) -> tuple[str, list[str]]:
         "cached_epoch_speedup": "text epoch speedup from the store",
         "cached_kd_vs_plain_step_ratio": "KD step from the store vs plain step",
         "acc_topk_within_pt": "top-k accuracy within 0.2 pt of dense",
+        "acc_topk_tail_within_pt": "top-k + tail codes accuracy within 0.2 pt of dense",
     }
     for key, ok in met.items():
         if not ok:
             notes.append(f"MISSED target: {labels[key]} (see the table)")
     if "acc_full_logits" in result:
         a = result["accuracy"]
-        diffs = [
-            f"{100 * (t - d):+.2f}"
-            for d, t in zip(a["per_seed"]["dense"], a["per_seed"]["topk"], strict=True)
-        ]
-        notes.append(
-            f"top-{a['topk_k']} minus dense, per seed {a['seeds']}: {', '.join(diffs)} pt. "
-            f"Top-k keeps {a['topk_k']} of {a['classes']} logits exactly and gives the other "
-            "classes equal shares of the rest of the probability mass; KD at T = 4 softens the "
-            "target so that much of it lies in those classes, whose order top-k loses"
-        )
+        dense = a["per_seed"]["dense"]
+        for arm, accs in a["per_seed"].items():
+            if arm == "dense":
+                continue
+            diffs = ", ".join(f"{100 * (t - d):+.2f}" for d, t in zip(dense, accs, strict=True))
+            notes.append(f"{_arm_label(arm, a)} minus dense, per seed {a['seeds']}: {diffs} pt")
+        if "topk" in a["per_seed"]:
+            notes.append(
+                f"top-{a['topk_k']} keeps {a['topk_k']} of {a['classes']} logits exactly and gives "
+                "the other classes equal shares of the rest of the probability mass; KD at T = 4 "
+                "softens the target so that much of it lies in those classes, whose order top-k "
+                "loses. The tail codes keep that order and shape (to the codes' resolution)"
+            )
+        if a.get("teacher_epochs", 15) != 15:
+            notes.append(
+                f"the teacher is teacher.yaml trained {a['teacher_epochs']} epochs (cosine "
+                f"schedule over them; test accuracy {a.get('teacher_accuracy')}), not 15: the "
+                "accuracies are not comparable with runs taught by the 15-epoch teacher"
+            )
         n = a["train_examples"]
+        per_arm = ", ".join(
+            f"{statistics.mean(b) / n:.0f} {arm}" for arm, b in a["store_bytes_per_seed"].items()
+        )
+        logits = a.get("logit_bytes_per_example")
         notes.append(
-            f"Fashion-MNIST stores ({a['augment_slots']} slots): "
-            f"{statistics.mean(a['store_bytes_per_seed']['dense']) / n:.0f} bytes/example dense, "
-            f"{statistics.mean(a['store_bytes_per_seed']['topk']) / n:.0f} top-{a['topk_k']}; "
+            f"Fashion-MNIST stores ({a['augment_slots']} slots), bytes/example: {per_arm}; "
             f"{a['aug_bytes_per_example']} of them are the recorded augmentation parameters "
             "(float64), more than the 10 float16 logits of each slot"
+            + (
+                "; the logits alone: " + ", ".join(f"{v} {arm}" for arm, v in logits.items())
+                if logits
+                else ""
+            )
         )
+        reused = a.get("run_reused_per_seed", {})
+        if any(any(r) for r in reused.values()):
+            notes.append(
+                "runs finished before this invocation were read, not retrained (training is "
+                "deterministic): " + ", ".join(f"{arm} {r}" for arm, r in reused.items())
+            )
     if "step" in result:
         v = result["step"]["variants"]
         notes.append(
@@ -679,6 +819,80 @@ def render(result: dict[str, Any]) -> tuple[str, list[str]]:
     return table, notes
 
 
+def _part_of(key: str) -> str | None:
+    """Which part a top-level result key belongs to (None: shared provenance)."""
+    for part, keys in PART_KEYS.items():
+        if any(key == k or (k.endswith("_") and key.startswith(k)) for k in keys):
+            return part
+    return None
+
+
+def _legacy_provenance(old: dict[str, Any], path: Path) -> dict[str, Any]:
+    """When and how parts recorded before per-part provenance existed were measured: the
+    file's command, and the date of the commit that last changed it (git, read only)."""
+    try:
+        when = subprocess.run(
+            ["git", "log", "-1", "--format=%cI", "--", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=HERE,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        when = ""
+    return {
+        "measured": when or None,
+        "measured_note": "not recorded; the date of the commit that last changed the results",
+        "command": old.get("command"),
+        "seeds": old.get("seeds"),
+        "wall_s": old.get("wall_s"),
+        "load_avg_1m_before": old.get("load_avg_1m_before"),
+        "machine": old.get("machine"),
+    }
+
+
+def merge_results(name: str, fresh: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """``fresh`` (the parts just run) over the recorded results of the other parts, each with
+    its own provenance under ``parts``: rerunning one part never discards another's numbers.
+    The values a rerun part replaces are kept under ``previous`` (the last ones only)."""
+    path = RESULTS / f"{name}.json"
+    old: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    recorded = old.get("parts") or {}
+    legacy = None
+    merged: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
+    previous: dict[str, Any] = dict(old.get("previous") or {})
+    replaced: set[str] = set()
+    for key, value in old.items():
+        part = _part_of(key)
+        if part is None:
+            continue
+        if part in parts:
+            if part not in replaced:  # the first of its keys: these values replace older ones
+                replaced.add(part)
+                if part not in recorded:
+                    legacy = legacy or _legacy_provenance(old, path)
+                previous[part] = {
+                    "values": {},
+                    "measured": recorded.get(part) or legacy,
+                    "replaced_by": fresh["parts"][part],
+                }
+            previous[part]["values"][key] = value
+            continue
+        merged[key] = value
+        if part not in provenance:
+            if part not in recorded:
+                legacy = legacy or _legacy_provenance(old, path)
+            provenance[part] = recorded.get(part) or legacy
+    merged.update({k: v for k, v in fresh.items() if _part_of(k) is not None})
+    for part in parts:
+        provenance[part] = fresh["parts"][part]
+    merged["parts"] = {part: provenance[part] for part in PARTS if part in provenance}
+    if previous:
+        merged["previous"] = previous
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="minutes instead of an hour")
@@ -689,40 +903,79 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["text", "step", "bytes", "acc"],
-        default=["text", "step", "bytes", "acc"],
-        help="run only some parts (then nothing is written to benchmarks/results)",
+        choices=PARTS,
+        default=PARTS,
+        help="run only some parts: the other parts' recorded results are kept, with when and "
+        "how they were measured",
+    )
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"the accuracy part's arms, comma-separated, dense among them ({', '.join(ARMS)})",
+    )
+    parser.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=None,
+        help="train the accuracy part's teacher for this many epochs (cosine schedule over "
+        "them) instead of teacher.yaml's 15 (3 with --quick); recorded in the results",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the results, leave benchmarks/results"
     )
     args = parser.parse_args()
+    arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or "dense" not in arms:
+        parser.error(f"--arms: {unknown or 'dense is missing'}; arms are {', '.join(ARMS)}")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # RAYON: the tokenizers' pool, created on first use
     torch.set_num_threads(args.threads)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     out = Path(args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
-    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"parts": {}}
+
+    def measured(part: str, run: Callable[[], dict[str, Any]]) -> None:
+        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        began = time.perf_counter()
+        result.update(run())
+        result["parts"][part] = {
+            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command_line(),
+            "seeds": seeds if part in ("acc", "step") else None,
+            "arms": arms if part == "acc" else None,
+            "wall_s": round(time.perf_counter() - began, 1),
+            "load_avg_1m_before": load,
+            "torch_threads": torch.get_num_threads(),
+        }
+
     started = time.perf_counter()
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     # the accuracy part writes the Fashion-MNIST stores the step part reads: it runs first
     if "acc" in args.parts:
-        result.update(acc_part(args, out, seeds))
+        measured("acc", lambda: acc_part(args, out, seeds, arms))
     if "step" in args.parts:
         recipes = kd_recipes(args, out, seeds[0])
         for recipe in recipes.values():
             ensure_store(recipe)
-        result.update(step_part(args, recipes["dense"], recipes["topk"]))
+        measured("step", lambda: step_part(args, recipes["dense"], recipes["topk"]))
     if "bytes" in args.parts:
-        result.update(bytes_part(out))
+        measured("bytes", lambda: bytes_part(out))
     if "text" in args.parts:
-        result.update(text_part(args, out))
+        measured("text", lambda: text_part(args, out))
 
+    name = "store" + (".quick" if args.quick else "")
+    if not args.no_write:
+        result = merge_results(name, result, args.parts)
     met: dict[str, bool] = {}
     if "cached_epoch_speedup" in result:
         met["cached_epoch_speedup"] = result["cached_epoch_speedup"] >= 20.0
     if "cached_kd_vs_plain_step_ratio" in result:
         met["cached_kd_vs_plain_step_ratio"] = result["cached_kd_vs_plain_step_ratio"] <= 1.05
-    if "acc_full_logits" in result:
-        met["acc_topk_within_pt"] = abs(result["acc_topk_minus_full_pt"]) <= 0.2
+    for arm in ("topk", "topk_tail"):
+        if f"acc_{arm}_minus_full_pt" in result:
+            met[f"acc_{arm}_within_pt"] = abs(result[f"acc_{arm}_minus_full_pt"]) <= 0.2
     result["targets"] = TARGETS
     result["targets_met"] = met
     result.update(
@@ -739,14 +992,33 @@ def main() -> None:
         }
     )
     table, notes = render(result)
+    before = result.get("previous", {}).get("acc")
+    if "acc" in args.parts and before and "acc_full_logits" in before["values"]:
+        v, a = before["values"], before["values"].get("accuracy", {})
+        arms = ", ".join(
+            f"{arm} {v[f'acc_{ARM_KEYS[arm]}_logits']:.4f}"
+            for arm in a.get("per_seed", {})
+            if f"acc_{ARM_KEYS[arm]}_logits" in v
+        )
+        notes.append(
+            f"the accuracy part recorded before this run (under `previous.acc`; seeds "
+            f"{a.get('seeds')}, teacher of {a.get('teacher_epochs', 15)} epochs): {arms}; "
+            f"measured {before['measured'].get('measured')} by "
+            f"`{before['measured'].get('command')}`"
+        )
+    for part, where in result["parts"].items():
+        if part not in args.parts:
+            notes.append(
+                f"the {part} part was not rerun: measured {where.get('measured') or 'earlier'} "
+                f"by `{where.get('command')}`"
+            )
     result["notes"] = notes
-    name = "store" + (".quick" if args.quick else "")
     notes_md = "\n".join(f"- {n}" for n in notes)
-    if set(args.parts) == {"text", "step", "bytes", "acc"}:
-        markdown = write_results(name, result, table, notes_md)
-    else:
+    if args.no_write:
         print(json.dumps(result, indent=2))
         markdown = results_markdown(name, result, table, notes_md)
+    else:
+        markdown = write_results(name, result, table, notes_md)
     print(markdown)
 
 

@@ -160,6 +160,25 @@ def _resumed(path: Path, plan: Manifest) -> Manifest:
     return plan.model_copy(update={"runtime": old})
 
 
+def _codec_settings(codec: KeyCodec | None) -> str:
+    """A key's storage settings as a recipe would spell them (``shape`` left out)."""
+    if codec is None:
+        return "not stored"
+    fields = codec.model_dump(exclude={"shape"}, exclude_none=True)
+    return "{" + ", ".join(f"{name}: {value}" for name, value in fields.items()) + "}"
+
+
+def _codec_difference(old: Manifest, plan: Manifest) -> str:
+    """``: key 'x' is stored as {...} there, {...} here`` for the keys whose storage differs."""
+    differ = [
+        f"key {key!r} is stored as {_codec_settings(old.keys.get(key))} there, "
+        f"{_codec_settings(plan.keys.get(key))} here"
+        for key in sorted(set(old.keys) | set(plan.keys))
+        if old.keys.get(key) != plan.keys.get(key)
+    ]
+    return ": " + "; ".join(differ) if differ else ""
+
+
 def _claim(path: Path, plan: Manifest) -> None:
     """Record the plan, or check that a store already at ``path`` follows the same plan."""
     existing = path / PLAN
@@ -175,7 +194,8 @@ def _claim(path: Path, plan: Manifest) -> None:
                     hint=f"finish it with `--runtime {runtimes[0]}`, or delete it first",
                 )
             raise StoreError(
-                f"{path} holds a store with other keys, slots or shard size than this recipe's",
+                f"{path} holds a store with other keys, slots or shard size than this recipe's"
+                + _codec_difference(old, plan),
                 hint="delete it, or set another `store.path`",
             )
         return
