@@ -16,6 +16,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import hashlib
 import json
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,9 +25,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from crossdistill.config import Recipe, load_recipe
 from crossdistill.pipeline import run_recipe
+from crossdistill.runs import Run
+from crossdistill.train.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
@@ -282,6 +286,24 @@ def forked_cli(tmp_path_factory: pytest.TempPathFactory):
     server = ForkedCli(tmp_path_factory.mktemp("forked_cli"))
     yield server
     server.close()
+
+
+def rewind_run(run_dir: Path, checkpoint_prefix: str) -> None:
+    """Leave a finished run as a crash at its first checkpoint named ``checkpoint_prefix...``
+    (``epoch-0001-step``: mid-way through the second epoch) would: the later checkpoints and
+    the finished files gone, for ``run_recipe(recipe, resume=True)`` to continue."""
+    found = list_checkpoints(Run(run_dir).checkpoints)
+    cut = next(i for i, p in enumerate(found) if p.name.startswith(checkpoint_prefix))
+    for later in found[cut + 1 :]:
+        shutil.rmtree(later)
+    for name in ("student.safetensors", "student.json", "eval.json"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold the same tensors, bit for bit."""
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from conftest import rewind_run, same_tensors
 from crossdistill import Distiller, Knowledge, Loss, Student, Term, Trainer, build_loss
 from crossdistill.build import build_distiller
 from crossdistill.config import AnnealSpec, Recipe, TrainSpec, load_recipe
@@ -24,8 +23,6 @@ from crossdistill.core.anneal import anneal
 from crossdistill.core.wrappers import Teacher
 from crossdistill.errors import ConfigError
 from crossdistill.pipeline import run_recipe
-from crossdistill.runs import Run
-from crossdistill.train.checkpoint import list_checkpoints
 
 DIGITS = Path(__file__).resolve().parent.parent / "recipes" / "digits"
 
@@ -257,18 +254,11 @@ def test_resumed_scheduled_run_is_bit_identical(make_scheduled: MakeRecipe) -> N
     )
     run_dir = recipe.run_dir
     run_recipe(recipe)
-    found = list_checkpoints(Run(run_dir).checkpoints)
-    # resume from the first checkpoint taken mid-way through the third epoch
-    cut = next(i for i, p in enumerate(found) if p.name.startswith("epoch-0002-step"))
-    for later in found[cut + 1 :]:
-        shutil.rmtree(later)
-    for name in ("student.safetensors", "student.json", "eval.json"):
-        (run_dir / name).unlink()
+    rewind_run(run_dir, "epoch-0002-step")  # mid-way through the third epoch
     run_recipe(recipe, resume=True)
 
-    a = load_file(whole.run_dir / "student.safetensors")
-    b = load_file(run_dir / "student.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    student = "student.safetensors"
+    assert same_tensors(whole.run_dir / student, run_dir / student)
     # the steps trained again after resuming are logged twice, with the same values
     logged = _records(run_dir / "metrics.jsonl")
     assert len(logged) > len(steps)

@@ -4,7 +4,6 @@ and the recipe errors before training."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from conftest import rewind_run, same_tensors
 from crossdistill import Student, Trainer
 from crossdistill.build import build_distiller
 from crossdistill.config import Recipe, TeacherSpec, TrainSpec, load_recipe
@@ -161,24 +161,17 @@ def test_interrupted_run_resumes_student_and_teacher_bit_identically(tmp_path: P
     )
     run_dir = recipe.run_dir
     run_recipe(recipe)
-    found = list_checkpoints(Run(run_dir).checkpoints)
-    # resume from a checkpoint taken mid-way through the second epoch
-    cut = next(i for i, p in enumerate(found) if p.name.startswith("epoch-0001-step"))
-    for later in found[cut + 1 :]:
-        shutil.rmtree(later)
-    for name in ("student.safetensors", "student.json", "eval.json"):
-        (run_dir / name).unlink()
+    rewind_run(run_dir, "epoch-0001-step")  # mid-way through the second epoch
     run_recipe(recipe, resume=True)
 
-    a = load_file(whole.run_dir / "student.safetensors")
-    b = load_file(run_dir / "student.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_tensors(whole.run_dir / "student.safetensors", run_dir / "student.safetensors")
     last = [list_checkpoints(Run(d).checkpoints)[-1] for d in (whole.run_dir, run_dir)]
     ta, tb = (load_checkpoint(p)["teacher"] for p in last)
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     steps = load_checkpoint(last[0])["step"]
     assert int(ta["updates"]) == steps > 0  # one update per optimizer step
     # the average is not the student: the resumed teacher is a state of its own
+    a = load_file(whole.run_dir / "student.safetensors")
     assert any(not torch.equal(ta[f"model.{k}"], a[k]) for k in a)
 
 

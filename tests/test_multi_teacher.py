@@ -5,23 +5,19 @@ teachers at random."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import nn
 
-from conftest import DIGITS
+from conftest import DIGITS, rewind_run, same_tensors
 from crossdistill.config import Recipe, validate_recipe
 from crossdistill.core.wrappers import EnsembleTeacher, Teacher
 from crossdistill.pipeline import cache_recipe, run_recipe
-from crossdistill.runs import Run
 from crossdistill.store import KnowledgeStore
-from crossdistill.train.checkpoint import list_checkpoints
 
 NORMALIZE = {"name": "normalize", "params": {"mean": [0.3053], "std": [0.3759]}}
 
@@ -152,13 +148,6 @@ def test_dropping_and_learned_weights_resume_bit_for_bit(
     recipe = ensemble_recipe(tmp_path, teacher_weights, name="cut", **changes)
     run_dir = recipe.run_dir
     run_recipe(recipe)
-    found = list_checkpoints(Run(run_dir).checkpoints)
-    cut = next(i for i, p in enumerate(found) if p.name.startswith("epoch-0001-step"))
-    for later in found[cut + 1 :]:
-        shutil.rmtree(later)
-    for name in ("student.safetensors", "student.json", "eval.json"):
-        (run_dir / name).unlink(missing_ok=True)
+    rewind_run(run_dir, "epoch-0001-step")
     run_recipe(recipe, resume=True)
-    a = load_file(whole.run_dir / "student.safetensors")
-    b = load_file(run_dir / "student.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_tensors(whole.run_dir / "student.safetensors", run_dir / "student.safetensors")
