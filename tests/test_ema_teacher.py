@@ -185,6 +185,13 @@ def test_the_export_holds_the_student_alone(tmp_path: Path) -> None:
     assert (checkpoint / EMA_TEACHER).is_file()
     assert not any(k.startswith("teacher") for k in load_file(checkpoint / "trainable.safetensors"))
     assert "agreement" in result.metrics  # evaluated against the average
+    # the finished run gives its average back (crossdistill eval reports agreement with it)
+    teacher = Run(result.run_dir).teacher()
+    average = load_checkpoint(checkpoint)["teacher"]
+    assert isinstance(teacher, EMATeacher) and int(teacher.updates) == int(average["updates"])
+    mine = teacher.state_dict()
+    assert all(torch.equal(mine[k], average[k]) for k in average)
+    assert any(not torch.equal(mine[f"model.{k}"], v) for k, v in exported.items())
 
 
 def test_a_resume_without_the_teachers_state_is_refused(tmp_path: Path) -> None:

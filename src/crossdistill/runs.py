@@ -279,11 +279,23 @@ class Run:
             return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
 
     def teacher(self) -> Teacher | None:
-        """The run's teacher, as its recipe names it (None when it has none)."""
-        if self.config.teacher is None:
+        """The run's teacher, as its recipe names it (None when it has none). A momentum
+        teacher is the student's model holding the average of the run's last checkpoint (None
+        when the run kept no checkpoint: the average lives nowhere else)."""
+        spec = self.config.teacher
+        if spec is None:
             return None
+        if spec.ema_of:
+            found = self.checkpoint_list()
+            state = ckpt.load_checkpoint(found[-1]).get("teacher") if found else None
+            if state is None:
+                return None
+            teacher = build_teacher(spec, self.student())
+            assert teacher is not None
+            teacher.load_state_dict(state)
+            return teacher
         with self._plugins(), untrusted(self.config_file, self.allow_import):
-            return build_teacher(self.config.teacher)
+            return build_teacher(spec)
 
     def eval_data(
         self, split: str | None = None, limit: int | None = None, device: Any = "cpu"
