@@ -20,6 +20,7 @@ from crossdistill.config import Recipe, load_recipe, validate_recipe
 from crossdistill.data import DATA_SOURCES
 from crossdistill.data.split import Split
 from crossdistill.errors import ConfigError
+from crossdistill.report import write_report
 from crossdistill.tune import auto_space, tune_recipe
 from crossdistill.tune import study as study_module
 
@@ -102,6 +103,13 @@ def test_a_study_writes_the_best_recipe_and_never_reads_the_test_split(
     assert "| trial | state | accuracy |" in md and "Baseline" in md
     assert (folder / "history.png").stat().st_size > 0
     assert (folder / "importance.png").stat().st_size > 0
+
+    # `crossdistill report STUDY`: the baseline and the best trial, and the study's section
+    page = write_report([folder], tensorboard=False).read_text()
+    assert write_report([folder], tensorboard=False) == folder / "report.html"
+    assert "Tuning study" in page and f"(trial {best['number']})" in page
+    assert page.count("data:image/png") >= 2 and f"trial-{best['number']}" in page
+    assert "baseline" in page
 
 
 def test_a_rerun_continues_the_study_and_retries_a_trial_whose_process_died(

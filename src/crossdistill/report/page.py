@@ -301,12 +301,15 @@ def render_page(
     max_examples: int,
     version: str,
     footnotes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> str:
-    """The whole page, section by section; call it inside ``matplotlib.rc_context(RC)``."""
+    """The whole page, section by section; call it inside ``matplotlib.rc_context(RC)``.
+    ``sections``: more HTML sections, after the summary (a tuning study's)."""
     fronts, pareto = _pareto_section(runs)  # the summary table marks the Pareto fronts
     parts = [
         *_header_parts(runs, notes),
         _summary_section(runs, fronts, threads),
+        *sections,
         pareto,
         _training_section(runs),
         _validation_section(runs),

@@ -24,6 +24,7 @@ from crossdistill.report.data import (
 )
 from crossdistill.report.figures import RC, pareto_front
 from crossdistill.report.page import render_page
+from crossdistill.report.study import open_study, study_section
 from crossdistill.runs import Run
 
 
@@ -33,14 +34,16 @@ def render_report(
     threads: int = 1,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     footnotes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> str:
     """The HTML page of runs already read (and measured).
 
-    ``notes`` (HTML) go in the warning box at the top, ``footnotes`` (text) in the footer.
+    ``notes`` (HTML) go in the warning box at the top, ``footnotes`` (text) in the footer,
+    ``sections`` (HTML) after the summary.
     """
     matplotlib = require("matplotlib", "crossdistill report", "pip install matplotlib", ReportError)
     with matplotlib.rc_context(RC):
-        return render_page(runs, notes, threads, max_examples, __version__, footnotes)
+        return render_page(runs, notes, threads, max_examples, __version__, footnotes, sections)
 
 
 def write_report(
@@ -53,14 +56,20 @@ def write_report(
 ) -> Path:
     """Write the HTML report of one or more run directories; returns its path.
 
-    Default output: ``RUN_DIR/report.html`` for one run; several runs need ``out``. The page is
-    written to a temporary file and renamed, so a failure leaves no partial report behind.
+    A ``crossdistill tune`` study folder stands for its baseline and best trial, and adds a
+    section of the study's numbers and plots. Default output: ``RUN_DIR/report.html`` for one
+    run (``STUDY_DIR/report.html`` for one study); several need ``out``. The page is written to
+    a temporary file and renamed, so a failure leaves no partial report behind.
     """
     if not run_dirs:
         raise ReportError("no run directory given", hint="crossdistill report runs/<name>")
     if max_examples < 1:
         raise ReportError(f"max_examples must be >= 1, got {max_examples}")
-    runs = [load_run(d) for d in run_dirs]  # every input is checked before any work
+    studies = {Path(d): open_study(Path(d)) for d in run_dirs}
+    if out is None and len(run_dirs) == 1 and studies[Path(run_dirs[0])] is not None:
+        out = Path(run_dirs[0]) / "report.html"
+    dirs = [r for d, study in studies.items() for r in (study.runs if study else [d])]
+    runs = [load_run(d) for d in dirs]  # every input is checked before any work
     if out is None:
         if len(runs) > 1:
             raise ReportError(
@@ -81,7 +90,8 @@ def write_report(
                 tb = write_tensorboard(run)
             if tb not in footnotes:
                 footnotes.append(tb)
-    page = render_report(runs, (), threads, max_examples, footnotes)
+    sections = [study_section(study) for study in studies.values() if study is not None]
+    page = render_report(runs, (), threads, max_examples, footnotes, sections)
     write_atomic(out, page, what="the report")
     return out
 
