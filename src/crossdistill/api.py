@@ -292,16 +292,7 @@ def cache(
     if keys is None:
         keys = sorted(teacher(to_device(preview_batch(dataset), target)["views"]["teacher"]))
     given = keys if isinstance(keys, Mapping) else {key: {} for key in keys}
-    codecs = {}
-    for key, options in given.items():
-        spec = StoreKeySpec(**options)
-        codecs[key] = KeyCodec(
-            format=spec.format,
-            k=spec.k,
-            dtype=spec.dtype or dtype,
-            tail_bits=spec.tail_bits,
-            tail_range=spec.tail_range,
-        )
+    codecs = {key: KeyCodec.of(StoreKeySpec(**options), dtype) for key, options in given.items()}
     fingerprint = {
         **store_fingerprint(dataset, teacher),
         "teacher": digest(plugin_name(teacher.model)),

@@ -519,17 +519,7 @@ def store_codecs(recipe: Recipe, distiller: Distiller) -> dict[str, KeyCodec]:
         )
     if not needed:
         raise ConfigError("no loss reads the teacher: there is nothing to store")
-    codecs = {}
-    for key in needed:
-        key_spec = spec.keys.get(key)
-        codecs[key] = KeyCodec(
-            format=key_spec.format if key_spec else "dense",
-            k=key_spec.k if key_spec else None,
-            dtype=(key_spec.dtype if key_spec and key_spec.dtype else spec.dtype),
-            tail_bits=key_spec.tail_bits if key_spec else None,
-            tail_range=key_spec.tail_range if key_spec else None,
-        )
-    return codecs
+    return {key: KeyCodec.of(spec.keys.get(key), spec.dtype) for key in needed}
 
 
 # ------------------------------------------------------------------ preflight

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from crossdistill.config import StoreKeySpec
 from crossdistill.errors import ConfigError, ShapeError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -51,6 +52,15 @@ class KeyCodec(BaseModel):
     shape: list[int] | None = None
     tail_bits: int | None = Field(None, ge=1, le=8, exclude_if=_unset)
     tail_range: PositiveFloat | None = Field(None, exclude_if=_unset)
+
+    @classmethod
+    def of(cls, spec: StoreKeySpec | None, dtype: str) -> KeyCodec:
+        """The codec a recipe's ``store.keys`` entry asks for (``None``: dense), in the entry's
+        dtype or else ``dtype`` (the store's)."""
+        if spec is None:
+            return cls(dtype=dtype)
+        options = spec.model_dump(exclude_none=True)
+        return cls(**{**options, "dtype": spec.dtype or dtype})
 
     @model_validator(mode="after")
     def _tail_settings(self) -> KeyCodec:
