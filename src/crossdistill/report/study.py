@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdistill.report.data import ReportError
+from crossdistill.report.page import _figure_html, _grid, _section
 
 STUDY_FILE = "study.json"
 
@@ -72,8 +73,7 @@ def study_section(study: Study) -> str:
     rows += [(e(k), _value(v)) for k, v in (best.get("params") or {}).items()]
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
     figures = [
-        f'<figure><figcaption><b>{e(title)}</b></figcaption><img src="data:image/png;base64,'
-        f'{base64.b64encode(png.read_bytes()).decode("ascii")}" alt="{e(title)}"></figure>'
+        _figure_html(title, "", base64.b64encode(png.read_bytes()).decode("ascii"), title)
         for title, png in (
             ("Optimisation history", study.path / "history.png"),
             ("Parameter importances", study.path / "importance.png"),
@@ -86,8 +86,8 @@ def study_section(study: Study) -> str:
         "its baseline (the student without the teacher's losses) and its best trial."
     )
     inner = f'<div class="table-wrap"><table><tbody>{table}</tbody></table></div>'
-    inner += f'<div class="grid">{"".join(figures)}</div>' if figures else ""
-    return f'<section id="study"><h2>Tuning study</h2><p class="lede">{lede}</p>{inner}</section>'
+    inner += _grid(figures) if figures else ""
+    return _section("Tuning study", lede, inner, "study")
 
 
 def _value(value: Any, trial: Any = None) -> str:
