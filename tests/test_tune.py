@@ -290,6 +290,11 @@ def test_the_built_in_space_searches_the_teachers_terms_and_the_lr(kd_recipe: Re
     assert space["losses.1.weight"].high == pytest.approx(5.0)
     assert "losses.0.weight" not in space  # the supervised term sets the scale
     assert "losses.1.params.temperature" in space  # kd's own search_space
+    # a scheduled temperature is set by training every step: searching it would change nothing
+    raw = kd_recipe.model_dump(mode="json")
+    raw["losses"][1]["schedule"] = {"temperature": {"start": 6, "end": 2}}
+    scheduled = auto_space(validate_recipe(raw))
+    assert "losses.1.params.temperature" not in scheduled and "losses.1.weight" in scheduled
 
 
 def _recipe_file(kd_recipe: Recipe, tmp_path: Path) -> Path:

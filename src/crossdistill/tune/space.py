@@ -39,7 +39,9 @@ def auto_space(recipe: Recipe) -> dict[str, SearchDim]:
       supervised ones) keep their weights: the total's scale is the lr's job, so searching
       every weight would only add a direction that changes nothing. When every term reads
       the teacher, the first one is held fixed for the same reason;
-    - ``losses.<i>.params.<p>`` for each entry of the loss class's ``search_space``.
+    - ``losses.<i>.params.<p>`` for each entry of the loss class's ``search_space``, unless
+      the loss's ``schedule:`` moves ``p`` (training sets it every step: the value searched
+      would never be used).
     """
     import_modules(recipe.imports)
     space: dict[str, SearchDim] = {}
@@ -56,6 +58,8 @@ def auto_space(recipe: Recipe) -> dict[str, SearchDim]:
             )
         cls = LOSSES.resolve(spec.name, f"losses.{i}")
         for param, dim in getattr(cls, "search_space", {}).items():
+            if param in spec.schedule:
+                continue
             key = f"losses.{i}.params.{param}"
             try:
                 space[key] = SearchDim.model_validate(dim)
