@@ -30,6 +30,7 @@ from crossdistill.config import (
     ModelSpec,
     PluginSpec,
     Recipe,
+    SidesSpec,
     TeacherSpec,
     ValidationSpec,
 )
@@ -38,7 +39,7 @@ from crossdistill.core.ema import EMATeacher
 from crossdistill.core.taps import Tap
 from crossdistill.core.wrappers import EnsembleTeacher, ModelWrapper, Student, Teacher
 from crossdistill.data import build_augmentation, example_loader, load_source
-from crossdistill.data.dataset import loader_preview, make_dataset
+from crossdistill.data.dataset import DEFAULT_VIEWS, loader_preview, make_dataset
 from crossdistill.data.grouping import group_key
 from crossdistill.data.steps import build_pipeline
 from crossdistill.errors import ConfigError, CrossDistillError, DataError
@@ -93,16 +94,34 @@ def build_term(spec: LossSpec, where: str) -> Term:
     """A Distiller term from a recipe's loss entry (the adapter is built later, from shapes)."""
     adapter = spec.adapter.model_dump() if isinstance(spec.adapter, PluginSpec) else spec.adapter
     loss = build_loss(spec.name, spec.params, where=where)
-    return Term(spec.term, loss, spec.weight, adapter, spec.schedule)
+    sides = spec.sides or SidesSpec()
+    return Term(
+        spec.term,
+        loss,
+        spec.weight,
+        adapter,
+        spec.schedule,
+        sides=(sides.student, sides.teacher),
+        detach=sides.detach,
+    )
 
 
 def build_distiller(recipe: Recipe) -> Distiller:
     terms = [build_term(spec, f"losses[{i}]") for i, spec in enumerate(recipe.losses)]
     student = build_wrapper(Student, recipe.student, "student")
+    peers = {
+        name: build_wrapper(Student, spec, f"peers.{name}") for name, spec in recipe.peers.items()
+    }
     teacher = build_teacher(recipe.teacher, student) if recipe.teacher else None
     # a store without a teacher: the teacher's outputs come from the store alone
     given = recipe.store is not None and teacher is None
-    return Distiller(student, terms, teacher=teacher, knowledge_given=given)  # type: ignore[arg-type]
+    return Distiller(
+        student,  # type: ignore[arg-type]
+        terms,
+        teacher=teacher,
+        knowledge_given=given,
+        peers=peers,  # type: ignore[arg-type]
+    )
 
 
 class Limited(Subset):
@@ -303,6 +322,8 @@ def build_dataset(recipe: Recipe, split: str, train: bool) -> Any:
         augmentation=build_augmentation(spec.augment) if train else None,
         seed=recipe.seed,
         slots=spec.augment_slots if train else None,
+        # a peer reads the view of its name when data.views gives one, else the student's
+        views=(*DEFAULT_VIEWS, *(p for p in recipe.peers if p in spec.views)),
     )
     if carved:
         assert carve is not None
@@ -551,7 +572,7 @@ def preflight(
     evaluated = [(loader, name) for loader, name in named if loader is not None]
     for loader, name in evaluated:
         _check_size(loader, name)
-    sides = {"student": distiller.student, "teacher": distiller.teacher}
+    sides = {**distiller.models(), "teacher": distiller.teacher}
     models = {side: wrapper for side, wrapper in sides.items() if wrapper is not None}
     for side, wrapper in models.items():
         _check_parameters(wrapper, side)

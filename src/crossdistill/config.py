@@ -38,6 +38,7 @@ MAX_WORKERS = 1024
 NAME_MAX = 100  # characters in a run name (one folder name, on every file system)
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+_PEER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
 
 Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
@@ -197,6 +198,27 @@ class AnnealSpec(_Strict):
         return self
 
 
+class SidesSpec(_Strict):
+    """Which models a loss term reads as its student and as its teacher: ``student``, a peer's
+    name, or (teacher side only) ``teacher``. The term's gradient reaches the student side; a
+    trainable model on the teacher side is read detached unless ``detach: false`` (Deep Mutual
+    Learning treats the other peer's predictions as fixed targets)."""
+
+    student: str = "student"  # the model the term trains: `student` or a peer's name
+    teacher: str = "teacher"  # the model it learns from: `teacher`, `student` or a peer's name
+    detach: bool = True  # a trainable teacher side gets no gradient from this term
+
+    @pydantic.model_validator(mode="after")
+    def _two_models(self) -> SidesSpec:
+        if self.student == "teacher":
+            raise ValueError(
+                "the teacher is frozen: a term's student side is `student` or a peer's name"
+            )
+        if self.student == self.teacher:
+            raise ValueError(f"student and teacher sides are both {self.student!r}")
+        return self
+
+
 class LossSpec(PluginSpec):
     """A loss (registered name or ``package.module:Class``), its weight in the total, and its
     hyper-parameters.
@@ -212,6 +234,8 @@ class LossSpec(PluginSpec):
     adapter: str | PluginSpec | None = None
     # `weight` or a number the loss keeps (temperature, ...) -> how it moves over training
     schedule: dict[str, AnnealSpec] = Field(default_factory=dict)
+    # which models play the loss's student and teacher (peers); unset: student and teacher
+    sides: SidesSpec | None = Field(None, exclude_if=lambda v: v is None)
 
     @property
     def term(self) -> str:
@@ -524,6 +548,56 @@ class TuneSpec(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX)  # the sampler's
 
 
+class ContinualSpec(_Strict):
+    """Training on a sequence of tasks, each task's model the frozen teacher of the next
+    (Learning without Forgetting, Li & Hoiem 2016, arXiv:1606.09282), with an optional replay
+    buffer of earlier tasks' examples; evaluated on every task after every task (the accuracy
+    matrix). See docs/continual.md.
+
+    ``scenario: class`` (class-incremental): task ``t`` holds the examples of its own classes,
+    ``tasks: N`` consecutive groups of the data's classes or the groups listed
+    (``[[0, 1], [2, 3]]``), which never share a class. ``scenario: domain``
+    (domain-incremental): every task holds every class, from its own seeded, disjoint share of
+    each split; ``shift: permute`` gives each task after the first a fixed, seeded permutation
+    of every input's elements (Permuted MNIST, Goodfellow et al. 2013, arXiv:1312.6211)."""
+
+    # class: each task holds its own classes (N consecutive groups, or the groups listed);
+    # domain: each task holds all classes, from its own share of the examples
+    scenario: Literal["class", "domain"] = "class"
+    tasks: Annotated[int, Field(ge=2, le=MAX_SIZE)] | list[list[NonNegativeInt]] = 5
+    # examples of earlier tasks (class-balanced, drawn by `seed`) mixed into each later task
+    replay: NonNegativeInt = 0
+    joint: bool = False  # one model on every task's data at once: the upper bound
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # the domain shares, the shifts and the replay draw
+    # domain only: each task after the first permutes every input's elements its own way
+    shift: Literal["none", "permute"] = "none"
+
+    @pydantic.model_validator(mode="after")
+    def _tasks_apart(self) -> ContinualSpec:
+        if isinstance(self.tasks, list):
+            if self.scenario != "class":
+                raise ValueError(
+                    "tasks as class groups is for `scenario: class`; a domain-incremental "
+                    "sequence gives the number of tasks (`tasks: 5`)"
+                )
+            if len(self.tasks) < 2 or not all(self.tasks):
+                raise ValueError("tasks lists at least two groups, each of at least one class")
+            held: dict[int, list[int]] = {}
+            for t, group in enumerate(self.tasks, 1):
+                for c in group:
+                    held.setdefault(c, []).append(t)
+            shared = {c: ts for c, ts in sorted(held.items()) if len(ts) > 1}
+            if shared:
+                where = "; ".join(f"class {c} in tasks {ts}" for c, ts in shared.items())
+                raise ValueError(
+                    f"class-incremental tasks never share a class: {where} (give each class "
+                    "to one task, or use `scenario: domain` for tasks that all hold every class)"
+                )
+        if self.shift != "none" and self.scenario != "domain":
+            raise ValueError("`shift:` moves the inputs of a domain-incremental sequence only")
+        return self
+
+
 class OutputSpec(_Strict):
     dir: Path = Path("runs")
 
@@ -544,6 +618,12 @@ class Recipe(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
     store: StoreSpec | None = None
     tune: TuneSpec | None = None  # what `crossdistill tune` searches (never read by `run`)
+    # trainable models beside the student (online / mutual distillation): name -> model;
+    # losses read them through `sides:`, one optimizer updates all
+    peers: dict[str, ModelSpec] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    # born-again training: generation k + 1's teacher is generation k's student
+    generations: PositiveInt = Field(1, exclude_if=lambda v: v == 1)
+    continual: ContinualSpec | None = Field(None, exclude_if=lambda v: v is None)
 
     @pydantic.field_validator("name")
     @classmethod
@@ -572,6 +652,50 @@ class Recipe(_Strict):
         return self
 
     @pydantic.model_validator(mode="after")
+    def _peers_named(self) -> Recipe:
+        for name in self.peers:
+            if name in ("student", "teacher") or not _PEER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"peer name {name!r}: a peer is named by letters, digits and `_` (not "
+                    "starting with a digit), and never `student` or `teacher`, the names "
+                    "those models already have"
+                )
+        models = ["student", *self.peers]
+        for i, loss in enumerate(self.losses):
+            if loss.sides is None:
+                continue
+            where = f"losses[{i}] ({loss.term}).sides"
+            if loss.sides.student not in models:
+                raise ValueError(
+                    f"{where}.student {loss.sides.student!r} is not a trainable model: "
+                    f"one of {models}"
+                )
+            if loss.sides.teacher not in [*models, "teacher"]:
+                raise ValueError(
+                    f"{where}.teacher {loss.sides.teacher!r} is not a model of the recipe: "
+                    f"one of {[*models, 'teacher']}"
+                )
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _one_schedule_of_models(self) -> Recipe:
+        # each of these decides where a run's teachers come from: two would contradict
+        given = [
+            key
+            for key, on in (
+                ("generations", self.generations > 1),
+                ("continual", self.continual is not None),
+                ("teacher.ema_of", self.teacher is not None and self.teacher.ema_of is not None),
+            )
+            if on
+        ]
+        if len(given) > 1:
+            raise ValueError(
+                f"{' and '.join(given)} each decide what teaches the student: use one of them"
+            )
+        return self
+
+    @pydantic.model_validator(mode="after")
     def _unique_terms(self) -> Recipe:
         terms = [loss.term for loss in self.losses]
         dupes = sorted({t for t in terms if terms.count(t) > 1})
@@ -591,6 +715,28 @@ class Recipe(_Strict):
                 "another name (--name NEW)",
             )
         return path
+
+    def with_student(self, peer: str) -> Recipe:
+        """The same training with peer ``peer`` and the student swapping names: the peer is the
+        student here, the student a peer called ``peer`` (models, loss sides, data views). A
+        peer's own run folder records this recipe: its student is what it evaluates and
+        exports."""
+        if peer not in self.peers:
+            raise ConfigError(
+                f"the recipe has no peer {peer!r}", hint=f"its peers: {sorted(self.peers)}"
+            )
+        swap = {"student": peer, peer: "student"}
+        data = self.model_dump(mode="json")
+        data["student"], data["peers"][peer] = data["peers"][peer], data["student"]
+        for loss in data["losses"]:
+            sides = loss.get("sides") or {}
+            for role, default in (("student", "student"), ("teacher", "teacher")):
+                side = sides.get(role, default)
+                sides[role] = swap.get(side, side)
+            loss["sides"] = sides if SidesSpec(**sides) != SidesSpec() else None
+        views = data["data"]["views"]
+        data["data"]["views"] = {swap.get(view, view): v for view, v in views.items()}
+        return Recipe.model_validate(data)
 
     def fingerprint(self) -> str:
         """A short hash of what determines the trained weights (checked when resuming).
@@ -744,8 +890,10 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML; list items by index: ``losses.1.weight=2``)."""
+    """Apply ``a.b.c=value`` (value parsed as YAML; list items by index: ``losses.1.weight=2``,
+    or as error messages name them, ``losses[1].weight=2``)."""
     key, sep, text = item.partition("=")
+    key = re.sub(r"\[([0-9]+)\]", r".\1", key)
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not KEY=VALUE", hint="e.g. --set train.epochs=5")
     try:

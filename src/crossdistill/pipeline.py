@@ -123,7 +123,19 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
     """Build everything a recipe names, train, evaluate, and finish its Run.
 
     ``overwrite``: an existing run folder of the same name is emptied and written anew, once
-    every check before training has passed (never together with ``resume``)."""
+    every check before training has passed (never together with ``resume``).
+
+    A recipe with ``generations: N`` (born-again) or a ``continual:`` section trains several
+    models, each a Run inside the run folder: see :func:`crossdistill.generations.
+    run_generations` and :func:`crossdistill.continual.run_continual`."""
+    if recipe.generations > 1:
+        from crossdistill.generations import run_generations
+
+        return run_generations(recipe, resume=resume, overwrite=overwrite)
+    if recipe.continual is not None:
+        from crossdistill.continual import run_continual
+
+        return run_continual(recipe, resume=resume, overwrite=overwrite)
     # Under torchrun every rank runs this; the process group is set up first (gloo or nccl).
     rank, world = distributed_rank()
     import_modules(recipe.imports)
@@ -175,6 +187,7 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
         history = trainer.fit(train_loader, eval_loader, resume=resume, test_loader=test_loader)
         metrics = final_metrics(history, splits)
         run.finish(distiller, recipe.student, metrics, epochs=trainer.epoch)
+        run.finish_peers(distiller, recipe, metrics, epochs=trainer.epoch)
     barrier()
     return RunResult(run, history, distiller.student.model, metrics)
 

@@ -42,12 +42,21 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import torch
 from safetensors.torch import save
+from torch import nn
 
 from crossdistill._util.files import write_atomic, write_errors, write_json
 from crossdistill._util.hashing import sha256_file
 from crossdistill._util.validation import format_validation_error
 from crossdistill.build import build_eval_loader, build_teacher, build_wrapper
-from crossdistill.config import ModelSpec, PluginSpec, Recipe, dump_recipe, load_recipe, read_yaml
+from crossdistill.config import (
+    ModelSpec,
+    OutputSpec,
+    PluginSpec,
+    Recipe,
+    dump_recipe,
+    load_recipe,
+    read_yaml,
+)
 from crossdistill.core.distiller import Distiller
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import Split, load_source
@@ -446,7 +455,33 @@ class Run:
 
         ``spec`` None: a student crossdistill cannot rebuild (a module built in Python); its
         weights are kept, and student.json says so."""
-        model = distiller.student.model
+        self._write_model(distiller.student.model, spec, metrics, epochs)
+
+    def peer(self, name: str) -> Run:
+        """The run of peer ``name`` (``peers/<name>``): written by :meth:`finish_peers`."""
+        return Run(self.path / "peers" / name, self.allow_import)
+
+    def finish_peers(
+        self, distiller: Distiller, recipe: Recipe, metrics: dict[str, Any], epochs: int
+    ) -> None:
+        """Write each peer of a finished run as a run of its own, ``peers/<name>/``: its model
+        as that run's student, its metrics (``<name>/...`` in ``metrics``) as its eval.json, and
+        as config.yaml the recipe with the peer and the student swapping names
+        (:meth:`Recipe.with_student`), so that eval, export and report take a peer as they take
+        any run's student."""
+        for name, peer in (distiller.peers or {}).items():
+            run = self.peer(name)
+            with write_errors(run.path, f"the run folder of peer {name!r}"):
+                run.path.mkdir(parents=True, exist_ok=True)
+            swapped = recipe.with_student(name).model_copy(
+                update={"name": name, "output": OutputSpec(dir=run.path.parent)}
+            )
+            dump_recipe(swapped, run.config_file)
+            run._write_model(peer.model, recipe.peers[name], _of_peer(metrics, name), epochs)
+
+    def _write_model(
+        self, model: nn.Module, spec: ModelSpec | None, metrics: dict[str, Any], epochs: int
+    ) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         # a finish that fails (a full disk) must not leave an earlier finish looking current
         with write_errors(self.student_json, "the student's description"):
@@ -465,6 +500,20 @@ class Run:
         }
         write_json(self.eval_file(), {"epoch": epochs, **metrics}, what="the evaluation")
         write_json(self.student_json, meta, what="the student's description")
+
+
+def _of_peer(metrics: dict[str, Any], name: str) -> dict[str, Any]:
+    """The metrics of peer ``name`` (its ``<name>/`` keys, at every level), without prefix."""
+    prefix = f"{name}/"
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            out[key.removeprefix(prefix)] = value
+        elif isinstance(value, dict) and key == "validation":
+            out[key] = _of_peer(value, name)
+        elif key in ("split", "epoch"):
+            out[key] = value
+    return out
 
 
 def final_metrics(history: History, splits: tuple[str, str]) -> dict[str, Any]:

@@ -20,7 +20,10 @@ def format_validation_error(
     """One line per problem: the YAML path, what is wrong, what was given."""
     lines = []
     for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and "[" in p)]  # drop union tags
+        *head, last = err["loc"] or ("",)
+        loc = [p for p in head if not (isinstance(p, str) and "[" in p)]  # drop union tags
+        if not (err["type"] != "extra_forbidden" and isinstance(last, str) and "[" in last):
+            loc.append(last)  # an unknown key is the user's, brackets and all
         path = dotted([*(prefix.split(".") if prefix else []), *loc])
         if err["type"] == "extra_forbidden":
             known = _fields_at(model, loc[:-1]) if model else []

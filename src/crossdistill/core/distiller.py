@@ -28,6 +28,7 @@ from crossdistill.losses.registry import LOSSES, Loss
 log = logging.getLogger(__name__)
 
 AdapterArg = str | Mapping[str, Any] | nn.Module | None
+STUDENT, TEACHER = "student", "teacher"  # the two sides every recipe has; peers add more
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Term:
     ``schedule`` anneals the weight (key ``weight``, replacing ``weight``) or a float
     hyper-parameter the loss keeps (``temperature``) over training: see
     :meth:`Distiller.set_progress`.
+
+    ``sides`` names the models the loss reads as its student and its teacher: ``"student"``,
+    a peer's name, or (teacher side) ``"teacher"``. A trainable model on the teacher side is
+    read detached when ``detach`` (the term trains its student side only).
     """
 
     name: str
@@ -48,6 +53,8 @@ class Term:
     weight: float = 1.0
     adapter: AdapterArg = None
     schedule: Mapping[str, AnnealSpec] = field(default_factory=dict)
+    sides: tuple[str, str] = (STUDENT, TEACHER)
+    detach: bool = True
 
 
 class _ByTerm(nn.ModuleDict):
@@ -68,6 +75,9 @@ class Distiller(nn.Module):
     """Runs both sides on a batch and returns the student's Knowledge and the weighted terms.
 
     The total loss is ``sum(terms.values())``. The teacher runs only when some loss reads it.
+    ``peers`` are trainable models beside the student (online / mutual distillation: Zhang et
+    al. 2018, Deep Mutual Learning, arXiv:1706.00384), each reading the batch's view of its own
+    name; a term's ``sides`` says which models it reads, and one optimizer trains them all.
     A term's adapter maps the one student tensor its loss reads into the teacher's shape or
     space (the loss sees the adapted tensor under the same key); adapters are trained and
     checkpointed with the student but are not part of the exported student. Adapters given by
@@ -81,12 +91,18 @@ class Distiller(nn.Module):
         terms: Sequence[Term],
         teacher: Teacher | None = None,
         knowledge_given: bool = False,
+        peers: Mapping[str, Student] | None = None,
     ) -> None:
         super().__init__()
         if not terms:
             raise ConfigError("a Distiller needs at least one loss")
         self.student = student
         self.teacher = teacher
+        # registered only when there are peers: a checkpoint of a run without them is unchanged
+        self.peers = nn.ModuleDict(dict(peers)) if peers else None
+        self.sides = {t.name: t.sides for t in terms}
+        self.detached = {t.name for t in terms if t.detach}
+        self._check_sides()
         self.losses = _ByTerm({t.name: t.loss for t in terms})
         self.weights = {t.name: float(t.weight) for t in terms}
         self.needs = {t.name: t.loss.needs() for t in terms}
@@ -119,14 +135,39 @@ class Distiller(nn.Module):
                 self._add_schedule(i, t)
         self.scheduled_values: dict[str, float] = {}  # "schedule/<term>/<key>" -> value now
         self.set_progress(0.0)
-        self.uses_teacher = any(n.teacher for n in self.needs.values())
+        self.uses_teacher = any(
+            n.teacher and self.sides[name][1] == TEACHER for name, n in self.needs.items()
+        )
         # with a knowledge store, every batch carries the teacher's Knowledge: no teacher
         if self.uses_teacher and teacher is None and not knowledge_given:
-            users = [name for name, n in self.needs.items() if n.teacher]
+            users = [n for n, needs in self.needs.items() if needs.teacher and self._reads(n)]
             raise ConfigError(
                 f"losses {users} read the teacher, but no teacher is configured",
                 hint="add a `teacher:` section to the recipe, or remove those losses",
             )
+
+    def _check_sides(self) -> None:
+        trainable = self.models()
+        for name, (student, teacher) in self.sides.items():
+            if student not in trainable or teacher not in [*trainable, TEACHER]:
+                raise ConfigError(
+                    f"loss {name!r} reads {student!r} as its student and {teacher!r} as its "
+                    f"teacher; the models are {[*trainable, TEACHER]} (the student side is "
+                    "trained: never the frozen teacher)",
+                    hint=f"name those models in the sides of {name!r}, or add the peers",
+                )
+
+    def _reads(self, name: str) -> bool:
+        """Whether term ``name``'s teacher side is the (frozen) teacher."""
+        return self.sides[name][1] == TEACHER
+
+    def models(self) -> dict[str, Student]:
+        """The trainable models by side name: the student, then the peers."""
+        return {STUDENT: self.student, **(dict(self.peers) if self.peers else {})}
+
+    def model_of(self, side: str) -> nn.Module | None:
+        """The model of ``side`` (None: the teacher, when its Knowledge comes from a store)."""
+        return self.teacher if side == TEACHER else self.models()[side]
 
     def _add_schedule(self, index: int, term: Term) -> None:
         """Check ``term.schedule`` before training (keys the loss keeps, values it accepts)
@@ -197,9 +238,14 @@ class Distiller(nn.Module):
 
     def trainable(self) -> nn.ModuleDict:
         """What the optimizer updates and a checkpoint saves: never the teacher."""
-        return nn.ModuleDict(
-            {"student": self.student, "adapters": self.adapters, "losses": self.losses}
-        )
+        parts: dict[str, nn.Module] = {
+            "student": self.student,
+            "adapters": self.adapters,
+            "losses": self.losses,
+        }
+        if self.peers is not None:
+            parts["peers"] = self.peers
+        return nn.ModuleDict(parts)
 
     def teacher_knowledge(self, batch: Mapping[str, Any]) -> Knowledge:
         if "knowledge" in batch:  # precomputed (knowledge store)
@@ -214,17 +260,36 @@ class Distiller(nn.Module):
             )
         return self.teacher(batch["views"]["teacher"])
 
+    def knowledge(self, batch: Mapping[str, Any]) -> dict[str, Knowledge]:
+        """Every model's Knowledge of ``batch`` by side name: the student and each peer on the
+        view of its name (a peer without one reads the student's), and the teacher's (empty
+        when no term reads it)."""
+        views = batch["views"]
+        found = {
+            side: model(views.get(side, views[STUDENT])) for side, model in self.models().items()
+        }
+        return {**found, TEACHER: self.teacher_knowledge(batch)}
+
     def forward(self, batch: Mapping[str, Any]) -> tuple[Knowledge, dict[str, torch.Tensor]]:
-        student = self.student(batch["views"]["student"])
-        return student, self._terms(student, self.teacher_knowledge(batch), batch.get("target"))
+        knowledge = self.knowledge(batch)
+        return knowledge[STUDENT], self._terms(knowledge, batch.get("target"))
+
+    def _pair(self, name: str, knowledge: Mapping[str, Knowledge]) -> tuple[Knowledge, Knowledge]:
+        """The Knowledge term ``name`` reads as its student and as its teacher: a trainable
+        teacher side detached (unless the term says otherwise)."""
+        student, teacher = (knowledge[side] for side in self.sides[name])
+        if self.sides[name][1] != TEACHER and name in self.detached:
+            teacher = Knowledge({k: v.detach() for k, v in teacher.items()}, source=teacher.source)
+        return student, teacher
 
     def _terms(
-        self, student: Knowledge, teacher: Knowledge, target: torch.Tensor | None
+        self, knowledge: Mapping[str, Knowledge], target: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Every weighted loss term (through its adapter, if it has one)."""
         terms: dict[str, torch.Tensor] = {}
         for name, needs in self.needs.items():
             loss = self.losses[name]
+            student, teacher = self._pair(name, knowledge)
             student.require(needs.student, f"loss {name!r}")
             teacher.require(needs.teacher, f"loss {name!r}")
             if needs.target and target is None:
@@ -272,117 +337,124 @@ class Distiller(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            # one forward of both models serves both: the adapters' shapes, then the losses
-            student = self.student(batch["views"]["student"])
-            teacher = self.teacher_knowledge(batch)
-            if num_classes:
-                self._check_label_space(student, teacher, num_classes)
-            self._warn_probabilities(student, teacher)
-            if self._pending:
-                self._build_adapters(student, teacher)
-            self._terms(student, teacher, batch.get("target"))
+            # one forward of every model serves both: the adapters' shapes, then the losses
+            knowledge = self.knowledge(batch)
+            for name in self.needs:
+                student, teacher = self._pair(name, knowledge)
+                if num_classes:
+                    self._check_label_space(name, student, teacher, num_classes)
+                self._warn_probabilities(name, student, teacher)
+                if name in self._pending:
+                    self._build_adapter(name, student, teacher)
+            self._terms(knowledge, batch.get("target"))
         finally:
             self.train(was_training)
 
-    def _warn_probabilities(self, student: Knowledge, teacher: Knowledge) -> None:
+    def _warn_probabilities(self, name: str, student: Knowledge, teacher: Knowledge) -> None:
         """Logit losses take logits; a model whose "logits" are probabilities already (in
         [0, 1], rows summing to 1) would be softmaxed twice without a word."""
-        for name, needs in self.needs.items():
-            for side, knowledge, keys in (
-                ("student", student, needs.student),
-                ("teacher", teacher, needs.teacher),
-            ):
-                for key in keys:
-                    x = knowledge.get(key)
-                    if x is None or "logits" not in key or x.dim() < 2 or not x.is_floating_point():
-                        continue
-                    rows = x.detach().float()
-                    if (
-                        rows.min() >= 0
-                        and rows.max() <= 1
-                        and torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-3)
-                    ):
-                        log.warning(
-                            "loss %r: the %s's %r looks like probabilities (values in [0, 1], "
-                            "rows summing to 1), and the loss takes logits: name the model's "
-                            "output before its softmax, or use a loss that reads probabilities "
-                            "(bce_kd with teacher_probabilities: true for sigmoid outputs)",
-                            name,
-                            side,
-                            key,
-                        )
+        needs = self.needs[name]
+        for side, knowledge, keys in zip(
+            self.sides[name], (student, teacher), (needs.student, needs.teacher), strict=True
+        ):
+            for key in keys:
+                x = knowledge.get(key)
+                if x is None or "logits" not in key or x.dim() < 2 or not x.is_floating_point():
+                    continue
+                rows = x.detach().float()
+                if (
+                    rows.min() >= 0
+                    and rows.max() <= 1
+                    and torch.allclose(rows.sum(-1), torch.ones(()), atol=1e-3)
+                ):
+                    log.warning(
+                        "loss %r: the %s's %r looks like probabilities (values in [0, 1], "
+                        "rows summing to 1), and the loss takes logits: name the model's "
+                        "output before its softmax, or use a loss that reads probabilities "
+                        "(bce_kd with teacher_probabilities: true for sigmoid outputs)",
+                        name,
+                        side,
+                        key,
+                    )
 
-    def _check_label_space(self, student: Knowledge, teacher: Knowledge, classes: int) -> None:
-        for name, needs in self.needs.items():
-            if not needs.target:
-                continue
-            for side, knowledge, keys in (
-                ("student", student, needs.student),
-                ("teacher", teacher, needs.teacher),
-            ):
-                for key in keys:
-                    width = knowledge[key].shape[-1] if key in knowledge else None
-                    if key.split("/")[-1].startswith("logits") and width not in (None, classes):
-                        raise ShapeError(
-                            f"loss {name!r} reads hard labels of the data's {classes} classes "
-                            f"against the {side}'s {key!r}, which has {width}",
-                            hint=f"give the {side} a head of {classes} classes "
-                            f"({side}.params.num_classes: {classes}, or the model's own name "
-                            f"for it), or let {name!r} read another output of the {side} "
-                            f"(its params.{side}: KEY); losses that learn the teacher's "
-                            "distribution (kd, ...) need no such head",
-                        )
+    def _check_label_space(
+        self, name: str, student: Knowledge, teacher: Knowledge, classes: int
+    ) -> None:
+        needs = self.needs[name]
+        if not needs.target:
+            return
+        for role, side, knowledge, keys in zip(
+            (STUDENT, TEACHER),
+            self.sides[name],
+            (student, teacher),
+            (needs.student, needs.teacher),
+            strict=True,
+        ):
+            for key in keys:
+                width = knowledge[key].shape[-1] if key in knowledge else None
+                if key.split("/")[-1].startswith("logits") and width not in (None, classes):
+                    where = side if side in (STUDENT, TEACHER) else f"peers.{side}"
+                    raise ShapeError(
+                        f"loss {name!r} reads hard labels of the data's {classes} classes "
+                        f"against the {side}'s {key!r}, which has {width}",
+                        hint=f"give the {side} a head of {classes} classes "
+                        f"({where}.params.num_classes: {classes}, or the model's own name "
+                        f"for it), or let {name!r} read another output of the {side} "
+                        f"(its params.{role}: KEY); losses that learn the teacher's "
+                        "distribution (kd, ...) need no such head",
+                    )
 
-    def _build_adapters(self, student: Knowledge, teacher: Knowledge) -> None:
-        """Each pending adapter, from the real shapes and the layouts the taps declare; which
-        one was built is logged and kept in ``adapter_choices`` (loss term → adapter name)."""
-        choices = self.adapter_choices
-        for name, spec in self._pending.items():
-            (s_key,), (t_key,) = self.needs[name].student, self.needs[name].teacher
-            student.require((s_key,), f"loss {name!r}")
-            teacher.require((t_key,), f"loss {name!r}")
-            s, t = student[s_key], teacher[t_key]
-            # no teacher model when its Knowledge comes from a store: its taps are not known here
-            model = self.teacher
-            declared = (self.student.layout_of(s_key), model.layout_of(t_key) if model else None)
-            try:
-                adapter = build_adapter(
-                    spec,
-                    s.shape[1:],
-                    t.shape[1:],
-                    f"loss {name!r}",
-                    student_layout=declared[0],
-                    teacher_layout=declared[1],
-                )
-            except ShapeError as exc:
-                raise ShapeError(
-                    f"loss {name!r}: {exc.message}: student {self.student.describe(s_key)} "
-                    f"{tuple(s.shape)}, teacher {model.describe(t_key) if model else repr(t_key)} "
-                    f"{tuple(t.shape)}",
-                    hint=exc.hint,
-                ) from None
-            self.adapters[name] = adapter.to(s.device)
-            chosen = getattr(adapter, "plugin_spec", {}).get("name") or type(adapter).__qualname__
-            choices[name] = chosen
-            auto = (spec if isinstance(spec, str) else spec.get("name")) == "auto"
-            layouts = [
-                f"{layout}{'' if given else ', read from its rank'}"
-                for layout, given in zip(adapter.layouts, declared, strict=True)
-            ]
-            log.info(
-                "loss %r: %s adapter %r maps the student's %r %s (%s) to the teacher's %r %s (%s)",
-                name,
-                "auto chose" if auto else "named",
-                chosen,
-                s_key,
-                tuple(s.shape[1:]),
-                layouts[0],
-                t_key,
-                tuple(t.shape[1:]),
-                layouts[1],
+    def _build_adapter(self, name: str, student: Knowledge, teacher: Knowledge) -> None:
+        """The pending adapter of term ``name``, from the real shapes and the layouts the taps
+        declare; which one was built is kept in ``adapter_choices`` (term → adapter name)."""
+        spec = self._pending.pop(name)
+        (s_key,), (t_key,) = self.needs[name].student, self.needs[name].teacher
+        student.require((s_key,), f"loss {name!r}")
+        teacher.require((t_key,), f"loss {name!r}")
+        s, t = student[s_key], teacher[t_key]
+        # no teacher model when its Knowledge comes from a store: its taps are not known here
+        s_side, t_side = self.sides[name]
+        s_model, t_model = self.model_of(s_side), self.model_of(t_side)
+        assert s_model is not None
+        declared = (s_model.layout_of(s_key), t_model.layout_of(t_key) if t_model else None)
+        try:
+            adapter = build_adapter(
+                spec,
+                s.shape[1:],
+                t.shape[1:],
+                f"loss {name!r}",
+                student_layout=declared[0],
+                teacher_layout=declared[1],
             )
-        self.adapter_choices = choices
-        self._pending = {}
+        except ShapeError as exc:
+            described = t_model.describe(t_key) if t_model else repr(t_key)
+            raise ShapeError(
+                f"loss {name!r}: {exc.message}: {s_side} {s_model.describe(s_key)} "
+                f"{tuple(s.shape)}, {t_side} {described} {tuple(t.shape)}",
+                hint=exc.hint,
+            ) from None
+        self.adapters[name] = adapter.to(s.device)
+        chosen = getattr(adapter, "plugin_spec", {}).get("name") or type(adapter).__qualname__
+        self.adapter_choices = {**self.adapter_choices, name: chosen}
+        auto = (spec if isinstance(spec, str) else spec.get("name")) == "auto"
+        layouts = [
+            f"{layout}{'' if given else ', read from its rank'}"
+            for layout, given in zip(adapter.layouts, declared, strict=True)
+        ]
+        log.info(
+            "loss %r: %s adapter %r maps the %s's %r %s (%s) to the %s's %r %s (%s)",
+            name,
+            "auto chose" if auto else "named",
+            chosen,
+            s_side,
+            s_key,
+            tuple(s.shape[1:]),
+            layouts[0],
+            t_side,
+            t_key,
+            tuple(t.shape[1:]),
+            layouts[1],
+        )
 
     def extra_parameters(self) -> int:
         """Trainable parameters beyond the student (adapters, loss modules)."""

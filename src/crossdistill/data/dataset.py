@@ -548,3 +548,25 @@ class ExampleBatches:
             if hasattr(owner, "set_epoch"):
                 owner.set_epoch(epoch)
                 return
+
+
+class SideBatches:
+    """``loader``'s batches with the view of ``side`` (a peer's) given to the student, so that
+    what evaluates a student evaluates that peer; a batch without such a view is unchanged
+    (the peer reads the student's view). Everything else is the loader's."""
+
+    def __init__(self, loader: Any, side: str) -> None:
+        self.loader, self.side = loader, side
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            views = batch["views"]
+            if self.side in views:
+                batch = {**batch, "views": {**views, "student": views[self.side]}}
+            yield batch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)

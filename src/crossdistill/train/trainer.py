@@ -50,6 +50,7 @@ from crossdistill._util.progress import ProgressBar
 from crossdistill.config import EvalSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from crossdistill.core.distiller import Distiller
 from crossdistill.core.ema import EMATeacher
+from crossdistill.data.dataset import SideBatches
 from crossdistill.errors import CallbackError, CheckpointError, ConfigError, NonFiniteLossError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
@@ -520,15 +521,20 @@ class Trainer:
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """The evaluator's metrics (by default accuracy, top-k, calibration, and agreement with
-        the teacher when there is one)."""
-        return self.evaluator(
-            self.distiller.student,
-            loader,
-            self.distiller.teacher,
-            self.device,
-            self.amp,
-            self.eval_spec.topk,
-        )
+        the teacher when there is one); each peer's under ``<peer>/``."""
+        metrics = {}
+        for side, model in self.distiller.models().items():
+            found = self.evaluator(
+                model,
+                loader if side == "student" else SideBatches(loader, side),
+                self.distiller.teacher,
+                self.device,
+                self.amp,
+                self.eval_spec.topk,
+            )
+            prefix = "" if side == "student" else f"{side}/"
+            metrics.update({prefix + key: value for key, value in found.items()})
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
 
