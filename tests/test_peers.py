@@ -249,3 +249,33 @@ def test_two_processes_train_the_peers_as_one_does(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for run in ("", "peers/wide"):
         assert_close(student(runs / "one" / run), student(runs / "two" / run), 1e-6)
+
+
+def test_distill_trains_peers_from_python_and_writes_their_runs(tmp_path: Path) -> None:
+    from crossdistill import build_model, distill, load_source
+
+    torch.manual_seed(0)
+    student = build_model("mlp", {"in_features": 64, "hidden": [16]})
+    peer = build_model("mlp", {"in_features": 64, "hidden": [32]})
+    before = {k: v.clone() for k, v in peer.state_dict().items()}
+    out = distill(
+        None,
+        student,
+        load_source("digits", "train"),
+        losses=[
+            "ce",
+            {"name": "ce", "sides": {"student": "wide"}},
+            {"name": "kd", "sides": {"teacher": "wide"}},
+            {"name": "kd", "sides": {"student": "wide", "teacher": "student"}},
+        ],
+        eval_data=load_source("digits", "test"),
+        peers={"wide": peer},
+        epochs=1,
+        run_dir=tmp_path / "run",
+        progress=False,
+        device="cpu",
+    )
+    assert "wide/accuracy" in out.metrics
+    assert any(not torch.equal(before[k], v) for k, v in peer.state_dict().items())
+    rebuilt = Run.open(tmp_path / "run" / "peers" / "wide").student().model.state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in peer.state_dict().items())

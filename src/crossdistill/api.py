@@ -39,7 +39,7 @@ from crossdistill.errors import ConfigError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import Loss
 from crossdistill.models.runtime._convert import runtime_teacher
-from crossdistill.record import recipe_of
+from crossdistill.record import model_spec, recipe_of
 from crossdistill.registry import plugin_name
 from crossdistill.runs import Run, final_metrics
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset, write_store
@@ -126,6 +126,7 @@ def distill(
     batch_size: int = 128,
     seed: int = 0,
     run_dir: str | Path | None = None,
+    peers: Mapping[str, nn.Module | Student] | None = None,
     **train: Any,
 ) -> DistillResult:
     """Train ``student`` from ``teacher`` (in place) and return a :class:`DistillResult`.
@@ -144,6 +145,12 @@ def distill(
     1e-3}``, ``device="cuda"``, ``progress=False``, ``loggers=["tensorboard"]`` ...);
     ``callbacks`` may hold :class:`~crossdistill.train.callbacks.Callback` instances as well as
     ``{name, params}`` specs.
+
+    ``peers``: trainable models beside the student, by name (online / mutual distillation),
+    trained in place with it by one optimizer; a loss reads them through its ``sides``
+    (``{"name": "kd", "sides": {"student": "peer", "teacher": "student"}}``), each is evaluated
+    (its metrics under ``<name>/``) and, with ``run_dir``, written as the run
+    ``run_dir/peers/<name>``. The teacher may then be None.
 
     ``eval_data`` alone is evaluated after the last epoch. With ``val_data`` (validation data,
     e.g. carved from your training data) it is evaluated after every epoch — what callbacks'
@@ -173,7 +180,10 @@ def distill(
         teacher = Teacher(teacher)
     wrapped = student if isinstance(student, Student) else Student(student)
     terms, loss_specs = _terms(losses)
-    distiller = Distiller(wrapped, terms, teacher=teacher, knowledge_given=store is not None)
+    peers = {n: p if isinstance(p, Student) else Student(p) for n, p in (peers or {}).items()}
+    distiller = Distiller(
+        wrapped, terms, teacher=teacher, knowledge_given=store is not None, peers=peers
+    )
     train_loader = _loader(train_data, batch_size, True, seed)
     if store is not None:
         train_loader = _from_store(train_loader, Path(store), batch_size, seed)
@@ -226,6 +236,7 @@ def distill(
         batch_size,
         spec,
         None if store is None else Path(store),
+        peers,
     )
     with run.writing(recipe):
         if keep is not None:
@@ -243,6 +254,8 @@ def distill(
         history = trainer.fit(train_loader, **fit)
         metrics = final_metrics(history, splits)
         run.finish(distiller, student_spec, metrics, trainer.epoch)
+        specs = {name: model_spec(peer) for name, peer in peers.items()}
+        run.finish_peers(distiller, recipe, metrics, trainer.epoch, specs)
     return DistillResult(wrapped.model, history, metrics, run)
 
 

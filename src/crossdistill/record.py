@@ -46,19 +46,15 @@ def recipe_of(
     batch_size: int,
     spec: TrainSpec,
     store: Path | None = None,
+    peers: Mapping[str, Student] | None = None,
 ) -> tuple[Recipe, ModelSpec | None, Split | None]:
     """The run's recipe, the student's spec (None: it cannot be rebuilt), and the evaluation
-    split to keep in the run. ``store``: the knowledge store the teacher's outputs came from."""
-    student_spec = model_spec(student)
-    if student_spec is None:
-        log.warning(
-            "%s: the student (a %s built in Python) is saved as weights only: crossdistill "
-            "cannot rebuild it to evaluate, export or benchmark it. Build it with "
-            "crossdistill.build_model(NAME or 'package.module:Callable', params) to make it "
-            "rebuildable.",
-            run.path,
-            type(student.model).__name__,
-        )
+    split to keep in the run. ``store``: the knowledge store the teacher's outputs came from;
+    ``peers``: the trainable models beside the student."""
+    student_spec = _rebuildable(student, "student", run)
+    peer_specs = {
+        name: _rebuildable(peer, f"peer {name!r}", run) for name, peer in (peers or {}).items()
+    }
     data, keep = _data_spec(train_data, eval_data, run, batch_size)
     recipe = Recipe(
         name=_run_name(run.path),
@@ -66,6 +62,10 @@ def recipe_of(
         data=data,
         teacher=teacher_spec(teacher) if teacher is not None else None,
         student=student_spec or ModelSpec(model=plugin_name(student.model)),
+        peers={
+            name: spec or ModelSpec(model=plugin_name(peers[name].model))
+            for name, spec in peer_specs.items()
+        },
         losses=losses,
         store=None if store is None else StoreSpec(path=store.resolve()),
         train=spec,
@@ -73,6 +73,22 @@ def recipe_of(
         output=OutputSpec(dir=run.path.parent),
     )
     return recipe, student_spec, keep if student_spec is not None else None
+
+
+def _rebuildable(wrapper: ModelWrapper, what: str, run: Run) -> ModelSpec | None:
+    """:func:`model_spec` of ``wrapper``, with a warning when there is none."""
+    spec = model_spec(wrapper)
+    if spec is None:
+        log.warning(
+            "%s: the %s (a %s built in Python) is saved as weights only: crossdistill "
+            "cannot rebuild it to evaluate, export or benchmark it. Build it with "
+            "crossdistill.build_model(NAME or 'package.module:Callable', params) to make it "
+            "rebuildable.",
+            run.path,
+            what,
+            type(wrapper.model).__name__,
+        )
+    return spec
 
 
 def _model_ref(model: nn.Module) -> dict[str, Any] | None:

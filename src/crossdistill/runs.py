@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -462,13 +462,20 @@ class Run:
         return Run(self.path / "peers" / name, self.allow_import)
 
     def finish_peers(
-        self, distiller: Distiller, recipe: Recipe, metrics: dict[str, Any], epochs: int
+        self,
+        distiller: Distiller,
+        recipe: Recipe,
+        metrics: dict[str, Any],
+        epochs: int,
+        specs: Mapping[str, ModelSpec | None] | None = None,
     ) -> None:
         """Write each peer of a finished run as a run of its own, ``peers/<name>/``: its model
         as that run's student, its metrics (``<name>/...`` in ``metrics``) as its eval.json, and
         as config.yaml the recipe with the peer and the student swapping names
         (:meth:`Recipe.with_student`), so that eval, export and report take a peer as they take
-        any run's student."""
+        any run's student. ``specs``: how to rebuild each peer (None: it cannot be; default:
+        the recipe's ``peers``)."""
+        specs = recipe.peers if specs is None else specs
         for name, peer in (distiller.peers or {}).items():
             run = self.peer(name)
             with write_errors(run.path, f"the run folder of peer {name!r}"):
@@ -477,7 +484,7 @@ class Run:
                 update={"name": name, "output": OutputSpec(dir=run.path.parent)}
             )
             dump_recipe(swapped, run.config_file)
-            run._write_model(peer.model, recipe.peers[name], _of_peer(metrics, name), epochs)
+            run._write_model(peer.model, specs[name], _of_peer(metrics, name), epochs)
 
     def _write_model(
         self, model: nn.Module, spec: ModelSpec | None, metrics: dict[str, Any], epochs: int
