@@ -404,9 +404,7 @@ def main() -> None:
         "train.device=cpu",
     ]
     began = time.perf_counter()
-    path = RESULTS / f"{name}.json"
-    before = json.loads(path.read_text()) if path.is_file() else {}
-    rows = dict(before.get("rows", {}))
+    rows: dict[str, Row] = {}
     for row in args.rows:
         print(f"{row}:", flush=True)
         start = time.perf_counter()
@@ -417,6 +415,10 @@ def main() -> None:
             "seconds": round(time.perf_counter() - start, 1),
             "date": time.strftime("%Y-%m-%d"),
         }
+    # read only now: another invocation running other rows may have written its rows since
+    path = RESULTS / f"{name}.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    rows = {**before.get("rows", {}), **rows}
     ordered = {row: rows[row] for row in ROWS if row in rows}
     result = {"rows": ordered, **provenance(began)}
     notes = (
