@@ -179,6 +179,14 @@ def test_a_mutual_run_evaluates_and_finishes_every_peer(tmp_path: Path) -> None:
     model = peer.student().model.state_dict()
     assert all(torch.equal(model[k], last[f"peers.wide.model.{k}"]) for k in model)
     assert peer.config.student == result.run.config.peers["wide"]
+    # its log: the joint training's, each evaluation the peer's (what its report plots)
+    evals = [
+        json.loads(line)
+        for line in peer.metrics_file.read_text().splitlines()
+        if '"kind": "eval"' in line
+    ]
+    assert evals[-1]["accuracy"] == metrics["wide/accuracy"]
+    assert not any(key.startswith("wide/") for record in evals for key in record)
     out = export_run(peer, "safetensors")
     assert (out / "model.safetensors").is_file()
 

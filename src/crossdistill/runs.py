@@ -484,6 +484,14 @@ class Run:
                 update={"name": name, "output": OutputSpec(dir=run.path.parent)}
             )
             dump_recipe(swapped, run.config_file)
+            # the log of the joint training, each evaluation that of the peer: for the report
+            text = self.metrics_file.read_text()
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            lines = [
+                json.dumps(_of_peer(r, name) if r.get("kind") in ("eval", "test") else r)
+                for r in records
+            ]
+            write_atomic(run.metrics_file, "".join(f"{line}\n" for line in lines), what="the log")
             run._write_model(peer.model, specs[name], _of_peer(metrics, name), epochs)
 
     def _write_model(
@@ -509,8 +517,12 @@ class Run:
         write_json(self.student_json, meta, what="the student's description")
 
 
+_RECORD_KEYS = ("time", "kind", "epoch", "step", "split")  # what an evaluation is, not a metric
+
+
 def _of_peer(metrics: dict[str, Any], name: str) -> dict[str, Any]:
-    """The metrics of peer ``name`` (its ``<name>/`` keys, at every level), without prefix."""
+    """The metrics of peer ``name`` (its ``<name>/`` keys, at every level), without prefix,
+    with what says which evaluation they are (epoch, split, ...)."""
     prefix = f"{name}/"
     out: dict[str, Any] = {}
     for key, value in metrics.items():
@@ -518,7 +530,7 @@ def _of_peer(metrics: dict[str, Any], name: str) -> dict[str, Any]:
             out[key.removeprefix(prefix)] = value
         elif isinstance(value, dict) and key == "validation":
             out[key] = _of_peer(value, name)
-        elif key in ("split", "epoch"):
+        elif key in _RECORD_KEYS:
             out[key] = value
     return out
 
