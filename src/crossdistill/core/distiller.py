@@ -135,9 +135,7 @@ class Distiller(nn.Module):
                 self._add_schedule(i, t)
         self.scheduled_values: dict[str, float] = {}  # "schedule/<term>/<key>" -> value now
         self.set_progress(0.0)
-        self.uses_teacher = any(
-            n.teacher and self.sides[name][1] == TEACHER for name, n in self.needs.items()
-        )
+        self.uses_teacher = any(n.teacher and self._reads(name) for name, n in self.needs.items())
         # with a knowledge store, every batch carries the teacher's Knowledge: no teacher
         if self.uses_teacher and teacher is None and not knowledge_given:
             users = [n for n, needs in self.needs.items() if needs.teacher and self._reads(n)]
@@ -278,7 +276,7 @@ class Distiller(nn.Module):
         """The Knowledge term ``name`` reads as its student and as its teacher: a trainable
         teacher side detached (unless the term says otherwise)."""
         student, teacher = (knowledge[side] for side in self.sides[name])
-        if self.sides[name][1] != TEACHER and name in self.detached:
+        if not self._reads(name) and name in self.detached:
             teacher = Knowledge({k: v.detach() for k, v in teacher.items()}, source=teacher.source)
         return student, teacher
 
