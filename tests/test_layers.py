@@ -21,7 +21,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("crossdistill.train",),
     ("crossdistill.build",),
     ("crossdistill.runs",),
-    ("crossdistill.pipeline", "crossdistill.record", "crossdistill.api"),
+    (
+        "crossdistill.pipeline",
+        "crossdistill.record",
+        "crossdistill.api",
+        "crossdistill.generations",
+        "crossdistill.continual",
+    ),
     (
         "crossdistill.suites",
         "crossdistill.export",

@@ -34,6 +34,7 @@ _PUBLIC = {
     "load_source": "crossdistill.data",
     "build_pipeline": "crossdistill.data.steps",
     "CrossDistillError": "crossdistill.errors",
+    "run_generations": "crossdistill.generations",
     "LOSSES": "crossdistill.losses",
     "Loss": "crossdistill.losses",
     "build_loss": "crossdistill.losses",
@@ -76,6 +77,7 @@ __all__ = [
     "load_source",
     "load_student",
     "load_weights",
+    "run_generations",
     "run_recipe",
     "tune_recipe",
 ]
@@ -103,6 +105,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from crossdistill.data import Split, load_source
     from crossdistill.data.steps import build_pipeline
     from crossdistill.errors import CrossDistillError
+    from crossdistill.generations import run_generations
     from crossdistill.losses import LOSSES, Loss, build_loss
     from crossdistill.models.registry import build_model, load_weights
     from crossdistill.pipeline import cache_recipe, run_recipe

@@ -129,11 +129,11 @@ def run_recipe(recipe: Recipe, resume: bool = False, overwrite: bool = False) ->
     models, each a Run inside the run folder: see :func:`crossdistill.generations.
     run_generations` and :func:`crossdistill.continual.run_continual`."""
     if recipe.generations > 1:
-        from crossdistill.generations import run_generations
+        from crossdistill.generations import run_generations  # it calls run_recipe per generation
 
         return run_generations(recipe, resume=resume, overwrite=overwrite)
     if recipe.continual is not None:
-        from crossdistill.continual import run_continual
+        from crossdistill.continual import run_continual  # it calls run_recipe per task
 
         return run_continual(recipe, resume=resume, overwrite=overwrite)
     # Under torchrun every rank runs this; the process group is set up first (gloo or nccl).
@@ -198,6 +198,10 @@ def run_or_reuse(recipe: Recipe) -> Path:
     A finished run of the same resolved recipe is reused; a started one is resumed; a run
     directory made by a different recipe is refused rather than overwritten.
     """
+    if recipe.generations > 1 or recipe.continual is not None:
+        # several runs in one folder: resuming reuses the finished ones and trains the rest
+        run_recipe(recipe, resume=True)
+        return recipe.run_dir
     run = Run(recipe.run_dir)
     if run.exists:
         if run.recipe().fingerprint() != recipe.fingerprint():

@@ -38,6 +38,13 @@ def run(
         "127.0.0.1"
     ),
     master_port: Annotated[int, typer.Option(help="a free TCP port on that machine")] = 29500,
+    generations: Annotated[
+        int | None,
+        typer.Option(
+            help="born-again training: N generations, each student the next one's teacher "
+            "(the recipe's `generations: N`)"
+        ),
+    ] = None,
 ) -> None:
     """Train a student as the recipe says; writes runs/<name>/.
 
@@ -52,6 +59,8 @@ def run(
     from crossdistill.runs import Run
 
     set_ = overrides(set_, ctx.args)
+    if generations is not None:  # an override like any other: a resume repeats it
+        set_ = [*set_, f"generations={generations}"]
     if resume and overwrite:
         raise ConfigError(
             "--resume and --overwrite contradict each other",
