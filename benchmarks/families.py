@@ -204,7 +204,7 @@ def _generation_accuracies(summary: dict[str, Any]) -> dict[str, float]:
         for g in summary["generations"]
     }
     if summary.get("ensemble"):
-        found["ensemble of generations 1-N"] = float(summary["ensemble"]["accuracy"])
+        found["ensemble of generations 1-N"] = float(summary["ensemble"]["metrics"]["accuracy"])
     return found
 
 
