@@ -32,6 +32,7 @@ Rows and arms:
     python benchmarks/families.py                           # every row, seeds 0 1 2
     python benchmarks/families.py --rows mutual_cnns momentum
     python benchmarks/families.py --quick                   # 1 seed, 1,000 images, 1 epoch
+    python benchmarks/families.py --rows mutual_cnns --limit-train 2000 --epochs 50 --tag lowdata
 
 Finished runs are reused (runs/bench-families/), so an interrupted benchmark continues. Writes
 benchmarks/results/families[.quick].json and .md; rows not run this time keep the numbers
@@ -391,11 +392,14 @@ def main() -> None:
     parser.add_argument("--limit-train", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="1 seed, 1,000 images, 1 epoch")
+    parser.add_argument(
+        "--tag", help="another budget's results: families.TAG.json, runs/bench-families-TAG/"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.limit_train, args.epochs = [0], 1000, 1
-    name = "families.quick" if args.quick else "families"
-    out = ROOT / "runs" / ("bench-families-quick" if args.quick else "bench-families")
+        args.seeds, args.limit_train, args.epochs, args.tag = [0], 1000, 1, "quick"
+    name = f"families.{args.tag}" if args.tag else "families"
+    out = ROOT / "runs" / (f"bench-families-{args.tag}" if args.tag else "bench-families")
     common = [
         f"output.dir={out}",
         f"data.limit_train={args.limit_train}",
