@@ -561,12 +561,15 @@ class ContinualSpec(_Strict):
     each split; ``shift: permute`` gives each task after the first a fixed, seeded permutation
     of every input's elements (Permuted MNIST, Goodfellow et al. 2013, arXiv:1312.6211)."""
 
-    # class: each task holds its own classes (N consecutive groups, or the groups listed);
-    # domain: each task holds all classes, from its own share of the examples
+    # class: each task its own classes; domain: every class, from each task's own share
     scenario: Literal["class", "domain"] = "class"
+    # N tasks (class: N consecutive groups of the classes), or the class groups listed
     tasks: Annotated[int, Field(ge=2, le=MAX_SIZE)] | list[list[NonNegativeInt]] = 5
     # examples of earlier tasks (class-balanced, drawn by `seed`) mixed into each later task
     replay: NonNegativeInt = 0
+    # the share of each later task's epoch the buffer makes up, its examples repeated to reach
+    # it (experience replay draws half of every batch from the buffer); unset: each once
+    replay_share: float | None = Field(None, gt=0, lt=1)
     joint: bool = False  # one model on every task's data at once: the upper bound
     seed: int = Field(0, ge=0, le=SEED_MAX)  # the domain shares, the shifts and the replay draw
     # domain only: each task after the first permutes every input's elements its own way
@@ -593,6 +596,8 @@ class ContinualSpec(_Strict):
                     f"class-incremental tasks never share a class: {where} (give each class "
                     "to one task, or use `scenario: domain` for tasks that all hold every class)"
                 )
+        if self.replay_share is not None and not self.replay:
+            raise ValueError("`replay_share:` is the share of a replay buffer: set `replay:` too")
         if self.shift != "none" and self.scenario != "domain":
             raise ValueError("`shift:` moves the inputs of a domain-incremental sequence only")
         return self
@@ -621,8 +626,9 @@ class Recipe(_Strict):
     # trainable models beside the student (online / mutual distillation): name -> model;
     # losses read them through `sides:`, one optimizer updates all
     peers: dict[str, ModelSpec] = Field(default_factory=dict, exclude_if=lambda v: not v)
-    # born-again training: generation k + 1's teacher is generation k's student
+    # born-again: N runs gen1..genN, each the next one's teacher (no teacher: gen0 from labels)
     generations: PositiveInt = Field(1, exclude_if=lambda v: v == 1)
+    # a sequence of tasks, each task's model the frozen teacher of the next (docs/continual.md)
     continual: ContinualSpec | None = Field(None, exclude_if=lambda v: v is None)
 
     @pydantic.field_validator("name")
