@@ -188,13 +188,21 @@ def born_again(seeds: Sequence[int], common: list[str]) -> Row:
     arms = {label: arm(values) for label, values in per_gen.items()}
     gain = arms["generation 2"]["mean"] - arms["generation 1"]["mean"]
     met = gain >= 0
+    within = abs(gain) <= max(arms["generation 1"]["std"], arms["generation 2"]["std"])
+    verdict = f"generation 2 vs generation 1: {100 * gain:+.2f} pt: " + (
+        "met" if met else "not met: generation 2 is below its teacher"
+    )
+    if within:
+        verdict += " (within one std)"
+    if "generation 0" in arms:  # the labels alone, for scale
+        below = arms["generation 1"]["mean"] - arms["generation 0"]["mean"]
+        verdict += f"; generation 1 vs generation 0 (no teacher): {100 * below:+.2f} pt"
     return {
         "metric": "test accuracy",
         "arms": arms,
         "target": "the generation-2 student >= its teacher (generation 1) on mean accuracy",
         "met": met,
-        "verdict": f"generation 2 vs generation 1: {100 * gain:+.2f} pt: "
-        + ("met" if met else "not met: generation 2 is below its teacher"),
+        "verdict": verdict,
     }
 
 
