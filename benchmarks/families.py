@@ -87,12 +87,16 @@ def arm(values: Sequence[float]) -> dict[str, Any]:
     return {"per_seed": [round(v, 4) for v in values], "mean": round(mean, 4), "std": round(std, 4)}
 
 
-def _accuracy(prefix: str = "") -> Callable[[Trial], dict[str, float]]:
+def _accuracy(*prefixes: str) -> Callable[[Trial], dict[str, float]]:
+    """Reads a run's test accuracy, and each peer's (``prefixes``: ``"<peer>/"``)."""
+
     def read(trial: Trial) -> dict[str, float]:
         metrics = json.loads(trial.run.eval_file().read_text())
-        value = float(metrics[f"{prefix}accuracy"])
-        print(f"  {trial.label} seed {trial.seed}: {prefix}accuracy {value:.4f}", flush=True)
-        return {"accuracy": value}
+        found = {}
+        for key in ("accuracy", *(f"{prefix}accuracy" for prefix in prefixes)):
+            found[key] = float(metrics[key])
+            print(f"  {trial.label} seed {trial.seed}: {key} {found[key]:.4f}", flush=True)
+        return found
 
     return read
 
@@ -123,13 +127,12 @@ def mutual(
     found = run_variants(
         [student_alone, peer_alone], seeds, _accuracy(), common=common, prefix=prefix
     )
-    together = run_variants([both], seeds, _accuracy(), common=common, prefix=prefix)
-    peer_together = run_variants([both], seeds, _accuracy(f"{peer}/"), common=common, prefix=prefix)
+    together = run_variants([both], seeds, _accuracy(f"{peer}/"), common=common, prefix=prefix)
     arms = {
         "student alone": arm(found["student_alone"]["accuracy"]),
         "student mutual": arm(together["mutual"]["accuracy"]),
         f"{peer} alone": arm(found["peer_alone"]["accuracy"]),
-        f"{peer} mutual": arm(peer_together["mutual"]["accuracy"]),
+        f"{peer} mutual": arm(together["mutual"][f"{peer}/accuracy"]),
     }
     checks = {
         "student": _beats(arms["student mutual"], arms["student alone"]),

@@ -45,7 +45,7 @@ from crossdistill.data.steps import build_pipeline
 from crossdistill.errors import ConfigError, CrossDistillError, DataError
 from crossdistill.evaluate import check_evaluable
 from crossdistill.losses import build_loss
-from crossdistill.models.registry import build_model, load_weights
+from crossdistill.models.registry import MODELS, build_model, load_weights
 from crossdistill.store import KeyCodec, KnowledgeStore, StoreDataset
 from crossdistill.store.manifest import MANIFEST, PLAN, read_manifest
 
@@ -104,6 +104,25 @@ def build_term(spec: LossSpec, where: str) -> Term:
         sides=(sides.student, sides.teacher),
         detach=sides.detach,
     )
+
+
+def reads_teacher(spec: LossSpec, where: str) -> bool:
+    """Whether a recipe's loss term reads the frozen teacher (a distillation term): its
+    teacher side is the teacher and its loss needs something from it. What is left of a
+    recipe without a teacher (born-again generation 0, a continual sequence's first task)."""
+    if spec.sides is not None and spec.sides.teacher != "teacher":
+        return False
+    return bool(build_loss(spec.name, spec.params, where=where).needs().teacher)
+
+
+def trained_spec(spec: ModelSpec, weights: Path) -> ModelSpec:
+    """``spec`` holding the trained ``weights`` (a run's student.safetensors): a model whose
+    ``init_from`` builds an expensive initialisation (a token table from a teacher) skips it,
+    the trained weights replace it."""
+    params = dict(spec.params)
+    if MODELS.accepts(spec.model, "init_from"):
+        params["init_from"] = None
+    return spec.model_copy(update={"params": params, "weights": weights})
 
 
 def build_distiller(recipe: Recipe) -> Distiller:

@@ -40,8 +40,8 @@ from typing import Any
 import yaml
 
 from crossdistill._util.device import amp_dtype, select_device
-from crossdistill._util.files import write_atomic, write_errors, write_json
-from crossdistill.build import build_eval_loader, build_teacher
+from crossdistill._util.files import empty_dir, write_atomic, write_errors, write_json
+from crossdistill.build import build_eval_loader, build_teacher, reads_teacher, trained_spec
 from crossdistill.config import (
     LossSpec,
     ModelSpec,
@@ -55,7 +55,6 @@ from crossdistill.core.wrappers import EnsembleTeacher, Student
 from crossdistill.errors import CheckpointError, ConfigError, CrossDistillError
 from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import build_loss
-from crossdistill.models.registry import MODELS
 from crossdistill.pipeline import RunResult, run_recipe
 from crossdistill.registry import import_modules
 from crossdistill.runs import Run
@@ -105,20 +104,11 @@ def _validated(raw: dict[str, Any], k: int, name: str) -> Recipe:
     return validate_recipe(raw, source=f"generation {k} of {name!r}")
 
 
-def _reads_teacher(spec: LossSpec, where: str) -> bool:
-    """Whether a loss term reads the frozen teacher (a term of peers reads none)."""
-    if spec.sides is not None and spec.sides.teacher != "teacher":
-        return False
-    return bool(build_loss(spec.name, spec.params, where=where).needs().teacher)
-
-
 def _untaught(recipe: Recipe) -> dict[str, Any]:
     """What generation 0 changes: no teacher, and only the terms that read none, their weights
     scaled to sum to what every term's do (ce 0.5 + kd 0.5 gives ce 1.0: the teacher's share
     of the loss goes to the labels, so generation 0 trains as the recipe would without one)."""
-    kept = [
-        loss for i, loss in enumerate(recipe.losses) if not _reads_teacher(loss, f"losses[{i}]")
-    ]
+    kept = [loss for i, loss in enumerate(recipe.losses) if not reads_teacher(loss, f"losses[{i}]")]
     if not any(loss.largest_weight > 0 for loss in kept):
         raise ConfigError(
             f"generations: {recipe.generations} without a teacher trains generation 0 from the "
@@ -147,12 +137,7 @@ def _scaled(loss: LossSpec, scale: float) -> LossSpec:
 def _student_spec(recipe: Recipe, run_dir: Path) -> ModelSpec:
     """The student of the generation in ``run_dir`` as a model to read: the recipe's student
     model with that run's weights, outputs, pipeline and taps."""
-    student = recipe.student
-    params = dict(student.params)
-    if MODELS.accepts(student.model, "init_from"):
-        # the trained weights replace the initialisation: never run a teacher for it
-        params["init_from"] = None
-    return student.model_copy(update={"params": params, "weights": run_dir / "student.safetensors"})
+    return trained_spec(recipe.student, run_dir / "student.safetensors")
 
 
 def _student_as_teacher(recipe: Recipe, run_dir: Path) -> TeacherSpec:
@@ -178,7 +163,7 @@ def _check_teacher_keys(recipe: Recipe) -> None:
     emitted = set(recipe.student.outputs)
     emitted |= {f"{tap.kind}/{tap.name}" for tap in recipe.student.taps}
     for i, spec in enumerate(recipe.losses):
-        if not _reads_teacher(spec, f"losses[{i}]"):
+        if not reads_teacher(spec, f"losses[{i}]"):
             continue
         needs = build_loss(spec.name, spec.params, where=f"losses[{i}]").needs()
         missing = sorted(set(needs.teacher) - emitted)
@@ -295,11 +280,7 @@ def _prepare(top: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
     used = _used(top)
     if used and overwrite:
         with write_errors(top, "the generations' folder"):
-            for entry in top.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+            empty_dir(top)
     elif used and not resume:
         raise ConfigError(
             f"run directory {top} already exists",

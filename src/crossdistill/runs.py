@@ -44,10 +44,10 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from crossdistill._util.files import write_atomic, write_errors, write_json
+from crossdistill._util.files import empty_dir, write_atomic, write_errors, write_json
 from crossdistill._util.hashing import sha256_file
 from crossdistill._util.validation import format_validation_error
-from crossdistill.build import build_eval_loader, build_teacher, build_wrapper
+from crossdistill.build import build_eval_loader, build_teacher, build_wrapper, trained_spec
 from crossdistill.config import (
     ModelSpec,
     OutputSpec,
@@ -61,7 +61,6 @@ from crossdistill.core.distiller import Distiller
 from crossdistill.core.wrappers import Student, Teacher
 from crossdistill.data import Split, load_source
 from crossdistill.errors import CheckpointError, ConfigError, UnknownNameError, WriteError
-from crossdistill.models.registry import MODELS
 from crossdistill.registry import untrusted
 from crossdistill.train import checkpoint as ckpt
 
@@ -273,18 +272,14 @@ class Run:
                 "student.json",
                 hint=self._rewrite_hint(),
             )
-        params = dict(meta["params"])
         with self._plugins(), untrusted(self.student_json, self.allow_import):
-            if MODELS.accepts(meta["model"], "init_from"):
-                # the trained weights replace the initialisation: never run a teacher for it
-                params["init_from"] = None
-            spec = ModelSpec(
+            described = ModelSpec(
                 model=meta["model"],
-                params=params,
+                params=meta["params"],
                 outputs=meta["outputs"],
                 pipeline=meta["pipeline"],
-                weights=self.student_file,
             )
+            spec = trained_spec(described, self.student_file)
             return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
 
     def teacher(self) -> Teacher | None:
@@ -385,7 +380,7 @@ class Run:
             was_empty = not created and not self._written()
             try:
                 if overwrite:  # under the lock: a run another process writes is left alone
-                    self._empty()
+                    empty_dir(self.path, keep=(self.lock_file.name,))
                 self._check_writable(recipe, resume)
                 dump_recipe(recipe, self.config_file)
             except BaseException:
@@ -407,16 +402,6 @@ class Run:
             raise
         finally:
             lock.release()
-
-    def _empty(self) -> None:
-        """Remove everything in the folder but the lock (``--overwrite``)."""
-        for entry in self.path.iterdir():
-            if entry.name == self.lock_file.name:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
 
     def _written(self) -> bool:
         """Whether the folder holds anything but the lock (a run another process wrote)."""
@@ -476,7 +461,11 @@ class Run:
         any run's student. ``specs``: how to rebuild each peer (None: it cannot be; default:
         the recipe's ``peers``)."""
         specs = recipe.peers if specs is None else specs
-        for name, peer in (distiller.peers or {}).items():
+        peers = dict(distiller.peers or {})
+        # the log of the joint training, read once: each peer's has its own evaluations
+        text = self.metrics_file.read_text() if peers else ""
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        for name, peer in peers.items():
             run = self.peer(name)
             with write_errors(run.path, f"the run folder of peer {name!r}"):
                 run.path.mkdir(parents=True, exist_ok=True)
@@ -484,9 +473,6 @@ class Run:
                 update={"name": name, "output": OutputSpec(dir=run.path.parent)}
             )
             dump_recipe(swapped, run.config_file)
-            # the log of the joint training, each evaluation that of the peer: for the report
-            text = self.metrics_file.read_text()
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
             lines = [
                 json.dumps(_of_peer(r, name) if r.get("kind") in ("eval", "test") else r)
                 for r in records

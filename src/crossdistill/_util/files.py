@@ -204,6 +204,18 @@ class AppendLog:
             self.fd = -1
 
 
+def empty_dir(path: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything in the folder ``path`` but the entries named in ``keep`` (a folder
+    is removed whole; a link, never followed)."""
+    for entry in path.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move the finished folder ``tmp`` to ``target``; a folder already there is removed only
     after the rename, so ``target`` always holds one complete version."""

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossdistill.build import build_term
-from crossdistill.config import ContinualSpec, LossSpec, Recipe, validate_recipe
+from crossdistill.build import reads_teacher, trained_spec
+from crossdistill.config import ContinualSpec, Recipe, TeacherSpec, validate_recipe
 from crossdistill.data import load_source
 from crossdistill.data.sources.continual_task import class_labels, data_classes, task_members
 from crossdistill.errors import ConfigError, DataError
 from crossdistill.losses.registry import LOSSES
-from crossdistill.models.registry import MODELS
 
 SOURCE = "continual_task"  # the data source each task's run reads
 
@@ -78,13 +77,6 @@ def _spec(recipe: Recipe) -> ContinualSpec:
     return recipe.continual
 
 
-def reads_teacher(loss: LossSpec, where: str) -> bool:
-    """Whether a recipe's loss term reads the (frozen) teacher: a distillation term."""
-    if loss.sides is not None and loss.sides.teacher != "teacher":
-        return False
-    return bool(build_term(loss, where).loss.needs().teacher)
-
-
 def task_recipe(
     recipe: Recipe, plan: TaskPlan, task: int | None, folder: Path, eval_task: int | None = None
 ) -> Recipe:
@@ -134,14 +126,9 @@ def task_recipe(
         )
     raw["losses"] = losses
     if not first:
-        before = str(folder / f"task{task - 1}" / "student.safetensors")  # type: ignore[operator]
-        student = dict(raw["student"], weights=before)
-        if MODELS.accepts(recipe.student.model, "init_from"):
-            # the weights replace the initialisation: never run a teacher for it
-            student["params"] = {**student["params"], "init_from": None}
-        raw["student"] = student
+        before = folder / f"task{task - 1}" / "student.safetensors"  # type: ignore[operator]
+        student = trained_spec(recipe.student, before)
+        raw["student"] = student.model_dump(mode="json")
         if any(distills):
-            raw["teacher"] = {
-                key: student[key] for key in ("model", "params", "weights", "outputs", "pipeline")
-            } | {"taps": student.get("taps", [])}
+            raw["teacher"] = TeacherSpec(**student.model_dump()).model_dump(mode="json")
     return validate_recipe(raw, source=f"task {task} of continual recipe {recipe.name!r}")
