@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crossdistill.config import validate_recipe
+from crossdistill.config import ModelSpec, validate_recipe
 from crossdistill.continual import backward_transfer, churn, forgetting, summary
 from crossdistill.continual.metrics import average_accuracies, average_accuracy
 from crossdistill.continual.tasks import plan_tasks, task_recipe
@@ -288,3 +288,37 @@ def test_the_recipe_of_each_task(tmp_path: Path) -> None:
     raw["losses"] = [{"name": "lwf"}]
     with pytest.raises(ConfigError, match="every loss reads the teacher"):
         task_recipe(validate_recipe(raw), plan, 1, tmp_path)
+
+
+OWN_MODEL = """\
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.Linear(hidden, 10))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def test_a_users_own_model_by_import_path_trains_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recipe is the user's: the model it names by import path is built for each task's
+    evaluation and on resume without --allow-import (a run folder alone would need it)."""
+    (tmp_path / "own_net_c.py").write_text(OWN_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = _recipe(tmp_path).model_copy(
+        update={"student": ModelSpec(model="own_net_c:Net", params={"hidden": 8})}
+    )
+    run_recipe(recipe)
+    done = json.loads((recipe.run_dir / "continual.json").read_text())
+    assert len(done["accuracy"]) == 2
+    result = run_recipe(recipe, resume=True)  # every task reused: read back, not retrained
+    assert (
+        json.loads((recipe.run_dir / "continual.json").read_text())["accuracy"] == done["accuracy"]
+    )
+    assert type(result.student).__module__ == "own_net_c"

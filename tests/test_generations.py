@@ -303,3 +303,23 @@ def test_run_or_reuse_trains_what_is_missing_and_then_reuses_it(tmp_path: Path) 
     before = tree_hashes(top)
     assert run_or_reuse(recipe) == top
     assert tree_hashes(top) == before
+
+
+def test_a_users_own_model_by_import_path_resumes_without_allow_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished folder resumed: the last generation, reused, is read back from the recipe's
+    own model spec (the user's: no --allow-import needed, as when it trained)."""
+    (tmp_path / "own_net_g.py").write_text(
+        "from torch import nn\n\n\ndef make(width: int = 8) -> nn.Module:\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.Linear(width, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = _recipe(
+        tmp_path, "generations=2", "student={model: 'own_net_g:make', params: {width: 8}}"
+    )
+    run_recipe(recipe)
+    before = tree_hashes(recipe.run_dir / "gen2")
+    result = run_recipe(recipe, resume=True)
+    assert tree_hashes(recipe.run_dir / "gen2") == before  # reused, not retrained
+    assert isinstance(result.student, torch.nn.Sequential)

@@ -264,7 +264,7 @@ def _train(
             _write_summary(recipe.run_dir, recipe, summary, None)
     last = Run(plan[-1][1].run_dir)
     if result is None:  # the last generation was reused
-        student = last.student().model
+        student = last.trained_student(plan[-1][1].student).model
         result = RunResult(last, History(), student, _without_epoch(last.final_metrics()))
     return result, summary
 

@@ -257,6 +257,28 @@ class Run:
         """The trained student, with its input pipeline (its weights' SHA-256 checked). What
         student.json names is built by registered name, or by an import path inside
         ``allow_import``."""
+        meta = self._checked_meta()
+        with self._plugins(), untrusted(self.student_json, self.allow_import):
+            described = ModelSpec(
+                model=meta["model"],
+                params=meta["params"],
+                outputs=meta["outputs"],
+                pipeline=meta["pipeline"],
+            )
+            spec = trained_spec(described, self.student_file)
+            return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
+
+    def trained_student(self, spec: ModelSpec) -> Student:
+        """The trained student built from ``spec``, the student of the recipe that trained
+        this run — a recipe is the user's own, so its import paths need no ``allow_import``
+        (as when it trained) — holding this run's weights (their SHA-256 checked). What runs
+        made from a recipe (generations, continual tasks) read their students with."""
+        self._checked_meta()
+        return build_wrapper(Student, trained_spec(spec, self.student_file), "student")  # type: ignore[return-value]
+
+    def _checked_meta(self) -> dict[str, Any]:
+        """student.json, once the student it describes is rebuildable and its weights are
+        those it describes."""
         meta = self.student_meta()
         if meta["model"] is None:
             raise CheckpointError(
@@ -272,15 +294,7 @@ class Run:
                 "student.json",
                 hint=self._rewrite_hint(),
             )
-        with self._plugins(), untrusted(self.student_json, self.allow_import):
-            described = ModelSpec(
-                model=meta["model"],
-                params=meta["params"],
-                outputs=meta["outputs"],
-                pipeline=meta["pipeline"],
-            )
-            spec = trained_spec(described, self.student_file)
-            return build_wrapper(Student, spec, "student")  # type: ignore[return-value]
+        return meta
 
     def teacher(self) -> Teacher | None:
         """The run's teacher, as its recipe names it (None when it has none). A momentum

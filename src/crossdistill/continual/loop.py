@@ -84,7 +84,7 @@ def run_continual(recipe: Recipe, resume: bool = False, overwrite: bool = False)
     run = None
     for task, derived in zip(runs, recipes, strict=True):
         run = Run(run_or_reuse(derived))
-        student = run.student()
+        student = run.trained_student(derived.student)
         accuracy, predicted, target = evaluate_tasks(student, recipe, plan, folder, device)
         rows.append(accuracy)
         predictions.append(predicted)
@@ -99,8 +99,7 @@ def run_continual(recipe: Recipe, resume: bool = False, overwrite: bool = False)
         **run.final_metrics(),
         **{k: v for k, v in results.items() if isinstance(v, float)},
     }
-    student = run.student().model
-    return RunResult(run, History(), student, metrics)
+    return RunResult(run, History(), student.model, metrics)
 
 
 def _claim(folder: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
