@@ -274,6 +274,32 @@ def test_kill_9_anywhere_then_rerun_gives_the_same_store(tmp_path: Path) -> None
     assert shard_bytes(killed) == shard_bytes(reference)
 
 
+def test_a_killed_writers_temporaries_are_removed_when_the_store_is_finished(
+    recipe: Recipe,
+) -> None:
+    """``kill -9`` between a shard's bytes and its rename leaves a hidden temporary: the next
+    writer (here: one verifying the store) removes it; a running process's (another writer's)
+    is kept."""
+    store = Path(recipe.store.path)
+    cache_recipe(recipe, progress=False)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    orphans = [
+        store / "shards" / f".shard-00001.safetensors.{dead}.tmp",
+        store / f".plan.json.{dead}.tmp",
+    ]
+    live = store / "shards" / f".shard-00002.safetensors.{os.getpid()}.tmp"
+    for path in [*orphans, live]:
+        path.write_bytes(b"half a shard")
+    cache_recipe(recipe, progress=False)
+    assert [p.exists() for p in orphans] == [False, False]
+    assert live.read_bytes() == b"half a shard"
+
+
 def test_full_disk_leaves_no_complete_looking_store(recipe: Recipe, monkeypatch) -> None:
     cache_recipe(
         recipe.model_copy(

@@ -132,6 +132,33 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Remove the temporaries (:func:`temporary_name`) in ``folder`` whose process no longer runs
+    here, the bytes a writer killed mid-write (``kill -9``, an OOM kill) leaves; returns them.
+
+    A temporary of a running process is kept: another writer may be using it."""
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(
     path: str | os.PathLike[str], *, fsync: bool = True, what: str = "", needed: int | None = None

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import default_collate
 
 from crossdistill._util.device import to_device
+from crossdistill._util.files import remove_orphans
 from crossdistill._util.hashing import sha256_file as sha256
 from crossdistill._util.progress import ProgressBar
 from crossdistill.core.knowledge import Knowledge
@@ -89,6 +90,9 @@ def write_store(
     (path / SHARDS).mkdir(parents=True, exist_ok=True)  # nothing is created before this point
     if rank == 0:
         _claim(path, plan)
+        # a writer killed mid-shard left its temporary behind; no rank of this job writes yet
+        for orphan in remove_orphans(path) + remove_orphans(path / SHARDS):
+            log.info("%s: removed %s, left by a writer that was killed", path, orphan.name)
         # rewriting or verifying a finished store: it stops looking complete until it is again
         manifest_path.unlink(missing_ok=True)
     if synced:
