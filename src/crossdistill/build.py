@@ -395,7 +395,7 @@ def _loader(
     return example_loader(
         dataset,
         batch_size // world,
-        train,  # shuffle
+        train and spec.order == "shuffled",
         recipe.seed,
         spec.num_workers,
         pin_memory=device.type == "cuda",

@@ -309,6 +309,9 @@ class DataSpec(_Strict):
     # share) or first (the first N: what limit_train did before limit_mode existed)
     limit_mode: Literal["random", "first"] = "random"
     limit_eval: PositiveInt | None = None  # use only the first N evaluation examples, always
+    # the training examples' order: shuffled afresh every epoch (seeded), or the split's own
+    # order (a stream, read in the order it arrived)
+    order: Literal["shuffled", "given"] = Field("shuffled", exclude_if=lambda v: v == "shuffled")
     # a validation split (a fraction of train, or the source's own split): evaluated each epoch
     # instead of eval_split, which is then read once, after the last epoch
     validation: ValidationSpec | None = None
@@ -467,6 +470,9 @@ class TrainSpec(_Strict):
     # (inductor, default settings) or {backend, mode, dynamic, fullgraph, strict}. Checkpoints and
     # the exported student are the same either way; evaluation and export run eagerly.
     compile: _CompileSetting = False
+    # score each training batch with the trained models before they learn from it (test, then
+    # train): `prequential_accuracy` in each epoch's record (crossdistill.train.prequential)
+    prequential: bool = Field(False, exclude_if=lambda v: not v)
 
     @property
     def compile_spec(self) -> CompileSpec | None:

@@ -56,6 +56,7 @@ from crossdistill.evaluate import evaluate_student
 from crossdistill.train import checkpoint as ckpt
 from crossdistill.train.callbacks import Callback, CallbackList, build_callbacks
 from crossdistill.train.compile import CompiledStep
+from crossdistill.train.prequential import Prequential
 
 
 def build_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -174,6 +175,8 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of the current epoch done (resumed mid-epoch)
         self._epoch_loss = (0.0, 0)  # loss sum and steps of the current epoch, for resuming
+        # train.prequential: each batch scored by the trained models before they learn from it
+        self._prequential = Prequential(self.device, self.amp) if self.spec.prequential else None
         self._metrics_file: AppendLog | None = None
         self._epoch_record: dict[str, Any] = {}  # the last epoch's log record, for callbacks
         self._finite: torch.Tensor | None = None  # CUDA: all losses finite since the last check
@@ -199,8 +202,11 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Forward, backward, clip, optimizer step; returns the detached loss terms."""
+        """Forward, backward, clip, optimizer step; returns the detached loss terms. With
+        ``train.prequential`` the batch is first scored by the models it is about to train."""
         batch = to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        if self._prequential is not None:
+            self._prequential.score(self.distiller.models(), batch)
         # train.compile: forward and backward compiled; on a compiler failure redone eagerly
         total, terms = self.compiled.run(
             lambda: self._forward_backward(batch, teacher_apart=True),
@@ -497,9 +503,19 @@ class Trainer:
                 "train_loss": mean_loss,
                 "seconds": seconds,
                 "steps_per_s": (steps_per_epoch - first) / max(seconds, 1e-9),
+                **(
+                    self._prequential.epoch_metrics(self._sum_over_ranks)
+                    if self._prequential
+                    else {}
+                ),
             }
         )
         return mean_loss
+
+    def _sum_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(x)
+        return x
 
     def _mean_over_ranks(self, total: float, count: int) -> float:
         if self.distributed:
@@ -562,6 +578,7 @@ class Trainer:
                 "step": self.step,
                 "batch_in_epoch": self.batch_in_epoch,
                 "epoch_loss": list(self._epoch_loss),
+                **({"prequential": self._prequential.state()} if self._prequential else {}),
                 "world_size": self.world,
                 "fingerprint": self.fingerprint,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -616,6 +633,8 @@ class Trainer:
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         loss_sum, seen = state.get("epoch_loss", (0.0, 0))
         self._epoch_loss = (float(loss_sum), int(seen))
+        if self._prequential is not None:
+            self._prequential.load(state.get("prequential", {}))
         self._log(
             {"kind": "resume", "epoch": self.epoch, "step": self.step, "checkpoint": str(found[-1])}
         )
