@@ -31,11 +31,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python scripts/demo_fashion_mnist.py
 
+# -n auto: a pytest worker per core (at most 4; each test runs one intra-op thread)
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4
+
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
 test-all: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m ''
+	$(PYTEST) -m ''
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
