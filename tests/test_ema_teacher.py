@@ -153,6 +153,25 @@ def test_the_optimizer_never_sees_the_teacher(tmp_path: Path) -> None:
     assert all(p.grad is None for p in distiller.teacher.parameters())
 
 
+def test_the_momentum_teacher_reads_the_students_view(tmp_path: Path) -> None:
+    """Per-side data (the teacher's view another input): the average of the student's model
+    reads the student's input, in training, in the trainer's teacher pass and in evaluation."""
+    from crossdistill.evaluate.evaluators import _teacher_knowledge
+
+    distiller = build_distiller(_recipe(tmp_path))
+    image = torch.rand(8, 1, 8, 8)
+    other = torch.rand(8, 3, 5)  # what a teacher of another modality would read: no CNN input
+    batch = {"views": {"teacher": other, "student": image}, "target": torch.arange(8) % 10}
+    distiller.check(batch)
+    trainer = Trainer(distiller, TrainSpec(device="cpu", progress=False))
+    trainer.train_step(batch)
+    expected = distiller.teacher(image)["logits"]
+    with torch.no_grad():
+        given = trainer._with_teacher_knowledge(batch)["knowledge"]["logits"]
+        torch.testing.assert_close(given, expected)
+        torch.testing.assert_close(_teacher_knowledge(batch, distiller.teacher)["logits"], expected)
+
+
 def test_interrupted_run_resumes_student_and_teacher_bit_identically(tmp_path: Path) -> None:
     whole = run_recipe(_recipe(tmp_path, "name=whole"))
     assert whole.run_dir is not None

@@ -719,22 +719,23 @@ def _failure(
     for side, wrapper in models.items():
         if side == "teacher" and "knowledge" in batch:
             continue  # from a store: the teacher does not run
-        if side not in views:
+        view = getattr(wrapper, "view", side)  # a momentum teacher reads the student's view
+        if view not in views:
             return ConfigError(
-                f"the {what} has no {side!r} view (it has {sorted(views)})",
+                f"the {what} has no {view!r} view (it has {sorted(views)})",
                 hint="give every example the inputs of both sides (`teacher`, `student`)",
             )
         was_training = wrapper.training
         wrapper.eval()
         try:
             with torch.no_grad():
-                wrapper(views[side])
+                wrapper(views[view])
         except CrossDistillError as own:
             return own
         except Exception as own:
             return ConfigError(
                 f"the {side} ({_model_name(wrapper)}) cannot run on the {what}: its input is "
-                f"{_describe(views[side])}, and it raised {type(own).__name__}: {_short(own)}",
+                f"{_describe(views[view])}, and it raised {type(own).__name__}: {_short(own)}",
                 hint=f"check that the data fits the {side}: inputs smaller than the model "
                 "accepts (images of a pixel or two into convolutions and pooling that need "
                 f"more), other channels, or another type; the {side}'s input comes from the "

@@ -256,7 +256,7 @@ class Distiller(nn.Module):
                 "(there is no teacher to run: its outputs come from a knowledge store)",
                 hint="read the batches from the store the run was given",
             )
-        return self.teacher(batch["views"]["teacher"])
+        return self.teacher(batch["views"][self.teacher.view])
 
     def knowledge(self, batch: Mapping[str, Any]) -> dict[str, Knowledge]:
         """Every model's Knowledge of ``batch`` by side name: the student and each peer on the

@@ -42,6 +42,9 @@ class EMATeacher(Teacher):
     shares. Its ``state_dict()`` (weights, buffers, ``updates``) is what a checkpoint keeps.
     """
 
+    # the student's own model reads the student's input, whatever view the data gives a teacher
+    view = "student"
+
     def __init__(
         self,
         student: ModelWrapper,

@@ -105,6 +105,8 @@ class Teacher(ModelWrapper):
     """A frozen model: parameters do not require grad, it stays in eval mode, forward is no-grad."""
 
     role = "teacher"
+    # the Example view it reads (batch["views"][teacher.view])
+    view = "teacher"
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)

@@ -315,7 +315,7 @@ def _teacher_knowledge(batch: Mapping[str, Any], teacher: Teacher | None) -> Map
     if "knowledge" in batch:
         return batch["knowledge"]
     if teacher is not None:
-        return teacher(batch["views"]["teacher"])
+        return teacher(batch["views"][teacher.view])
     return None
 
 

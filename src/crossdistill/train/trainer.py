@@ -263,7 +263,7 @@ class Trainer:
         if "knowledge" in batch or not distiller.uses_teacher or distiller.teacher is None:
             return batch
         with torch.no_grad():
-            knowledge = distiller.teacher(batch["views"]["teacher"])
+            knowledge = distiller.teacher(batch["views"][distiller.teacher.view])
         return {**batch, "knowledge": knowledge}
 
     def check_finite(self, terms: Mapping[str, torch.Tensor]) -> None:
@@ -338,7 +338,7 @@ class Trainer:
             ]
         elif self.distiller.uses_teacher and self.distiller.teacher is not None:
             with torch.no_grad(), autocast(self.device, self.amp):
-                knowledge = self.distiller.teacher(batch["views"]["teacher"])
+                knowledge = self.distiller.teacher(batch["views"][self.distiller.teacher.view])
             causes += [
                 f"the teacher's {key!r} on this batch holds NaN/Inf (its weights or inputs)"
                 for key, value in knowledge.items()
