@@ -252,7 +252,7 @@ def test_a_tiny_sequence_with_lwf_and_its_resume(tmp_path: Path) -> None:
     assert json.loads((folder / "continual.json").read_text())["accuracy"] == record["accuracy"]
     assert again.metrics["average_accuracy"] == pytest.approx(result.metrics["average_accuracy"])
     # another continual recipe in the same folder is refused, not mixed in
-    with pytest.raises(CheckpointError, match="different continual recipe"):
+    with pytest.raises(CheckpointError, match="continual tasks of a different recipe"):
         run_recipe(_recipe(tmp_path, replay=10), resume=True)
 
 

@@ -197,6 +197,16 @@ def test_resume_refuses_generations_of_another_recipe(three: Path, tmp_path: Pat
         run_generations(moved)
 
 
+def test_resume_with_fewer_generations_keeps_the_folder(three: Path) -> None:
+    """A resume asking for fewer generations than the folder holds is refused, not left with
+    a stale gen3 beside a summary of two."""
+    recipe = load_recipe(three / "recipe.yaml", ["generations=2"])
+    before = tree_hashes(three)
+    with pytest.raises(CheckpointError, match=r"up to 3, and this recipe asks for 2"):
+        run_generations(recipe, resume=True)
+    assert tree_hashes(three) == before
+
+
 # ------------------------------------------------------------------------------ a teacher
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from crossdistill._util.device import amp_dtype, select_device
-from crossdistill._util.files import empty_dir, write_atomic, write_errors, write_json
+from crossdistill._util.files import write_atomic, write_json
 from crossdistill.build import build_eval_loader, build_teacher, reads_teacher, trained_spec
 from crossdistill.config import (
     LossSpec,
@@ -48,7 +48,6 @@ from crossdistill.config import (
     Recipe,
     TeacherSpec,
     dump_recipe,
-    load_recipe,
     validate_recipe,
 )
 from crossdistill.core.wrappers import EnsembleTeacher, Student
@@ -57,13 +56,13 @@ from crossdistill.evaluate import evaluate_student
 from crossdistill.losses import build_loss
 from crossdistill.pipeline import RunResult, run_recipe
 from crossdistill.registry import import_modules
-from crossdistill.runs import Run
+from crossdistill.runs import MULTI_RUN_RECIPE, Run, claim_multi_run_folder
 from crossdistill.train.runtime import barrier, distributed_rank
 from crossdistill.train.trainer import History
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "recipe.yaml"
+RECIPE_FILE = MULTI_RUN_RECIPE
 SUMMARY_FILE = "generations.json"
 ENSEMBLE_FILE = "ensemble_teacher.yaml"
 
@@ -277,32 +276,30 @@ def _used(top: Path) -> bool:
 
 def _prepare(top: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
     """Refuse a folder this call may not write, empty it (``overwrite``), write recipe.yaml."""
-    used = _used(top)
-    if used and overwrite:
-        with write_errors(top, "the generations' folder"):
-            empty_dir(top)
-    elif used and not resume:
-        raise ConfigError(
-            f"run directory {top} already exists",
-            hint="pass --resume to continue it, --overwrite to replace it, or --name NEW to "
-            "start another run",
+    claim_multi_run_folder(
+        top,
+        recipe,
+        resume,
+        overwrite,
+        what="generations",
+        used=_used(top),
+        same=lambda kept, this: _lineage(kept) == _lineage(this),
+    )
+    beyond = sorted(k for k in _generations_in(top) if k > recipe.generations)
+    if beyond:
+        raise CheckpointError(
+            f"{top} holds generations up to {beyond[-1]}, and this recipe asks for "
+            f"{recipe.generations}",
+            hint=f"resume with `generations: {beyond[-1]}` (or more) to keep them, or replace "
+            "the folder with --overwrite",
         )
-    elif used:
-        if Run(top).exists:
-            raise CheckpointError(
-                f"{top} holds a run of one generation (config.yaml), not generations",
-                hint="give this run another name (--name NEW), or replace it with --overwrite",
-            )
-        before = top / RECIPE_FILE
-        if before.is_file() and _lineage(load_recipe(before)) != _lineage(recipe):
-            raise CheckpointError(
-                f"{top} holds generations of a different recipe ({before})",
-                hint="resume with the recipe and overrides the run started with, or give the "
-                "new run another name",
-            )
-    with write_errors(top, "the generations' folder"):
-        top.mkdir(parents=True, exist_ok=True)
     dump_recipe(recipe, top / RECIPE_FILE)
+
+
+def _generations_in(top: Path) -> list[int]:
+    """The numbers of the generation folders (``gen<k>``) in ``top``."""
+    names = (p.name for p in top.glob("gen*") if p.is_dir())
+    return [int(name[3:]) for name in names if name[3:].isdigit()]
 
 
 def _lineage(recipe: Recipe) -> str:

@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -515,6 +515,53 @@ class Run:
         }
         write_json(self.eval_file(), {"epoch": epochs, **metrics}, what="the evaluation")
         write_json(self.student_json, meta, what="the student's description")
+
+
+MULTI_RUN_RECIPE = "recipe.yaml"  # the recipe of a folder of several runs
+
+
+def claim_multi_run_folder(
+    folder: Path,
+    recipe: Recipe,
+    resume: bool,
+    overwrite: bool,
+    *,
+    what: str,
+    used: bool,
+    same: Callable[[Recipe, Recipe], bool],
+) -> None:
+    """Make ``folder`` the folder of several runs of ``recipe`` (generations, a continual
+    sequence; ``what`` names it in errors): new, emptied (``overwrite``), or when resuming, one
+    whose ``recipe.yaml`` is ``same`` as this one. ``used``: whether it holds any of those runs
+    yet (a folder left with only its recipe is new). The caller writes ``recipe.yaml``."""
+    kept = folder / MULTI_RUN_RECIPE
+    if used and overwrite:
+        with write_errors(folder, f"the {what}' folder"):
+            empty_dir(folder)
+    elif used and not resume:
+        raise ConfigError(
+            f"run directory {folder} already exists",
+            hint="pass --resume to continue it, --overwrite to replace it, or --name NEW to "
+            "start another run",
+        )
+    elif used and Run(folder).exists:
+        raise CheckpointError(
+            f"{folder} holds one run (config.yaml), not {what}",
+            hint="give this run another name (--name NEW), or replace it with --overwrite",
+        )
+    elif used and not kept.is_file():
+        raise CheckpointError(
+            f"{folder} is not a folder of {what} (no {MULTI_RUN_RECIPE})",
+            hint="give this run another name (--name NEW), or replace it with --overwrite",
+        )
+    elif used and not same(load_recipe(kept), recipe):
+        raise CheckpointError(
+            f"{folder} holds {what} of a different recipe ({kept})",
+            hint="resume with the recipe and overrides the run started with, or give the new "
+            "run another name",
+        )
+    with write_errors(folder, f"the {what}' folder"):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 _RECORD_KEYS = ("time", "kind", "epoch", "step", "split")  # what an evaluation is, not a metric

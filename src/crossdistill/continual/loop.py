@@ -11,7 +11,6 @@ The run folder of a continual recipe holds::
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,20 @@ from typing import Any
 import torch
 
 from crossdistill._util.device import select_device, to_device
-from crossdistill._util.files import write_atomic, write_errors, write_json
+from crossdistill._util.files import write_atomic, write_json
 from crossdistill.build import build_eval_loader
-from crossdistill.config import Recipe, dump_recipe, load_recipe
+from crossdistill.config import Recipe, dump_recipe
 from crossdistill.continual.metrics import summary
 from crossdistill.continual.tasks import TaskPlan, plan_tasks, task_recipe
 from crossdistill.core.wrappers import Student
-from crossdistill.errors import CheckpointError, ConfigError
+from crossdistill.errors import ConfigError
 from crossdistill.pipeline import RunResult, run_or_reuse
 from crossdistill.registry import import_modules
-from crossdistill.runs import Run
+from crossdistill.runs import MULTI_RUN_RECIPE, Run, claim_multi_run_folder
 from crossdistill.train.runtime import distributed_rank
 from crossdistill.train.trainer import History
 
-RECIPE, RESULTS, TABLE = "recipe.yaml", "continual.json", "continual.md"
+RECIPE, RESULTS, TABLE = MULTI_RUN_RECIPE, "continual.json", "continual.md"
 
 
 def run_continual(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunResult:
@@ -105,30 +104,16 @@ def run_continual(recipe: Recipe, resume: bool = False, overwrite: bool = False)
 def _claim(folder: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
     """Make ``folder`` the continual run's: new, emptied (``overwrite``) or, when resuming, one
     this very recipe started."""
-    kept = folder / RECIPE
-    with write_errors(folder, "the run folder"):
-        if folder.is_dir() and any(folder.iterdir()):
-            if overwrite:
-                shutil.rmtree(folder)
-            elif not resume:
-                raise ConfigError(
-                    f"run directory {folder} already exists",
-                    hint="pass --resume to continue it, --overwrite to replace it, or --name "
-                    "NEW to start another run",
-                )
-            elif not kept.is_file():
-                raise CheckpointError(
-                    f"{folder} is not the folder of a continual run (no {RECIPE})",
-                    hint="give this run another name (--name NEW), or --overwrite it",
-                )
-            elif load_recipe(kept).fingerprint() != recipe.fingerprint():
-                raise CheckpointError(
-                    f"{folder} was started by a different continual recipe",
-                    hint="resume with the recipe and overrides the run started with, or give "
-                    "the new run another name",
-                )
-        folder.mkdir(parents=True, exist_ok=True)
-        dump_recipe(recipe, kept)
+    claim_multi_run_folder(
+        folder,
+        recipe,
+        resume,
+        overwrite,
+        what="continual tasks",
+        used=folder.is_dir() and any(folder.iterdir()),
+        same=lambda kept, this: kept.fingerprint() == this.fingerprint(),
+    )
+    dump_recipe(recipe, folder / RECIPE)
 
 
 def evaluate_tasks(
