@@ -62,8 +62,11 @@ def test_without_a_teacher_generation_0_learns_from_the_labels(three: Path) -> N
     assert sorted(p.name for p in three.iterdir()) == [
         ENSEMBLE_FILE, "gen0", "gen1", "gen2", "gen3", SUMMARY_FILE, RECIPE_FILE,
     ]  # fmt: skip
-    with pytest.raises(CheckpointError, match="not a run directory"):
+    with pytest.raises(CheckpointError, match="not a run directory") as refused:
         Run.open(three)  # the folder is not a run (not an unfinished one either); each genK is
+    assert refused.value.hint == (
+        f"it holds several runs (gen0, gen1, gen2, gen3): pass one, e.g. {three / 'gen3'}"
+    )
     assert all(Run.open(three / f"gen{k}").finished for k in range(4))
     gen0 = Run(three / "gen0").config
     assert gen0.teacher is None and gen0.generations == 1

@@ -195,9 +195,13 @@ class Run:
         training has not ended. ``allow_import``: as for :class:`Run` (added to a given Run's)."""
         run = _with_allowed(path if isinstance(path, Run) else cls(path), allow_import)
         if not run.exists:
+            inner = _runs_inside(run.path)
             raise CheckpointError(
                 f"{run.path} is not a run directory (no config.yaml)",
-                hint="pass the folder that `crossdistill run` printed",
+                hint=f"it holds several runs ({', '.join(p.name for p in inner)}): pass one, "
+                f"e.g. {inner[-1]}"
+                if inner
+                else "pass the folder that `crossdistill run` printed",
             )
         if finished and not run.finished:
             missing = [p.name for p in (run.student_file, run.student_json) if not p.is_file()]
@@ -565,6 +569,15 @@ def claim_multi_run_folder(
 
 
 _RECORD_KEYS = ("time", "kind", "epoch", "step", "split")  # what an evaluation is, not a metric
+
+
+def _runs_inside(folder: Path) -> list[Path]:
+    """The run folders directly inside ``folder`` (generations, continual tasks), in the order
+    they were made (gen2 before gen10)."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if Run(p).exists]
+    return sorted(found, key=lambda p: (p.name.rstrip("0123456789"), len(p.name), p.name))
 
 
 def _of_peer(metrics: dict[str, Any], name: str) -> dict[str, Any]:
