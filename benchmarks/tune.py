@@ -201,6 +201,7 @@ def run_task(name: str, task: Task, args: argparse.Namespace, out: Path) -> dict
         "trials_finished": summary["counts"]["complete"],
         "trials_pruned": summary["counts"]["pruned"],
         "tune_seconds": round(tune_seconds, 1),
+        "tune_metric": study.summary.get("metric", metric),
         "best_validation": _rounded((study.best or {}).get("value")),
         "best_params": _rounded((study.best or {}).get("params")),
         "baseline_validation": _rounded((summary.get("baseline") or {}).get("value")),
@@ -265,7 +266,8 @@ def main() -> None:
     notes = "\n".join(
         f"- {task}: {e['trials']} trials ({e['trials_finished']} finished, "
         f"{e['trials_pruned']} pruned, {e['tune_seconds']:.0f} s); best validation "
-        f"{e['metric']} {e['best_validation']}; scratch baseline on validation "
+        f"{e.get('tune_metric', e['metric'])} {e['best_validation']}; scratch baseline on "
+        "validation "
         f"{e['baseline_validation']}; best settings {json.dumps(e['best_params'])}; seeds "
         f"{e['seeds']}, last epoch, test split; command `{e['command']}`"
         for task, e in tasks.items()

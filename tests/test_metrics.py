@@ -161,6 +161,7 @@ def test_classification_metrics_keys(data):
         "top3_accuracy",
         "macro_f1",
         "ece",
+        "nll",
     }
     out = classification_metrics(t(s), t(y), t(te))
     assert set(out) == {
@@ -168,11 +169,16 @@ def test_classification_metrics_keys(data):
         "top5_accuracy",
         "macro_f1",
         "ece",
+        "nll",
         "teacher_accuracy",
         "agreement",
         "agreement_top5",
         "kl_teacher_student",
     }
+    # nll: the mean of -log softmax at the label, by NumPy
+    z = s - s.max(1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+    assert out["nll"] == pytest.approx(-log_p[np.arange(len(y)), y].mean(), rel=1e-9)
     assert out["teacher_accuracy"] == pytest.approx(np.mean(te.argmax(1) == y))
     assert all(isinstance(v, float) for v in out.values())
 

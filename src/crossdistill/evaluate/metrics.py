@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from crossdistill.errors import ConfigError, ShapeError
@@ -189,6 +190,12 @@ def kl_divergence(
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean().item()
 
 
+def negative_log_likelihood(logits: Tensor, target: Tensor) -> float:
+    """Mean ``-log softmax(z_i)[y_i]`` (the cross-entropy, natural log): a proper scoring rule
+    that still ranks models when accuracy saturates (a small validation split all right)."""
+    return float(F.cross_entropy(logits.double(), target.long()))
+
+
 def expected_calibration_error(logits: Tensor, target: Tensor, n_bins: int = 15) -> float:
     """Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks").
 
@@ -219,7 +226,7 @@ def classification_metrics(
     """All metrics at once.
 
     Keys: ``accuracy``, ``top{k}_accuracy`` (named by the requested ``k``, even when clipped),
-    ``macro_f1``, ``ece``; with teacher logits also ``teacher_accuracy`` and
+    ``macro_f1``, ``ece``, ``nll``; with teacher logits also ``teacher_accuracy`` and
     :func:`teacher_agreement`'s ``agreement``, ``agreement_top<k>``, ``kl_teacher_student``.
     """
     out = {
@@ -227,6 +234,7 @@ def classification_metrics(
         f"top{k}_accuracy": topk_accuracy(student_logits, target, k),
         "macro_f1": macro_f1(student_logits, target),
         "ece": expected_calibration_error(student_logits, target),
+        "nll": negative_log_likelihood(student_logits, target),
     }
     if teacher_logits is not None:
         out["teacher_accuracy"] = accuracy(teacher_logits, target)
