@@ -18,7 +18,10 @@ Rows and arms:
   each next generation from the previous one; the ensemble of generations 1-3. Target: the
   generation-2 student >= its teacher (generation 1) on mean accuracy, or say it is not.
 - ``momentum`` (noisy_ce.yaml, ema_noisy.yaml): 40% symmetric label noise on the training
-  images, cross-entropy vs a momentum teacher; accuracy on the clean test set. Target: >= 2 pt.
+  images, cross-entropy vs a momentum teacher at the recipe's settings and at settings tuned
+  on a validation split (``crossdistill tune``, 16 trials on seed 0: the EMA decay, both
+  weights, the temperature; every arm trains on the same 90% of the subset); accuracy on the
+  clean test set. Target: >= 2 pt.
 - ``class_incremental`` (continual_class.yaml): 5 tasks of 2 classes; fine-tuning, LwF, replay,
   replay + LwF, and joint training as the ceiling; average accuracy and forgetting after the
   last task. Targets: LwF forgets less than fine-tuning and averages higher; replay + LwF >=
@@ -220,24 +223,64 @@ def _generation_accuracies(summary: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def momentum(seeds: Sequence[int], common: list[str]) -> Row:
+# what the momentum row tunes on validation: the EMA's memory, the two weights (the KD weight
+# is scheduled: its ramp's end) and the temperature
+MOMENTUM_SPACE = {
+    "teacher.decay": {"choices": [0.99, 0.995, 0.999]},
+    "losses.0.weight": {"low": 0.3, "high": 1.0},
+    "losses.1.schedule.weight.end": {"low": 0.1, "high": 1.0},
+    "losses.1.params.temperature": {"choices": [1.0, 2.0, 4.0]},
+}
+
+
+def momentum(seeds: Sequence[int], common: list[str], trials: int = 16) -> Row:
+    """CE vs the momentum teacher at the recipe's settings and tuned on validation, every arm
+    trained on the same 90% of the (noisy) training subset. The validation 10% keeps its noisy
+    labels, as a user's would: under symmetric noise a model's accuracy on noisy labels is an
+    increasing affine function of its clean accuracy, so it ranks models as clean labels do."""
+    from crossdistill.tune import tune_recipe
+
+    carved = [*common, "data.validation=0.1"]
+    out = Path(next(o for o in common if o.startswith("output.dir=")).split("=", 1)[1])
+    study = tune_recipe(
+        RECIPES / "ema_noisy.yaml",
+        [*carved, "tune.metric=accuracy", f"tune.space={json.dumps(MOMENTUM_SPACE)}"],
+        n_trials=trials,
+        study_dir=out / "momentum-tune",
+        progress=False,
+    )
+    if study.best_recipe is None:
+        raise SystemExit(f"momentum: no trial of the study finished ({out / 'momentum-tune'})")
     variants = [
         Variant("noisy_ce", RECIPES / "noisy_ce.yaml"),
         Variant("ema_noisy", RECIPES / "ema_noisy.yaml"),
+        Variant("ema_tuned", study.best_recipe),
     ]
-    found = run_variants(variants, seeds, _accuracy(), common=common, prefix="momentum_")
+    found = run_variants(variants, seeds, _accuracy(), common=carved, prefix="momentum_")
     arms = {
         "CE on noisy labels": arm(found["noisy_ce"]["accuracy"]),
-        "momentum teacher": arm(found["ema_noisy"]["accuracy"]),
+        "momentum teacher (the recipe's settings)": arm(found["ema_noisy"]["accuracy"]),
+        "momentum teacher (tuned on validation)": arm(found["ema_tuned"]["accuracy"]),
     }
-    gain = arms["momentum teacher"]["mean"] - arms["CE on noisy labels"]["mean"]
-    met = gain >= 0.02
+    ce = arms["CE on noisy labels"]["mean"]
+    gains = {label: a["mean"] - ce for label, a in arms.items() if label.startswith("momentum")}
+    tuned = gains["momentum teacher (tuned on validation)"]
+    met = tuned >= 0.02
+    best = study.best or {}
     return {
         "metric": "clean test accuracy (40% symmetric noise on the training labels)",
         "arms": arms,
+        "tuning": {
+            "trials": trials,
+            "space": MOMENTUM_SPACE,
+            "best_params": best.get("params"),
+            "best_validation": best.get("value"),
+            "baseline_validation": (study.summary.get("baseline") or {}).get("value"),
+        },
         "target": "the momentum teacher beats CE on the clean test set by >= 2 pt",
         "met": met,
-        "verdict": f"{100 * gain:+.2f} pt: " + ("met" if met else "missed"),
+        "verdict": "; ".join(f"{label} {100 * g:+.2f} pt" for label, g in gains.items())
+        + (": met" if met else ": missed"),
     }
 
 
