@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
+    RESULTS,
     Trial,
     Variant,
     command_line,
@@ -140,7 +141,12 @@ def main() -> None:
         outer="variant",
         failed=failed,
     )
-    results: dict[str, Any] = {}
+    name = "loss_zoo" + (".quick" if args.quick else "")
+    previous = RESULTS / f"{name}.json"
+    # rows not run this time keep what was recorded (with their own seeds)
+    results: dict[str, Any] = (
+        json.loads(previous.read_text())["rows"] if previous.is_file() and args.rows else {}
+    )
     for row, (paper, losses) in rows.items():
         accs = found[row].get("acc", [])  # seeds that finished
         mean, std = mean_std(accs) if accs else (None, 0.0)
@@ -151,7 +157,10 @@ def main() -> None:
             "diverged": diverged[row],
             "mean": mean,
             "std": std,
+            "seeds": seeds,
+            "command": command_line(),
         }
+    results = {row: results[row] for row in ROWS if row in results}
     scratch = results.get("scratch", {}).get("mean")
     for entry in results.values():
         ok = scratch is not None and entry["mean"] is not None
@@ -175,7 +184,7 @@ def main() -> None:
                 e["paper"],
                 (format_mean_std(e["mean"], e["std"]) if e["mean"] is not None else "—")
                 + (
-                    f" ({len(e['diverged'])} of {len(seeds)} seeds diverged)"
+                    f" ({len(e['diverged'])} of {len(e.get('seeds', seeds))} seeds diverged)"
                     if e["diverged"]
                     else ""
                 ),
@@ -185,12 +194,13 @@ def main() -> None:
         ],
     )
     notes = (
-        f"Seeds {seeds} (mean ± std); width-8 CNN student (6,274 parameters), {epochs} epochs on "
+        f"Seeds {seeds} (mean ± std; a row run at another time lists its own seeds and "
+        "command in the JSON); width-8 CNN student (6,274 parameters), {epochs} epochs on "
         f"the first {limit} training images; ResNet teacher ({result['teacher_acc']:.4f}) "
         "trained on all 60k. Weights: the papers' defaults, untuned. A run whose loss became "
         "NaN/Inf is reported as diverged; mean ± std are over the seeds that finished."
     )
-    write_results("loss_zoo" + (".quick" if args.quick else ""), result, table, notes)
+    write_results(name, result, table, notes)
 
 
 if __name__ == "__main__":
