@@ -4,6 +4,7 @@ torchrun itself, on one node or as two node ranks on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -102,7 +103,11 @@ def test_two_processes_equal_one(tmp_path: Path, teacher_weights: Path, losses: 
 def test_ddp_resume_mid_epoch_is_exact(tmp_path: Path, teacher_weights: Path) -> None:
     """A 2-process run stopped after epoch 1 with mid-epoch checkpoints, resumed: the same
     student as the uninterrupted 2-process run (every rank's RNG and data position restored)."""
-    changes = {"train.checkpoint_every_steps": 3, "train.keep_checkpoints": 0}
+    changes = {
+        "train.checkpoint_every_steps": 3,
+        "train.keep_checkpoints": 0,
+        "train.prequential": True,
+    }
     full = recipe_file(tmp_path, teacher_weights, "full", **changes)
     crossdistill("run", str(full), "--nproc", "2", cwd=tmp_path)
     part = recipe_file(tmp_path, teacher_weights, "part", **changes)
@@ -115,6 +120,15 @@ def test_ddp_resume_mid_epoch_is_exact(tmp_path: Path, teacher_weights: Path) ->
     (runs / "part" / "student.safetensors").unlink()
     crossdistill("run", str(part), "--nproc", "2", "--resume", cwd=tmp_path)
     assert_close(student(runs / "full"), student(runs / "part"), 0.0)
+    # the epoch's sums carried over the cut are every rank's, not rank 0's alone
+    full_epoch, part_epoch = (_epochs(runs / name)[-1] for name in ("full", "part"))
+    assert part_epoch["prequential_accuracy"] == full_epoch["prequential_accuracy"]
+    assert part_epoch["train_loss"] == pytest.approx(full_epoch["train_loss"], rel=1e-9)
+
+
+def _epochs(run: Path) -> list[dict[str, Any]]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
 
 
 def test_two_node_ranks_on_localhost(tmp_path: Path, teacher_weights: Path) -> None:

@@ -64,9 +64,14 @@ class Prequential:
             counts[0] += right
             counts[1] += scored
 
-    def state(self) -> dict[str, list[float]]:
-        """The counts so far, for a checkpoint (reads them from the device)."""
-        return {side: [float(v) for v in counts] for side, counts in self.counts.items()}
+    def state(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, list[float]]:
+        """The counts so far, for a checkpoint (``reduce`` sums them over ranks)."""
+        return {
+            side: [float(v) for v in (reduce(counts.clone()) if reduce else counts)]
+            for side, counts in self.counts.items()
+        }
 
     def load(self, state: Mapping[str, list[float]]) -> None:
         """Continue from a checkpoint's counts."""

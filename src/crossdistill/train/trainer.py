@@ -562,6 +562,14 @@ class Trainer:
             states: list[Any] = [None] * self.world
             dist.all_gather_object(states, {k: v.cpu() for k, v in rng.items()})
             rng = {f"rank{r}.{k}": v for r, state in enumerate(states) for k, v in state.items()}
+        # the epoch's running sums, over every rank (a collective: before rank 0 goes on alone);
+        # a resume gives them to rank 0, the other ranks start from nothing
+        loss_sum, seen = self._epoch_loss
+        if self.distributed:
+            both = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
+            dist.all_reduce(both)
+            loss_sum, seen = float(both[0]), int(both[1])
+        prequential = self._prequential.state(self._sum_over_ranks) if self._prequential else None
         if self.run is None or not self.main:
             return None
         name = f"epoch-{self.epoch:04d}"
@@ -577,8 +585,8 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 "batch_in_epoch": self.batch_in_epoch,
-                "epoch_loss": list(self._epoch_loss),
-                **({"prequential": self._prequential.state()} if self._prequential else {}),
+                "epoch_loss": [loss_sum, seen],
+                **({"prequential": prequential} if prequential is not None else {}),
                 "world_size": self.world,
                 "fingerprint": self.fingerprint,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -631,10 +639,11 @@ class Trainer:
         ckpt.restore_rng(rng)
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        loss_sum, seen = state.get("epoch_loss", (0.0, 0))
+        # the epoch's sums so far are every rank's together: rank 0 carries them
+        loss_sum, seen = state.get("epoch_loss", (0.0, 0)) if self.main else (0.0, 0)
         self._epoch_loss = (float(loss_sum), int(seen))
         if self._prequential is not None:
-            self._prequential.load(state.get("prequential", {}))
+            self._prequential.load(state.get("prequential", {}) if self.main else {})
         self._log(
             {"kind": "resume", "epoch": self.epoch, "step": self.step, "checkpoint": str(found[-1])}
         )
