@@ -12,6 +12,9 @@ Rows and arms:
 - ``mutual_cnns`` (recipes/fashion_mnist/mutual_cnns.yaml): the width-8 and width-16 CNNs each
   trained alone (CE), then together (Deep Mutual Learning). Target: each peer beats the same
   model trained alone by more than 2 std (of the alone arm).
+- ``mutual_cnns_tuned``: the same, every arm on 90% of the subset, and DML's two KL weights and
+  temperatures tuned on the other 10% (``crossdistill tune``, 10 trials, the student's
+  accuracy); the target is checked on the tuned arm.
 - ``mutual_cnn_vit`` (mutual_cnn_vit.yaml): the width-8 CNN and the small ViT alone, then
   teaching each other (logits and features, both directions). Same target.
 - ``born_again`` (born_again.yaml, ``generations: 3``): generation 0 trained from the labels,
@@ -121,25 +124,38 @@ def mutual(
     alone_peer: list[str],
     seeds: Sequence[int],
     common: list[str],
+    space: dict[str, Any] | None = None,
+    trials: int = 10,
 ) -> Row:
-    """Each model alone (CE) and both together; the student's and the peer's accuracy."""
+    """Each model alone (CE) and both together; the student's and the peer's accuracy. With a
+    ``space``, every arm trains on the same 90% of the subset and the mutual recipe is also
+    tuned on the other 10% (the student's accuracy), the target checked on the tuned arm."""
+    tuning = None
+    if space is not None:
+        common = [*common, "data.validation=0.1"]
+        best, tuning = tuned_on_validation(name, recipe, space, common, trials)
     student_alone = Variant("student_alone", recipe, CE_ONLY)
     peer_alone = Variant("peer_alone", recipe, [*CE_ONLY, *alone_peer])
-    both = Variant("mutual", recipe)
+    both = [Variant("mutual", recipe), *([Variant("tuned", best)] if tuning else [])]
     prefix = f"{name}_"
     found = run_variants(
         [student_alone, peer_alone], seeds, _accuracy(), common=common, prefix=prefix
     )
-    together = run_variants([both], seeds, _accuracy(f"{peer}/"), common=common, prefix=prefix)
+    together = run_variants(both, seeds, _accuracy(f"{peer}/"), common=common, prefix=prefix)
     arms = {
         "student alone": arm(found["student_alone"]["accuracy"]),
         "student mutual": arm(together["mutual"]["accuracy"]),
         f"{peer} alone": arm(found["peer_alone"]["accuracy"]),
         f"{peer} mutual": arm(together["mutual"][f"{peer}/accuracy"]),
     }
+    checked = "mutual"
+    if tuning:
+        checked = "mutual (tuned on validation)"
+        arms[f"student {checked}"] = arm(together["tuned"]["accuracy"])
+        arms[f"{peer} {checked}"] = arm(together["tuned"][f"{peer}/accuracy"])
     checks = {
-        "student": _beats(arms["student mutual"], arms["student alone"]),
-        peer: _beats(arms[f"{peer} mutual"], arms[f"{peer} alone"]),
+        "student": _beats(arms[f"student {checked}"], arms["student alone"]),
+        peer: _beats(arms[f"{peer} {checked}"], arms[f"{peer} alone"]),
     }
     met = all(c["met"] for c in checks.values())
     verdict = "; ".join(
@@ -154,6 +170,7 @@ def mutual(
         "target": "each peer beats the same model trained alone by > 2 std",
         "met": met,
         "verdict": verdict,
+        **({"tuning": tuning} if tuning else {}),
     }
 
 
@@ -165,6 +182,27 @@ def mutual_cnns(seeds: Sequence[int], common: list[str]) -> Row:
         ["student.params.width=16"],
         seeds,
         common,
+    )
+
+
+# the DML row tuned on validation: each direction's KL weight and temperature
+DML_SPACE = {
+    "losses.2.weight": {"low": 0.1, "high": 2.0, "log": True},
+    "losses.3.weight": {"low": 0.1, "high": 2.0, "log": True},
+    "losses.2.params.temperature": {"choices": [1.0, 2.0, 4.0]},
+    "losses.3.params.temperature": {"choices": [1.0, 2.0, 4.0]},
+}
+
+
+def mutual_cnns_tuned(seeds: Sequence[int], common: list[str]) -> Row:
+    return mutual(
+        "mutual_cnns_tuned",
+        RECIPES / "mutual_cnns.yaml",
+        "wide",
+        ["student.params.width=16"],
+        seeds,
+        common,
+        space=DML_SPACE,
     )
 
 
@@ -233,28 +271,46 @@ MOMENTUM_SPACE = {
 }
 
 
+def tuned_on_validation(
+    name: str, recipe: Path, space: dict[str, Any], carved: list[str], trials: int
+) -> tuple[Path, dict[str, Any]]:
+    """The best recipe of a ``crossdistill tune`` study of ``recipe`` over ``space`` (validation
+    accuracy of the student at the last epoch; seed 0), and what the study found."""
+    from crossdistill.tune import tune_recipe
+
+    out = Path(next(o for o in carved if o.startswith("output.dir=")).split("=", 1)[1])
+    study = tune_recipe(
+        recipe,
+        [*carved, "tune.metric=accuracy", f"tune.space={json.dumps(space)}"],
+        n_trials=trials,
+        study_dir=out / f"{name}-tune",
+        progress=False,
+    )
+    if study.best_recipe is None:
+        raise SystemExit(f"{name}: no trial of the study finished ({out / f'{name}-tune'})")
+    best = study.best or {}
+    return study.best_recipe, {
+        "trials": trials,
+        "space": space,
+        "best_params": best.get("params"),
+        "best_validation": best.get("value"),
+        "baseline_validation": (study.summary.get("baseline") or {}).get("value"),
+    }
+
+
 def momentum(seeds: Sequence[int], common: list[str], trials: int = 16) -> Row:
     """CE vs the momentum teacher at the recipe's settings and tuned on validation, every arm
     trained on the same 90% of the (noisy) training subset. The validation 10% keeps its noisy
     labels, as a user's would: under symmetric noise a model's accuracy on noisy labels is an
     increasing affine function of its clean accuracy, so it ranks models as clean labels do."""
-    from crossdistill.tune import tune_recipe
-
     carved = [*common, "data.validation=0.1"]
-    out = Path(next(o for o in common if o.startswith("output.dir=")).split("=", 1)[1])
-    study = tune_recipe(
-        RECIPES / "ema_noisy.yaml",
-        [*carved, "tune.metric=accuracy", f"tune.space={json.dumps(MOMENTUM_SPACE)}"],
-        n_trials=trials,
-        study_dir=out / "momentum-tune",
-        progress=False,
+    best, tuning = tuned_on_validation(
+        "momentum", RECIPES / "ema_noisy.yaml", MOMENTUM_SPACE, carved, trials
     )
-    if study.best_recipe is None:
-        raise SystemExit(f"momentum: no trial of the study finished ({out / 'momentum-tune'})")
     variants = [
         Variant("noisy_ce", RECIPES / "noisy_ce.yaml"),
         Variant("ema_noisy", RECIPES / "ema_noisy.yaml"),
-        Variant("ema_tuned", study.best_recipe),
+        Variant("ema_tuned", best),
     ]
     found = run_variants(variants, seeds, _accuracy(), common=carved, prefix="momentum_")
     arms = {
@@ -266,17 +322,10 @@ def momentum(seeds: Sequence[int], common: list[str], trials: int = 16) -> Row:
     gains = {label: a["mean"] - ce for label, a in arms.items() if label.startswith("momentum")}
     tuned = gains["momentum teacher (tuned on validation)"]
     met = tuned >= 0.02
-    best = study.best or {}
     return {
         "metric": "clean test accuracy (40% symmetric noise on the training labels)",
         "arms": arms,
-        "tuning": {
-            "trials": trials,
-            "space": MOMENTUM_SPACE,
-            "best_params": best.get("params"),
-            "best_validation": best.get("value"),
-            "baseline_validation": (study.summary.get("baseline") or {}).get("value"),
-        },
+        "tuning": tuning,
         "target": "the momentum teacher beats CE on the clean test set by >= 2 pt",
         "met": met,
         "verdict": "; ".join(f"{label} {100 * g:+.2f} pt" for label, g in gains.items())
@@ -429,6 +478,7 @@ def _teacher_accuracies(common: list[str]) -> dict[str, float]:
 
 ROWS: dict[str, Callable[[Sequence[int], list[str]], Row]] = {
     "mutual_cnns": mutual_cnns,
+    "mutual_cnns_tuned": mutual_cnns_tuned,
     "mutual_cnn_vit": mutual_cnn_vit,
     "born_again": born_again,
     "momentum": momentum,

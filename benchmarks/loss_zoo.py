@@ -13,8 +13,9 @@ not have; they are exercised by the ViT tests instead.
 
     python benchmarks/loss_zoo.py            # seeds 0 1 2, 10 epochs, 10k images
     python benchmarks/loss_zoo.py --quick    # 1 seed, 2 epochs, 2k images; teacher 3 epochs
+    python benchmarks/loss_zoo.py --rows scratch ofa --seeds 0 1 2 3 4 --tag ofa5
 
-Writes benchmarks/results/loss_zoo[.quick].json and .md.
+Writes benchmarks/results/loss_zoo[.quick][.TAG].json and .md.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import (  # noqa: E402
-    RESULTS,
     Trial,
     Variant,
     command_line,
@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="student training images (10k)")
     parser.add_argument("--rows", nargs="+", default=None, help="only these rows")
     parser.add_argument("--out", default=None, help="run directories (runs/bench[-quick])")
+    parser.add_argument(
+        "--tag", help="a partial or other run's results: loss_zoo.TAG.json (e.g. --rows ofa)"
+    )
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     epochs = args.epochs or (2 if args.quick else 10)
@@ -141,12 +144,7 @@ def main() -> None:
         outer="variant",
         failed=failed,
     )
-    name = "loss_zoo" + (".quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
-    # rows not run this time keep what was recorded (with their own seeds)
-    results: dict[str, Any] = (
-        json.loads(previous.read_text())["rows"] if previous.is_file() and args.rows else {}
-    )
+    results: dict[str, Any] = {}
     for row, (paper, losses) in rows.items():
         accs = found[row].get("acc", [])  # seeds that finished
         mean, std = mean_std(accs) if accs else (None, 0.0)
@@ -157,10 +155,7 @@ def main() -> None:
             "diverged": diverged[row],
             "mean": mean,
             "std": std,
-            "seeds": seeds,
-            "command": command_line(),
         }
-    results = {row: results[row] for row in ROWS if row in results}
     scratch = results.get("scratch", {}).get("mean")
     for entry in results.values():
         ok = scratch is not None and entry["mean"] is not None
@@ -184,7 +179,7 @@ def main() -> None:
                 e["paper"],
                 (format_mean_std(e["mean"], e["std"]) if e["mean"] is not None else "—")
                 + (
-                    f" ({len(e['diverged'])} of {len(e.get('seeds', seeds))} seeds diverged)"
+                    f" ({len(e['diverged'])} of {len(seeds)} seeds diverged)"
                     if e["diverged"]
                     else ""
                 ),
@@ -194,12 +189,12 @@ def main() -> None:
         ],
     )
     notes = (
-        f"Seeds {seeds} (mean ± std; a row run at another time lists its own seeds and "
-        "command in the JSON); width-8 CNN student (6,274 parameters), {epochs} epochs on "
+        f"Seeds {seeds} (mean ± std); width-8 CNN student (6,274 parameters), {epochs} epochs on "
         f"the first {limit} training images; ResNet teacher ({result['teacher_acc']:.4f}) "
         "trained on all 60k. Weights: the papers' defaults, untuned. A run whose loss became "
         "NaN/Inf is reported as diverged; mean ± std are over the seeds that finished."
     )
+    name = "loss_zoo" + (".quick" if args.quick else "") + (f".{args.tag}" if args.tag else "")
     write_results(name, result, table, notes)
 
 
