@@ -21,7 +21,7 @@ from crossdistill.core.wrappers import EnsembleTeacher
 from crossdistill.errors import CheckpointError, ConfigError
 from crossdistill.generations import ENSEMBLE_FILE, RECIPE_FILE, SUMMARY_FILE, run_generations
 from crossdistill.pipeline import run_recipe
-from crossdistill.runs import Run
+from crossdistill.runs import Run, last_checkpoint
 from crossdistill.train.trainer import Trainer
 
 # a CNN of ~500 parameters on 128 digits: each generation trains in well under a second
@@ -198,6 +198,14 @@ def test_resume_refuses_generations_of_another_recipe(three: Path, tmp_path: Pat
         run_generations(moved, resume=True)
     with pytest.raises(ConfigError, match="already exists"):
         run_generations(moved)
+
+
+def test_the_last_checkpoint_of_generations_is_the_last_generations(three: Path) -> None:
+    """What an interrupted ``crossdistill run`` names for the resume: the newest checkpoint of
+    the runs inside the folder (there are none at its top)."""
+    assert last_checkpoint(three) == Run(three / "gen3").checkpoint_list()[-1]
+    assert last_checkpoint(three / "gen1") == Run(three / "gen1").checkpoint_list()[-1]
+    assert last_checkpoint(three / "nothing") is None
 
 
 def test_resume_with_fewer_generations_keeps_the_folder(three: Path) -> None:

@@ -571,6 +571,14 @@ def claim_multi_run_folder(
 _RECORD_KEYS = ("time", "kind", "epoch", "step", "split")  # what an evaluation is, not a metric
 
 
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint of the run at ``folder``, or of the runs inside it (a
+    folder of generations or continual tasks); None when there is none."""
+    runs = [folder] if Run(folder).exists else _runs_inside(folder)
+    found = [c for run in runs for c in Run(run).checkpoint_list()]
+    return max(found, key=lambda c: c.stat().st_mtime_ns) if found else None
+
+
 def _runs_inside(folder: Path) -> list[Path]:
     """The run folders directly inside ``folder`` (generations, continual tasks), in the order
     they were made (gen2 before gen10)."""

@@ -56,7 +56,7 @@ def run(
     from crossdistill.config import load_recipe
     from crossdistill.errors import ConfigError, WriteError
     from crossdistill.pipeline import run_recipe
-    from crossdistill.runs import Run
+    from crossdistill.runs import last_checkpoint
 
     set_ = overrides(set_, ctx.args)
     if generations is not None:  # an override like any other: a resume repeats it
@@ -77,8 +77,8 @@ def run(
     run_dir: list[Path] = []  # known once the recipe is read
 
     def where() -> str:
-        found = Run(run_dir[0]).checkpoint_list() if run_dir else []
-        last = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        found = last_checkpoint(run_dir[0]) if run_dir else None
+        last = f"the last checkpoint is {found}" if found else "no checkpoint was written yet"
         return f"{last}; continue with: {again}"
 
     on_interrupt(where)
