@@ -210,6 +210,21 @@ def test_tmp_leftovers_are_not_checkpoints(tmp_path: Path) -> None:
     assert list_checkpoints(Run(tmp_path / "nothing").checkpoints) == []
 
 
+def test_a_killed_writers_tmp_checkpoint_is_removed_at_the_next_save(
+    make_kd: MakeRecipe,
+) -> None:
+    recipe = make_kd("train.epochs=2", "train.keep_checkpoints=0", source="teacher.yaml")
+    run_recipe(recipe)
+    checkpoints = Run(recipe.run_dir).checkpoints
+    shutil.rmtree(checkpoints / "epoch-0002")  # as if killed while writing the second
+    stale = checkpoints / "epoch-0001-step-00000031.tmp"  # a mid-epoch one, never written again
+    stale.mkdir()
+    (stale / "trainable.safetensors").write_bytes(b"half a checkpoint")
+    _finals(recipe.run_dir)
+    run_recipe(recipe, resume=True)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0001", "epoch-0002"]
+
+
 def _flip_byte(path: Path, offset: int = -20) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF

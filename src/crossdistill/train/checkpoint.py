@@ -172,7 +172,11 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints in ``root`` (0 keeps all)."""
+    """Keep the newest ``keep`` checkpoints in ``root`` (0 keeps all), and remove the ``.tmp``
+    folders a killed writer left (called after a save by the run's one writer, so none is
+    being written)."""
+    for stale in root.glob("epoch-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     if keep <= 0:
         return
     for old in list_checkpoints(root)[:-keep]:
