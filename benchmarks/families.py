@@ -174,17 +174,6 @@ def mutual(
     }
 
 
-def mutual_cnns(seeds: Sequence[int], common: list[str]) -> Row:
-    return mutual(
-        "mutual_cnns",
-        RECIPES / "mutual_cnns.yaml",
-        "wide",
-        ["student.params.width=16"],
-        seeds,
-        common,
-    )
-
-
 # the DML row tuned on validation: each direction's KL weight and temperature
 DML_SPACE = {
     "losses.2.weight": {"low": 0.1, "high": 2.0, "log": True},
@@ -194,16 +183,19 @@ DML_SPACE = {
 }
 
 
+def mutual_cnns(
+    seeds: Sequence[int],
+    common: list[str],
+    name: str = "mutual_cnns",
+    space: dict[str, Any] | None = None,
+) -> Row:
+    recipe = RECIPES / "mutual_cnns.yaml"
+    alone = ["student.params.width=16"]
+    return mutual(name, recipe, "wide", alone, seeds, common, space=space)
+
+
 def mutual_cnns_tuned(seeds: Sequence[int], common: list[str]) -> Row:
-    return mutual(
-        "mutual_cnns_tuned",
-        RECIPES / "mutual_cnns.yaml",
-        "wide",
-        ["student.params.width=16"],
-        seeds,
-        common,
-        space=DML_SPACE,
-    )
+    return mutual_cnns(seeds, common, "mutual_cnns_tuned", DML_SPACE)
 
 
 def mutual_cnn_vit(seeds: Sequence[int], common: list[str]) -> Row:
