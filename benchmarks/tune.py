@@ -253,14 +253,22 @@ def main() -> None:
     out = Path(args.out or ("runs/bench_tune-quick" if args.quick else "runs/bench_tune"))
     torch.set_num_threads(1)
     name = "tune" + (".quick" if args.quick else "")
-    previous = RESULTS / f"{name}.json"
-    result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
-    tasks = result.setdefault("tasks", {})
+    measured: dict[str, Any] = {}
     for task in args.tasks:
         began = time.perf_counter()
         entry = run_task(task, TASKS[task], args, out)
         entry.update(seeds=args.seeds, epoch_selection="last", **provenance(began))
-        tasks[task] = entry
+        measured[task] = entry
+    # read only now: another invocation running other tasks may have written its tasks since
+    previous = RESULTS / f"{name}.json"
+    result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    result.setdefault("tasks", {}).update(measured)
+    write(name, result)
+
+
+def write(name: str, result: dict[str, Any]) -> None:
+    """results/<name>.json and .md of every task in ``result``."""
+    tasks = result["tasks"]
     rows = [row for task, entry in tasks.items() for row in rows_of(task, entry)]
     table = markdown_table(["task", "arm", "main metric", "test (mean ± std)", "accuracy"], rows)
     notes = "\n".join(
