@@ -76,6 +76,8 @@ def run_continual(recipe: Recipe, resume: bool = False, overwrite: bool = False)
     recipes = [task_recipe(recipe, plan, t, folder) for t in runs]
     _claim(folder, recipe, resume, overwrite)
     device = select_device(recipe.train.device)
+    # every task's test examples, read once: each model is tested on all of them
+    tests = [task_loader(recipe, plan, folder, t, device) for t in range(1, plan.count + 1)]
     rows: list[list[float]] = []
     predictions: list[list[int]] = []
     target: list[int] = []
@@ -84,7 +86,7 @@ def run_continual(recipe: Recipe, resume: bool = False, overwrite: bool = False)
     for task, derived in zip(runs, recipes, strict=True):
         run = Run(run_or_reuse(derived))
         student = run.trained_student(derived.student)
-        accuracy, predicted, target = evaluate_tasks(student, recipe, plan, folder, device)
+        accuracy, predicted, target = evaluate_tasks(student, tests, device)
         rows.append(accuracy)
         predictions.append(predicted)
         if task is not None and task < plan.count:
@@ -116,17 +118,28 @@ def _claim(folder: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
     dump_recipe(recipe, folder / RECIPE)
 
 
+def task_loader(
+    recipe: Recipe,
+    plan: TaskPlan,
+    folder: Path,
+    task: int,
+    device: torch.device,
+    split: str | None = None,
+) -> Any:
+    """An evaluation loader of task ``task``'s examples alone (no replay), as the first task's
+    run would read them: of ``split`` (default ``recipe.data.eval_split``)."""
+    reader = task_recipe(recipe, plan, 1, folder, eval_task=task)
+    return build_eval_loader(reader, device, split=split)
+
+
 def evaluate_tasks(
-    student: Student, recipe: Recipe, plan: TaskPlan, folder: Path, device: torch.device
+    student: Student, loaders: Sequence[Any], device: torch.device
 ) -> tuple[list[float], list[int], list[int]]:
-    """``student``'s accuracy on each task's test examples (of ``recipe.data.eval_split``),
-    and its predictions and the targets of all of them, task after task."""
-    student = student.to(device).eval()
+    """``student``'s accuracy on each task's examples (``loaders``, one per task), and its
+    predictions and the targets of all of them, task after task."""
     accuracy, predicted, target = [], [], []
-    for task in range(1, plan.count + 1):
-        # the examples of `task` alone, as the first task's run would read them
-        reader = task_recipe(recipe, plan, 1, folder, eval_task=task)
-        p, y = _predict(student, build_eval_loader(reader, device), device)
+    for loader in loaders:
+        p, y = _predict(student, loader, device)
         accuracy.append(float((p == y).double().mean()) if len(y) else float("nan"))
         predicted += p.tolist()
         target += y.tolist()
@@ -138,13 +151,12 @@ def next_task_accuracy(
 ) -> float:
     """``student``'s accuracy on task ``task``'s training examples (unaugmented, without the
     replay buffer), before it trains on them: test-then-train, one task at a time."""
-    reader = task_recipe(recipe, plan, 1, folder, eval_task=task)
-    loader = build_eval_loader(reader, device, split=recipe.data.train_split)
-    p, y = _predict(student.to(device).eval(), loader, device)
-    return float((p == y).double().mean())
+    loader = task_loader(recipe, plan, folder, task, device, split=recipe.data.train_split)
+    return evaluate_tasks(student, [loader], device)[0][0]
 
 
 def _predict(student: Student, loader: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
+    student = student.to(device).eval()
     found, targets = [], []
     with torch.no_grad():
         for batch in loader:
