@@ -132,7 +132,7 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (one of another user's counts as running)."""
     try:
         os.kill(pid, 0)
@@ -151,7 +151,7 @@ def remove_orphans(folder: Path) -> list[Path]:
     removed = []
     for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
         pid = tmp.name.rsplit(".", 2)[-2]
-        if not pid.isdigit() or _running(int(pid)):
+        if not pid.isdigit() or process_running(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

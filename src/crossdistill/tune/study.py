@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from crossdistill import errors
+from crossdistill._util.files import process_running
 from crossdistill.config import Recipe, TuneSpec, apply_override, load_recipe, validate_recipe
 from crossdistill.errors import (
     CallbackError,
@@ -197,15 +198,7 @@ def _open_study(optuna: Any, storage: str, recipe: Recipe, spec: TuneSpec, space
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    return isinstance(pid, int) and process_running(pid)
 
 
 def _retry_dead_trials(optuna: Any, study: Any) -> None:
