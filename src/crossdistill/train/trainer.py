@@ -517,11 +517,16 @@ class Trainer:
             dist.all_reduce(x)
         return x
 
-    def _mean_over_ranks(self, total: float, count: int) -> float:
+    def _pair_over_ranks(self, total: float, count: int) -> tuple[float, int]:
+        """A running sum and its count, summed over the ranks."""
         if self.distributed:
             both = torch.tensor([total, float(count)], dtype=torch.float64)
             dist.all_reduce(both)
             total, count = float(both[0]), int(both[1])
+        return total, count
+
+    def _mean_over_ranks(self, total: float, count: int) -> float:
+        total, count = self._pair_over_ranks(total, count)
         return total / max(count, 1)
 
     def _evaluate_and_log(self, loader: Any, test: bool = False) -> dict[str, Any]:
@@ -564,11 +569,7 @@ class Trainer:
             rng = {f"rank{r}.{k}": v for r, state in enumerate(states) for k, v in state.items()}
         # the epoch's running sums, over every rank (a collective: before rank 0 goes on alone);
         # a resume gives them to rank 0, the other ranks start from nothing
-        loss_sum, seen = self._epoch_loss
-        if self.distributed:
-            both = torch.tensor([loss_sum, float(seen)], dtype=torch.float64)
-            dist.all_reduce(both)
-            loss_sum, seen = float(both[0]), int(both[1])
+        loss_sum, seen = self._pair_over_ranks(*self._epoch_loss)
         prequential = self._prequential.state(self._sum_over_ranks) if self._prequential else None
         if self.run is None or not self.main:
             return None
